@@ -1,0 +1,1 @@
+"""faceweave pipeline: sources, safe decoding, stage runner and writers."""

@@ -1,0 +1,152 @@
+"""The ``pipeline`` command (Typer). No logic here: parse, call, report errors in one line."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build annotated face datasets.")
+weights_app = typer.Typer(no_args_is_help=True, help="List, fetch and verify model weights.")
+app.add_typer(weights_app, name="weights")
+
+
+def _fail(exc: BaseException) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    source: Optional[str] = typer.Option(None, help="Source name (see `pipeline sources`)."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input folder of the source."),
+    out: Optional[str] = typer.Option(None, help="Output folder."),
+    stages: Optional[str] = typer.Option(None, help="Comma-separated stages (see `pipeline stages`)."),
+    preset: Optional[str] = typer.Option(None, help="Preset (see `pipeline presets`)."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config file."),
+    set_: list[str] = typer.Option([], "--set", help="STAGE.FIELD=VALUE override (repeatable)."),
+    shard_size: Optional[int] = typer.Option(None, help="Samples per shard (fixed once per output)."),
+    weights_dir: Optional[str] = typer.Option(None, help="Weights directory."),
+    executor: Optional[str] = typer.Option(None, help="ray (default) or local."),
+    ray_address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPU cap for the embedded Ray."),
+    num_gpus: Optional[float] = typer.Option(None, help="GPU cap for the embedded Ray."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Run the pipeline: source step, stages, pack."""
+    from pipeline.config import resolve
+    from pipeline.runner import run as run_pipeline
+
+    flags = dict(source=source, input=input, out=out, stages=stages, shard_size=shard_size,
+                 weights_dir=weights_dir, executor=executor, ray_address=ray_address,
+                 num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
+        summary = run_pipeline(cfg, quiet=quiet)
+    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
+        _fail(exc)
+    errors = sum(s["status"].get("error", 0) for s in summary["stages"].values())
+    if not quiet:
+        typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
+                   f"{cfg.out}/shards ({errors} error rows in the manifests)", err=True)
+
+
+@app.command("sources")
+def list_sources() -> None:
+    """List the sources."""
+    from pipeline.sources import SOURCES
+
+    for name, cls in sorted(SOURCES.items()):
+        typer.echo(f"{name:<16} {(cls.__doc__ or '').strip().splitlines()[0]}")
+
+
+@app.command("stages")
+def list_stages() -> None:
+    """List the stages in run order."""
+    import stages as registry
+
+    for name in registry.available():
+        cls = registry.stage_class(name)
+        kind = f"GPU {cls.gpus}" if cls.gpus else "CPU"
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        reads = f" (reads {', '.join(cls.reads)})" if cls.reads else ""
+        typer.echo(f"{name:<12} {kind:<8} {doc}{reads}")
+
+
+@app.command("presets")
+def list_presets() -> None:
+    """List the presets (config files shipped in the package)."""
+    from pipeline.config import load_yaml, presets
+
+    for name, path in presets().items():
+        data = load_yaml(path)
+        typer.echo(f"{name:<8} stages: {', '.join(data.get('stages', []))}  ({path})")
+
+
+@weights_app.command("list")
+def weights_list(weights_dir: Optional[str] = typer.Option(None, help="Weights directory.")) -> None:
+    """Registered weights, where each is expected and whether it is there."""
+    from stages.models import registry
+
+    _load_families()
+    for name, spec in sorted(registry.REGISTRY.items()):
+        path = registry.path_of(name, weights_dir)
+        state = "present" if path.exists() else "missing"
+        typer.echo(f"{name:<28} {spec.family:<14} {state:<8} {path}")
+
+
+@weights_app.command("path")
+def weights_path(name: str, weights_dir: Optional[str] = typer.Option(None)) -> None:
+    """Where the file of NAME is expected."""
+    from stages.models import registry
+
+    _load_families()
+    try:
+        typer.echo(str(registry.path_of(name, weights_dir)))
+    except KeyError as exc:
+        _fail(exc)
+
+
+@weights_app.command("verify")
+def weights_verify(weights_dir: Optional[str] = typer.Option(None)) -> None:
+    """Check the sha256 of every present weights file."""
+    from stages.models import registry
+
+    _load_families()
+    bad = 0
+    for name in sorted(registry.REGISTRY):
+        try:
+            registry.resolve(name, weights_dir)
+            typer.echo(f"{name:<28} ok")
+        except registry.MissingWeights:
+            typer.echo(f"{name:<28} missing")
+        except (registry.BadChecksum, ValueError) as exc:
+            bad += 1
+            typer.echo(f"{name:<28} BAD: {exc}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@weights_app.command("fetch")
+def weights_fetch(names: list[str] = typer.Argument(None), weights_dir: Optional[str] = typer.Option(None)) -> None:
+    """Download weights from their upstream URLs (needs internet) and verify them."""
+    from stages.models import registry
+
+    _load_families()
+    try:
+        registry.fetch(names or sorted(n for n, s in registry.REGISTRY.items() if not s.bundled), weights_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(exc)
+
+
+def _load_families() -> None:
+    """Import the model family modules so their weights are registered."""
+    import stages.models  # noqa: F401  (the package imports its families)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

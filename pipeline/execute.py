@@ -1,0 +1,161 @@
+"""Per-shard work, shared by every executor: the source step and a group of stages.
+
+A group is a run of consecutive stages executed on one worker, batch by batch: the image is
+decoded once and each stage's frame (detect's aligned crop, restore's output) is handed to the
+next stage in memory. Each stage still writes its own manifest, payload tar and done marker, so
+the output is the same whether stages run fused or one group each.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from pipeline import imaging
+from pipeline.manifest import ShardOutputs, TarReader, TarWriter, read_manifest, validate_columns
+from pipeline.manifest import write_json, write_marker, write_table
+from schemas import source as source_schema
+from schemas.common import manifest_schema
+from stages.base import ERROR, OK, SKIPPED, Result, Sample, Stage
+
+SOURCE = "source"
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """A stage as scheduled in a run (picklable: config values, not the instance)."""
+
+    name: str
+    values: dict[str, Any]
+    lineage: str
+    frame_from: str | None = None
+    """The stage whose frame this one sees (None: the decoded source image)."""
+    reads: tuple[str, ...] = ()
+    frame_name: str | None = None
+    """Set when this stage produces a frame (``aligned`` / ``restored``)."""
+    gpus: float = 0.0
+
+
+@dataclass
+class RunContext:
+    """What a worker needs to do shard work (picklable)."""
+
+    out: Path
+    source_name: str
+    input: str | None
+    max_pixels: int
+    min_side: int
+    source_lineage: str
+    stage_runs: dict[str, StageRun] = field(default_factory=dict)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def reason_code(error: str) -> str:
+    return error.split(":", 1)[0].strip() if error else ""
+
+
+def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seconds: float) -> dict:
+    stats = {
+        "stage": outs.stage,
+        "shard": outs.shard,
+        "n": len(statuses),
+        "status": dict(sorted(Counter(statuses).items())),
+        "reasons": dict(sorted(Counter(reason_code(e) for e in errors if e).items())),
+        "seconds": round(seconds, 3),
+        "img_per_s": round(len(statuses) / seconds, 2) if seconds > 0 else None,
+    }
+    write_json(stats, outs.stats)
+    return stats
+
+
+def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], shard: str) -> dict:
+    """Hash and probe every file of the shard; write the source manifest (no decode kept)."""
+    outs = ShardOutputs(ctx.out, SOURCE, shard)
+    if outs.is_done(ctx.source_lineage):
+        return {"stage": SOURCE, "shard": shard, "skipped": True}
+    start, records = time.perf_counter(), []
+    for row in rows:
+        t0 = time.perf_counter()
+        rec = {"key": row["key"], "identity": row["identity"], "location": row["location"],
+               "meta": row["meta"], "sha256": None, "bytes": None, "width": None, "height": None,
+               "format": None, "mode": None, "note": None, "status": OK, "error": row["error"]}
+        if not rec["error"]:
+            try:
+                data = source.read(row["location"])
+            except OSError as exc:
+                data, rec["error"] = None, f"unreadable: {type(exc).__name__}"
+            if data is not None:
+                import hashlib
+
+                rec["sha256"], rec["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+                _, probe, reason = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side)
+                if probe is not None:
+                    rec.update(width=probe.width, height=probe.height, format=probe.format,
+                               mode=probe.mode, note=probe.note)
+                rec["error"] = reason
+        rec["status"] = ERROR if rec["error"] else OK
+        rec.update(duration_s=time.perf_counter() - t0, stage=SOURCE, stage_version="1", frame=None,
+                   model=None, weights_sha256=None, weights_random=None, config_hash=ctx.source_lineage)
+        records.append(rec)
+    table = validate_columns(records, manifest_schema(source_schema.SCHEMA))
+    write_table(table, outs.manifest)
+    counts = dict(Counter(r["status"] for r in records))
+    write_marker(outs, ctx.source_lineage, counts)
+    return write_stats(outs, [r["status"] for r in records], [r["error"] for r in records],
+                       time.perf_counter() - start)
+
+
+class UpstreamStore:
+    """Read access to a finished stage's results for one shard (manifest rows, files, frames)."""
+
+    def __init__(self, ctx: RunContext, run: StageRun, shard: str, files: tuple[str, ...]):
+        outs = ShardOutputs(ctx.out, run.name, shard)
+        table = read_manifest(outs.manifest)
+        self.rows = {row["key"]: row for row in table.to_pylist()}
+        self.files, self.frame_name = files, run.frame_name
+        self.tar = TarReader(outs.payload) if outs.payload.exists() else None
+
+    def result(self, key: str) -> Result | None:
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        res = Result(status=row["status"], error=row["error"], columns=row)
+        if res.status == OK and self.tar is not None:
+            res.files = {s: d for s in self.files if (d := self.tar.get(f"{key}.{s}")) is not None}
+            if self.frame_name:
+                data = self.tar.get(f"{key}.{self.frame_name}.png")
+                res.frame = decode_png(data) if data is not None else None
+        return res
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+
+
+def process_isolated(stage: Stage, samples: list[Sample]) -> list[Result]:
+    """Run a batch; if it raises, run its samples one by one so one bad sample costs one row."""
+    try:
+        results = stage.process(samples)
+    except Exception as exc:  # noqa: BLE001 - a model failure on data becomes error rows
+        if len(samples) == 1:
+            return [Result.fail(f"stage_exception: {type(exc).__name__}: {exc}"[:500])]
+        return [r for s in samples for r in process_isolated(stage, [s])]
+    if len(results) != len(samples):
+        raise RuntimeError(f"stage '{stage.name}' returned {len(results)} results for {len(samples)} samples")
+    return results

@@ -1,0 +1,180 @@
+"""A group of consecutive stages run on one worker, one batch at a time, frames kept in memory."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline import imaging
+from pipeline.config import build_stage
+from pipeline.execute import SOURCE, RunContext, StageRun, UpstreamStore, encode_png, process_isolated
+from pipeline.execute import write_stats
+from pipeline.manifest import ShardOutputs, TarWriter, read_manifest, validate_columns, write_marker
+from pipeline.manifest import write_table
+from pipeline.sources import get_source
+from schemas.common import manifest_schema
+from stages.base import OK, SKIPPED, Result, Sample, Stage
+
+DEFAULT_BATCH = 16
+
+
+@dataclass
+class _Pending:
+    """Outputs of one not-yet-done stage for the shard being processed."""
+
+    run: StageRun
+    stage: Stage
+    outs: ShardOutputs
+    tar: TarWriter
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class GroupWorker:
+    """Holds the group's stages (set up once) and processes shards."""
+
+    def __init__(self, ctx: RunContext, names: list[str]):
+        self.ctx = ctx
+        self.runs = [ctx.stage_runs[n] for n in names]
+        self.stages = {r.name: build_stage(r.name, r.values) for r in self.runs}
+        self._ready: set[str] = set()
+        self.source = get_source(ctx.source_name)(ctx.input)
+
+    def _setup(self, name: str) -> Stage:
+        if name not in self._ready:  # lazily: a resumed run whose stage is done loads no weights
+            self.stages[name].setup()
+            self._ready.add(name)
+        return self.stages[name]
+
+    def run_shard(self, shard: str) -> list[dict]:
+        todo = [r for r in self.runs if not ShardOutputs(self.ctx.out, r.name, shard).is_done(r.lineage)]
+        if not todo:
+            return []
+        source_rows = read_manifest(ShardOutputs(self.ctx.out, SOURCE, shard).manifest).to_pylist()
+        todo_names = {r.name for r in todo}
+        # Stages outside this group (or already done) that something here needs, read from disk.
+        needed = {n for r in todo for n in (*r.reads, r.frame_from) if n}
+        stores = {
+            n: UpstreamStore(self.ctx, self.ctx.stage_runs[n], shard, self.stages[n].files
+                             if n in self.stages else _files_of(n))
+            for n in needed if n not in todo_names
+        }
+        pending = {}
+        for r in todo:
+            stage = self._setup(r.name)
+            outs = ShardOutputs(self.ctx.out, r.name, shard)
+            pending[r.name] = _Pending(r, stage, outs, TarWriter(outs.payload))
+        try:
+            chunk = max(getattr(p.stage, "batch_size", DEFAULT_BATCH) for p in pending.values())
+            for i in range(0, len(source_rows), chunk):
+                self._run_chunk(source_rows[i:i + chunk], pending, stores)
+            return [self._finish(p) for p in pending.values()]
+        except BaseException:
+            for p in pending.values():
+                p.tar.abort()
+            raise
+        finally:
+            for s in stores.values():
+                s.close()
+
+    def _run_chunk(self, rows: list[dict], pending: dict[str, _Pending], stores: dict[str, UpstreamStore]) -> None:
+        results: dict[str, dict[str, Result]] = {}  # stage -> key -> result, for this chunk only
+        images: dict[str, tuple[np.ndarray | None, str]] = {}
+
+        def lookup(stage: str, key: str) -> Result | None:
+            if stage in results:
+                return results[stage].get(key)
+            return stores[stage].result(key) if stage in stores else None
+
+        def source_image(row: dict) -> tuple[np.ndarray | None, str]:
+            if row["key"] not in images:
+                try:
+                    data = self.source.read(row["location"])
+                except OSError as exc:
+                    images[row["key"]] = (None, f"unreadable: {type(exc).__name__}")
+                else:
+                    img, _, reason = imaging.decode_rgb(data, self.ctx.max_pixels, self.ctx.min_side)
+                    images[row["key"]] = (img, f"decode_failed: {reason}" if img is None else "")
+            return images[row["key"]]
+
+        for run in self.runs:
+            if run.name not in pending:
+                continue
+            p = pending[run.name]
+            frame = self.ctx.stage_runs[run.frame_from].frame_name if run.frame_from else "source"
+            samples, out = [], {}
+            for row in rows:
+                key = row["key"]
+                blocked = SOURCE if row["status"] != OK else ""
+                upstream = {}
+                for dep in (*run.reads, *( [run.frame_from] if run.frame_from else [])):
+                    res = lookup(dep, key)
+                    if res is None or res.status != OK:
+                        blocked = blocked or dep
+                    else:
+                        upstream[dep] = res
+                if blocked:
+                    out[key] = Result(status=SKIPPED, error=f"upstream_failed: {blocked}")
+                    continue
+                if run.frame_from:
+                    image, err = upstream[run.frame_from].frame, ""
+                    if image is None:
+                        image, err = None, f"missing_frame: {run.frame_from}"
+                else:
+                    image, err = source_image(row)
+                if err:
+                    out[key] = Result.fail(err)
+                    continue
+                samples.append(Sample(key=key, identity=row["identity"], image=image, frame=frame,
+                                      upstream=upstream, meta=row))
+            bs = getattr(p.stage, "batch_size", DEFAULT_BATCH)
+            for i in range(0, len(samples), bs):
+                batch = samples[i:i + bs]
+                t0 = time.perf_counter()
+                batch_results = process_isolated(p.stage, batch)
+                dt = time.perf_counter() - t0
+                p.seconds += dt
+                for s, res in zip(batch, batch_results):
+                    res.columns.setdefault("__duration", dt / len(batch))
+                    out[s.key] = res
+            results[run.name] = out
+            for row in rows:
+                self._record(p, row["key"], out[row["key"]], frame)
+
+    def _record(self, p: _Pending, key: str, res: Result, frame: str) -> None:
+        prov = p.stage.provenance()
+        duration = res.columns.pop("__duration", 0.0)
+        row = {name: None for name in p.stage.schema.names}
+        if res.status == OK:
+            unknown = set(res.columns) - set(row)
+            if unknown:
+                raise ValueError(f"stage '{p.run.name}' returned unknown columns {sorted(unknown)}")
+            row.update(res.columns)
+            for suffix, data in sorted(res.files.items()):
+                if suffix not in p.stage.files:
+                    raise ValueError(f"stage '{p.run.name}' wrote undeclared file '{suffix}'")
+                p.tar.add(f"{key}.{suffix}", data)
+            if p.run.frame_name and res.frame is not None:
+                p.tar.add(f"{key}.{p.run.frame_name}.png", encode_png(res.frame))
+        row.update(key=key, status=res.status, error=res.error, duration_s=duration, stage=p.run.name,
+                   stage_version=type(p.stage).version, frame=frame, model=prov.model,
+                   weights_sha256=prov.weights_sha256, weights_random=prov.weights_random,
+                   config_hash=p.run.lineage)
+        p.rows.append(row)
+
+    def _finish(self, p: _Pending) -> dict:
+        table = validate_columns(p.rows, manifest_schema(p.stage.schema))
+        p.tar.close()
+        write_table(table, p.outs.manifest)
+        statuses = [r["status"] for r in p.rows]
+        write_marker(p.outs, p.run.lineage, dict(Counter(statuses)))
+        return write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds)
+
+
+def _files_of(name: str) -> tuple[str, ...]:
+    from stages import stage_class
+
+    return stage_class(name).files

@@ -1,0 +1,186 @@
+"""Per-stage per-shard outputs: Parquet manifests, payload tars and done markers.
+
+Every output is written to a temp name, renamed into place, and only then the shard's done
+marker is written; a shard counts as done only when its marker exists and names the current
+lineage hash. A killed run therefore leaves at worst temp files (removed on the next start)
+and never a half-written file that looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_TAG = ".tmp-"
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}{TMP_TAG}{os.getpid()}")
+
+
+def fsync_rename(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """Short hash of a JSON-serialisable object (key order independent)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ShardOutputs:
+    """Where one stage's outputs for one shard live."""
+
+    out: Path
+    stage: str
+    shard: str
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / "manifests" / self.stage / f"{self.shard}.parquet"
+
+    @property
+    def payload(self) -> Path:
+        return self.out / "payloads" / self.stage / f"{self.shard}.tar"
+
+    @property
+    def marker(self) -> Path:
+        return self.out / "manifests" / self.stage / f"{self.shard}.done"
+
+    @property
+    def stats(self) -> Path:
+        return self.out / "stats" / self.stage / f"{self.shard}.json"
+
+    def done_lineage(self) -> str | None:
+        """The lineage hash recorded by the done marker, or None when not done."""
+        try:
+            return json.loads(self.marker.read_text())["lineage"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def is_done(self, lineage: str) -> bool:
+        return self.done_lineage() == lineage
+
+
+def validate_columns(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build a table in ``schema`` from rows; raise ValueError naming the bad column."""
+    names = set(schema.names)
+    for row in rows:
+        extra, missing = set(row) - names, names - set(row)
+        if extra or missing:
+            raise ValueError(f"row {row.get('key')!r}: unexpected {sorted(extra)}, missing {sorted(missing)}")
+    arrays = []
+    for field in schema:
+        values = [row[field.name] for row in rows]
+        try:
+            arrays.append(pa.array(values, type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise ValueError(f"column {field.name!r} does not match {field.type}: {exc}") from exc
+        if not field.nullable and arrays[-1].null_count:
+            raise ValueError(f"column {field.name!r} must not be null")
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    pq.write_table(table, tmp, compression="zstd")
+    fsync_rename(tmp, path)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+    fsync_rename(tmp, path)
+
+
+def read_manifest(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def write_marker(outs: ShardOutputs, lineage: str, counts: dict[str, int]) -> None:
+    files = {"manifest": sha256_file(outs.manifest)}
+    if outs.payload.exists():
+        files["payload"] = sha256_file(outs.payload)
+    write_json({"lineage": lineage, "counts": counts, "sha256": files}, outs.marker)
+
+
+class TarWriter:
+    """Deterministic tar writer: fixed mtime/owner/mode, members in call order, temp then rename."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_path(path)
+        self._tar = tarfile.open(self.tmp, "w", format=tarfile.PAX_FORMAT)
+        self.count = 0
+
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> None:
+        self._tar.close()
+        fsync_rename(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class TarReader:
+    """Random access to a tar's members by name (reads the index once)."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "rb")
+        with tarfile.open(fileobj=self._f, mode="r:") as tar:
+            self.index = {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
+
+    def get(self, name: str) -> bytes | None:
+        if name not in self.index:
+            return None
+        offset, size = self.index[name]
+        self._f.seek(offset)
+        return self._f.read(size)
+
+    def names(self) -> Iterable[str]:
+        return self.index.keys()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def clean_temp_files(out: Path) -> int:
+    """Remove temp files left by killed runs; call only while holding the output lock."""
+    removed = 0
+    for sub in ("manifests", "payloads", "stats", "shards", "plan"):
+        root = out / sub
+        if root.is_dir():
+            for path in root.rglob(f"*{TMP_TAG}*"):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -1,0 +1,50 @@
+"""Terminal progress: one line per step (shards done/total, samples, img/s, errors) and a summary."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+
+class Progress:
+    """Prints a progress line per finished shard and a final summary table (to stderr)."""
+
+    def __init__(self, quiet: bool = False, total_samples: int = 0):
+        self.quiet = quiet
+        self.console = Console(file=sys.stderr, highlight=False)
+        self.total_samples = total_samples
+
+    def step(self, label: str, total: int) -> Callable[[Any], None]:
+        state = {"done": 0, "samples": 0, "errors": 0, "start": time.perf_counter(), "reused": 0}
+
+        def tick(result: Any) -> None:
+            state["done"] += 1
+            stats = result if isinstance(result, list) else [result] if isinstance(result, dict) else []
+            if not stats or (len(stats) == 1 and stats[0].get("skipped")):
+                state["reused"] += 1
+            elif stats and "n" in stats[0]:
+                state["samples"] += stats[0]["n"]
+                state["errors"] += sum(s["status"].get("error", 0) for s in stats)
+            if self.quiet:
+                return
+            dt = time.perf_counter() - state["start"]
+            rate = state["samples"] / dt if dt > 0 else 0.0
+            reused = f", {state['reused']} already done" if state["reused"] else ""
+            self.console.print(f"[bold]{label:<24}[/] shard {state['done']}/{total}  "
+                               f"{state['samples']} samples  {rate:7.1f} img/s  "
+                               f"errors {state['errors']}{reused}")
+        return tick
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        table = Table(title=f"{summary['samples']} samples, {summary['packed']} packed, {summary['seconds']} s")
+        for col in ("stage", "ok", "skipped", "error", "top reasons"):
+            table.add_column(col)
+        for name, st in summary["stages"].items():
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(st["reasons"].items(), key=lambda kv: -kv[1])[:3])
+            table.add_row(name, *(str(st["status"].get(s, 0)) for s in ("ok", "skipped", "error")), reasons)
+        self.console.print(table)

@@ -1,0 +1,23 @@
+"""Names of the members of a training shard (``shards/NNNNN.tar``), one group per sample key.
+
+Every ok sample has ``<key>.jpg`` (the frame the annotations live in) and ``<key>.json``
+(identity, source info and every stage's manifest columns under the stage name). Each other
+member is written by the stage named here.
+"""
+from __future__ import annotations
+
+IMAGE = "jpg"  # the annotated frame: source JPEG bytes, or the aligned/restored crop re-encoded
+META = "json"  # {"key", "identity", "source": {...}, "<stage>": {columns...}}
+
+# suffix -> (stage, description)
+MEMBERS: dict[str, tuple[str, str]] = {
+    "lmk.npy": ("landmarks", "float32 (N, 3) mediapipe mesh: x, y in pixels of the image, z in pixels"),
+    "depth.png": ("landmarks", "uint16 depth from the mesh, 65535 = nearest, 0 = background"),
+    "mask.png": ("landmarks", "uint8 pseudo mask label map, classes in schemas.pseudo_mask"),
+}
+
+
+def member_name(key: str, suffix: str) -> str:
+    if "." in key or "/" in key:
+        raise ValueError(f"sample keys must be dot- and slash-free: {key!r}")
+    return f"{key}.{suffix}"

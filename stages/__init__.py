@@ -1,0 +1,42 @@
+"""The stage registry: short stage names in run order, each a module holding one Stage class.
+
+Modules are imported lazily so a run that needs only mediapipe never imports torch models.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from stages.base import Stage
+
+# Run order: a frame producer (detect, restore) comes before the stages that see its frame.
+ORDER: tuple[str, ...] = (
+    "detect",
+    "restore",
+    "landmarks",
+    "pose",
+    "parsing",
+    "identity",
+    "expression",
+    "attributes",
+    "quality",
+    "caption",
+)
+
+MODULES: dict[str, str] = {name: f"stages.{name}" for name in ORDER}
+
+
+def available() -> list[str]:
+    """Stage names whose module exists in this install."""
+    return [name for name in ORDER if importlib.util.find_spec(MODULES[name]) is not None]
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The Stage subclass registered under ``name``."""
+    if name not in MODULES:
+        raise KeyError(f"unknown stage '{name}'; known: {', '.join(available())}")
+    module = importlib.import_module(MODULES[name])
+    for obj in vars(module).values():
+        if isinstance(obj, type) and issubclass(obj, Stage) and obj is not Stage and obj.name == name:
+            return obj
+    raise KeyError(f"module {MODULES[name]} defines no Stage named '{name}'")

@@ -1,0 +1,133 @@
+"""Pure numpy/cv2 face-mesh geometry: z-buffer depth, pseudo-mask drawing, PnP head pose.
+
+Image points are continuous pixel coordinates where pixel (i, j) covers [i, i+1) x [j, j+1)
+(mediapipe's normalised coordinates times the image size), so pixel centres sit at i + 0.5.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FACE_MODEL = Path(__file__).resolve().parent / "data" / "face_model.npz"
+_SHIFT = 4  # cv2 fixed-point fraction bits for sub-pixel polygon vertices
+
+
+@dataclass(frozen=True)
+class FaceModel:
+    """Canonical 468-vertex face (see ``stages/data/build_face_model.py``)."""
+
+    vertices: np.ndarray
+    """(468, 3) float32; x to the subject's left, y down, z away from the camera, ~cm."""
+    triangles: np.ndarray
+    """(K, 3) int32: the tessellation plus strips that close the eye and mouth openings."""
+    mirror: np.ndarray
+    """(468,) int32: each vertex's left/right twin."""
+
+
+@functools.cache
+def load_face_model(path: Path = FACE_MODEL) -> FaceModel:
+    with np.load(path) as d:
+        tris = np.concatenate([d["triangles"], d["hole_triangles"]]).astype(np.int32)
+        return FaceModel(d["vertices"].astype(np.float32), tris, d["mirror"].astype(np.int32))
+
+
+def render_depth(points: np.ndarray, triangles: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Z-buffer: per pixel the smallest z of the triangles covering its centre, +inf elsewhere.
+
+    ``points`` (N, 3) hold x, y in pixels and z (smaller = nearer); z is interpolated with
+    screen-space barycentric weights, which is exact for an orthographic mesh like mediapipe's.
+    """
+    h, w = shape
+    zbuf = np.full((h, w), np.inf, np.float32)
+    tri = points[triangles].astype(np.float64)  # (K, 3 vertices, xyz)
+    lo = np.floor(tri[:, :, :2].min(1) - 0.5).astype(int)
+    hi = np.ceil(tri[:, :, :2].max(1) - 0.5).astype(int)
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, [w - 1, h - 1])
+    for (a, b, c), (x0, y0), (x1, y1) in zip(tri, lo, hi):
+        if x1 < x0 or y1 < y0:
+            continue
+        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        if abs(area) < 1e-9:
+            continue
+        px = np.arange(x0, x1 + 1) + 0.5
+        py = (np.arange(y0, y1 + 1) + 0.5)[:, None]
+        wa = ((b[0] - px) * (c[1] - py) - (b[1] - py) * (c[0] - px)) / area
+        wb = ((c[0] - px) * (a[1] - py) - (c[1] - py) * (a[0] - px)) / area
+        wc = 1.0 - wa - wb
+        inside = (wa >= 0) & (wb >= 0) & (wc >= 0)
+        if not inside.any():
+            continue
+        z = (wa * a[2] + wb * b[2] + wc * c[2]).astype(np.float32)
+        win = zbuf[y0 : y1 + 1, x0 : x1 + 1]
+        nearer = inside & (z < win)
+        win[nearer] = z[nearer]
+    return zbuf
+
+
+def depth_to_uint16(zbuf: np.ndarray) -> np.ndarray:
+    """Normalise a z-buffer over the face: nearest 65535, farthest 1, background 0."""
+    face = np.isfinite(zbuf)
+    out = np.zeros(zbuf.shape, np.uint16)
+    if not face.any():
+        return out
+    z = zbuf[face].astype(np.float64)
+    near, far = z.min(), z.max()
+    t = (far - z) / (far - near) if far > near else np.ones_like(z)
+    out[face] = (1 + np.rint(t * 65534)).astype(np.uint16)
+    return out
+
+
+def draw_mask(
+    points: np.ndarray, classes: list[tuple[int, str, list[int]]], shape: tuple[int, int]
+) -> np.ndarray:
+    """uint8 label map: fill each class polygon in order, later classes overwriting earlier."""
+    mask = np.zeros(shape, np.uint8)
+    xy = np.asarray(points, np.float64)[:, :2] - 0.5  # cv2 puts integer coordinates at centres
+    for class_id, _, loop in classes:
+        poly = np.rint(xy[loop] * (1 << _SHIFT)).astype(np.int32)
+        cv2.fillPoly(mask, [poly], int(class_id), lineType=cv2.LINE_8, shift=_SHIFT)
+    return mask
+
+
+def camera_matrix(width: int, height: int) -> np.ndarray:
+    """Pinhole intrinsics with focal = image width and the principal point at the centre."""
+    return np.array([[width, 0, width / 2], [0, width, height / 2], [0, 0, 1]], np.float64)
+
+
+def rotation_to_angles(rot: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a model-to-camera rotation (OpenCV camera axes).
+
+    yaw > 0: the face points towards image left; pitch > 0: it points up; roll > 0: it is
+    turned clockwise on screen. Decomposed as R = Ry(yaw) Rx(-pitch) Rz(roll).
+    """
+    fwd = -rot[:, 2]  # where the face looks: the model's -z axis
+    yaw = np.arctan2(-fwd[0], -fwd[2])
+    pitch = np.arctan2(-fwd[1], np.hypot(fwd[0], fwd[2]))
+    cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(-pitch), np.sin(-pitch)
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    rz = (ry @ rx).T @ rot
+    roll = np.arctan2(rz[1, 0], rz[0, 0])
+    return float(np.degrees(yaw)), float(np.degrees(pitch)), float(np.degrees(roll))
+
+
+def head_pose(
+    image_xy: np.ndarray, model: np.ndarray, width: int, height: int
+) -> tuple[float, float, float, float]:
+    """(yaw, pitch, roll, rms reprojection error px) by PnP of the model onto the landmarks."""
+    obj = np.ascontiguousarray(model, np.float64)
+    img = np.ascontiguousarray(image_xy[: len(model), :2], np.float64)
+    cam = camera_matrix(width, height)
+    ok, rvec, tvec = cv2.solvePnP(obj, img, cam, None, flags=cv2.SOLVEPNP_EPNP)
+    if not ok:
+        raise cv2.error("solvePnP failed")
+    rvec, tvec = cv2.solvePnPRefineLM(obj, img, cam, None, rvec, tvec)
+    proj = cv2.projectPoints(obj, rvec, tvec, cam, None)[0][:, 0]
+    rmse = float(np.sqrt(np.mean(np.sum((proj - img) ** 2, axis=1))))
+    rot = cv2.Rodrigues(rvec)[0]
+    return (*rotation_to_angles(rot), rmse)
