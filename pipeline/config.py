@@ -104,11 +104,16 @@ def merge(cfg: RunConfig, data: dict[str, Any], origin: str) -> None:
 
 
 def parse_set(item: str) -> tuple[str, str, Any]:
-    """``STAGE.FIELD=VALUE`` -> (stage, field, YAML-parsed value)."""
+    """``STAGE.FIELD=VALUE`` -> (stage, field, value): YAML-parsed unless the field is a str."""
     target, sep, raw = item.partition("=")
     stage, dot, name = target.partition(".")
     if not sep or not dot or not stage or not name:
         raise ConfigError(f"--set expects STAGE.FIELD=VALUE, got '{item}'")
+    if stage not in stage_registry.ORDER:
+        raise ConfigError(f"--set {item}: unknown stage '{stage}'")
+    hint = typing.get_type_hints(stage_registry.stage_class(stage)).get(name)
+    if hint is str:  # keep '0000045_001' a string (YAML would read it as the integer 45001)
+        return stage, name, raw
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
@@ -139,8 +144,6 @@ def resolve(
             merge(cfg, {name: value}, "command line")
     for item in sets or []:
         stage, name, value = parse_set(item)
-        if stage not in stage_registry.ORDER:
-            raise ConfigError(f"--set {item}: unknown stage '{stage}'")
         cfg.stage_config.setdefault(stage, {})[name] = value
     return cfg
 

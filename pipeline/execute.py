@@ -40,6 +40,8 @@ class StageRun:
     frame_name: str | None = None
     """Set when this stage produces a frame (``aligned`` / ``restored``)."""
     gpus: float = 0.0
+    module: str = ""
+    """Module defining the stage, so workers in other processes find registered plugins."""
 
 
 @dataclass

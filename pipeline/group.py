@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+import stages as stage_registry
 from pipeline import imaging
 from pipeline.config import build_stage
 from pipeline.execute import SOURCE, RunContext, StageRun, UpstreamStore, encode_png, process_isolated
@@ -39,6 +40,8 @@ class GroupWorker:
     def __init__(self, ctx: RunContext, names: list[str]):
         self.ctx = ctx
         self.runs = [ctx.stage_runs[n] for n in names]
+        for r in ctx.stage_runs.values():
+            stage_registry.register(r.name, r.module)
         self.stages = {r.name: build_stage(r.name, r.values) for r in self.runs}
         self._ready: set[str] = set()
         self.source = get_source(ctx.source_name)(ctx.input)

@@ -23,7 +23,8 @@ TMP_TAG = ".tmp-"
 
 
 def tmp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_TAG}{os.getpid()}")
+    # A leading dot hides it from pyarrow/webdataset directory reads while a run is writing.
+    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
 
 
 def fsync_rename(tmp: Path, final: Path) -> None:
@@ -64,7 +65,7 @@ class ShardOutputs:
 
     @property
     def marker(self) -> Path:
-        return self.out / "manifests" / self.stage / f"{self.shard}.done"
+        return self.out / "done" / self.stage / f"{self.shard}.json"
 
     @property
     def stats(self) -> Path:
@@ -177,7 +178,7 @@ class TarReader:
 def clean_temp_files(out: Path) -> int:
     """Remove temp files left by killed runs; call only while holding the output lock."""
     removed = 0
-    for sub in ("manifests", "payloads", "stats", "shards", "plan"):
+    for sub in ("manifests", "payloads", "stats", "shards", "plan", "done"):
         root = out / sub
         if root.is_dir():
             for path in root.rglob(f"*{TMP_TAG}*"):

@@ -38,7 +38,7 @@ def shard_path(out: Path, shard: str) -> Path:
 
 
 def marker_path(out: Path, shard: str) -> Path:
-    return out / "shards" / f"{shard}.done"
+    return out / "done" / PACK / f"{shard}.json"
 
 
 def is_packed(out: Path, shard: str, lineage: str) -> bool:

@@ -46,10 +46,7 @@ def resolve_stage_names(requested: Iterable[str]) -> list[str]:
 
 def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
     """Everything that can fail on bad input, before any work: source, stages, weights."""
-    try:
-        source_cls = get_source(cfg.source)
-    except KeyError as exc:
-        raise ConfigError(str(exc.args[0])) from None
+    source_cls = get_source(cfg.source)
     if cfg.executor not in ("ray", "local"):
         raise ConfigError(f"executor must be 'ray' or 'local', got '{cfg.executor}'")
     source = source_cls(cfg.input)
@@ -86,7 +83,8 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         device = str(values.get("device", "cpu"))
         ctx.stage_runs[name] = StageRun(name, values, lineage, frame_from, tuple(stage.reads),
                                         type(stage).produces_frame,
-                                        type(stage).gpus if device.startswith("cuda") else 0.0)
+                                        type(stage).gpus if device.startswith("cuda") else 0.0,
+                                        stage_registry.MODULES[name])
         if type(stage).produces_frame:
             frame_from = name
     return ctx

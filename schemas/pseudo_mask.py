@@ -11,9 +11,10 @@ image's right side in an unmirrored frontal photo. This matches mediapipe's FACE
 The loops are mediapipe's FACEMESH_* edge sets (``mediapipe.solutions.face_mesh_connections``)
 put in order, hard-coded so that reading a mask needs no mediapipe; tests check they still
 match. Open sets were closed as follows: a brow is its lower chain then its upper chain
-reversed; a lip is its outer chain then its inner chain reversed; ``nose`` is the outline of
-the tessellation's nose region (bridge from between the eyes, sides, nostrils), since
-FACEMESH_NOSE is a centre line plus the nostril rim rather than an outline.
+reversed; a lip is its outer chain then its inner chain reversed; ``nose`` is our own loop of
+tessellation edges (nasion at 168, down the side walls, around the nostrils via
+FACEMESH_NOSE's rim 48-64-98-97-2 and its mirror), since FACEMESH_NOSE is a centre line plus
+the nostril rim rather than an outline of the nose.
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ LEFT_BROW = [276, 283, 282, 295, 285, 336, 296, 334, 293, 300]
 RIGHT_BROW = [46, 53, 52, 65, 55, 107, 66, 105, 63, 70]
 LEFT_EYE = [263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249]
 RIGHT_EYE = [33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7]
-NOSE = [4, 45, 220, 115, 48, 64, 98, 97, 2, 326, 327, 294, 278, 344, 440, 275]
+NOSE = [
+    168, 193, 245, 188, 174, 236, 198, 209, 49, 48, 64, 98, 97,
+    2, 326, 327, 294, 278, 279, 429, 420, 456, 399, 412, 465, 417,
+]
 LIPS_OUTER_UPPER = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291]
 LIPS_OUTER_LOWER = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291]
 LIPS_INNER_UPPER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]

@@ -10,7 +10,7 @@ import importlib.util
 from stages.base import Stage
 
 # Run order: a frame producer (detect, restore) comes before the stages that see its frame.
-ORDER: tuple[str, ...] = (
+ORDER: list[str] = [
     "detect",
     "restore",
     "landmarks",
@@ -21,9 +21,16 @@ ORDER: tuple[str, ...] = (
     "attributes",
     "quality",
     "caption",
-)
+]
 
 MODULES: dict[str, str] = {name: f"stages.{name}" for name in ORDER}
+
+
+def register(name: str, module: str, before: str | None = None) -> None:
+    """Add a stage from another module (plugins, tests); it runs before ``before`` or last."""
+    MODULES[name] = module
+    if name not in ORDER:
+        ORDER.insert(ORDER.index(before) if before else len(ORDER), name)
 
 
 def available() -> list[str]:

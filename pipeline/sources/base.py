@@ -3,8 +3,8 @@
 A source lists the samples of one input dataset and reads the raw bytes of one of them. Keys
 are stable, dot-free and unique: ``<identity>_<stem>`` sanitised to ``[A-Za-z0-9_-]``. When two
 samples map to the same key (compared case-insensitively, since shards may be unpacked on a
-case-insensitive file system) the first in location order keeps it and each later one gets a
-hash-suffixed key and ``error = "key_collision: <first location>"``.
+case-insensitive file system) the first in location order (record order for RecordIO) keeps it
+and each later one gets a hash-suffixed key and ``error = "key_collision: <first location>"``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 MAX_KEY_LEN = 120
@@ -59,9 +59,14 @@ def sanitize_key(*parts: str) -> str:
     return key
 
 
-def resolve_collisions(entries: Iterable[Entry]) -> list[Entry]:
-    """Sort by location and make keys unique, marking every later duplicate as a collision."""
-    ordered = sorted(entries, key=lambda e: e.location)
+def resolve_collisions(
+    entries: Iterable[Entry], order: Callable[[Entry], Any] | None = None
+) -> list[Entry]:
+    """Sort (by location unless ``order`` is given) and make keys unique.
+
+    Every later duplicate of a key gets a hash-suffixed key and a ``key_collision`` error.
+    """
+    ordered = sorted(entries, key=order or (lambda e: e.location))
     taken = {e.key.lower() for e in ordered}
     owner: dict[str, str] = {}
     for entry in ordered:

@@ -73,7 +73,7 @@ class CasiaSource(FolderSource):
             record_entry(self.rec_rel, r.index, r.offset, r.label, r.error)
             for r in self.reader.images()
         ]
-        yield from resolve_collisions(entries)
+        yield from resolve_collisions(entries, order=lambda e: e.meta["record_index"])
 
     def read(self, location: str) -> bytes:
         if self.reader is None:

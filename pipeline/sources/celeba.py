@@ -1,4 +1,4 @@
-"""``celeba``: CelebA images with ``identity_CelebA.txt`` and, when present, ``list_attr_celeba.txt``.
+"""``celeba``: CelebA images with ``identity_CelebA.txt`` (and ``list_attr_celeba.txt`` if present).
 
 Accepted layouts (files either in the root or in the official ``Img/`` and ``Anno/`` folders):
 ``img_align_celeba/`` (preferred) or ``img_celeba/`` for the images, ``identity_CelebA.txt``

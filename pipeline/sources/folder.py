@@ -3,7 +3,8 @@
 ``<root>/<identity>/<...>/<file>`` -> identity = the first-level folder, key =
 ``<identity>_<rest of the path without extension>``. Files directly in the root get identity =
 key = their stem. Hidden files and folders are skipped, symlinks are followed only while they
-stay inside the root, and each real folder is visited once (so symlink loops end).
+stay inside the root, and each real folder is visited once (so symlink loops end), under its
+real path when it has one.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ def walk_images(root: Path) -> list[str]:
     root = root.resolve()
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
-    stack: list[tuple[Path, str]] = [(root, "")]
-    while stack:
-        folder, rel = stack.pop()
+    # Real folders first, so files are listed under their real path rather than an alias.
+    pending: list[tuple[Path, str]] = [(root, "")]
+    linked: list[tuple[Path, str]] = []
+    while pending or linked:
+        folder, rel = pending.pop() if pending else linked.pop()
         try:
             real = folder.resolve()
             stat = real.stat()
@@ -53,7 +56,7 @@ def walk_images(root: Path) -> list[str]:
             except OSError:
                 continue
             if is_dir:
-                stack.append((Path(child.path), child_rel))
+                (linked if child.is_symlink() else pending).append((Path(child.path), child_rel))
             elif is_file and is_image_name(child.name):
                 if child.is_symlink() and not Path(child.path).resolve().is_relative_to(root):
                     log.warning("skipping %s: it links outside the input folder", child.path)
@@ -72,7 +75,8 @@ def entry_for(location: str, allow_flat: bool = True) -> Entry | None:
             return None
         return Entry(key=sanitize_key(stem), identity=stem, location=location)
     identity = parts[0]
-    return Entry(key=sanitize_key(identity, *parts[1:-1], stem), identity=identity, location=location)
+    key = sanitize_key(identity, *parts[1:-1], stem)
+    return Entry(key=key, identity=identity, location=location)
 
 
 class FolderSource(Source):

@@ -1,0 +1,184 @@
+"""The ``landmarks`` stage: mediapipe face mesh on the CPU, plus what the mesh gives for free.
+
+Per sample: the mesh points (``lmk.npy``), a z-buffered depth map of the mesh (``depth.png``),
+a pseudo mask drawn from landmark loops (``mask.png``) and a PnP head pose. Columns and
+conventions are in ``schemas/landmarks.py``; mask classes in ``schemas/pseudo_mask.py``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from schemas import landmarks as schema
+from schemas.pseudo_mask import CLASSES
+from stages import geometry
+from stages.base import Provenance, Result, Sample, Stage
+
+N_MESH = 468
+
+
+def mediapipe_dir() -> Path:
+    """The installed mediapipe package directory (without importing mediapipe)."""
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("mediapipe is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def landmark_model(refine: bool) -> Path:
+    """The bundled tflite that FaceMesh runs (the attention model when refining)."""
+    name = "face_landmark_with_attention.tflite" if refine else "face_landmark.tflite"
+    return mediapipe_dir() / "modules" / "face_landmark" / name
+
+
+@functools.cache
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError("png encoding failed")
+    return data.tobytes()
+
+
+@dataclass
+class LandmarksStage(Stage):
+    """468/478-point mediapipe face mesh, mesh depth map, pseudo mask and head pose."""
+
+    name: ClassVar[str] = "landmarks"
+    version: ClassVar[str] = "1"
+    schema: ClassVar[pa.Schema] = schema.SCHEMA
+    files: ClassVar[tuple[str, ...]] = ("lmk.npy", "depth.png", "mask.png")
+    gpus: ClassVar[float] = 0.0
+
+    refine: bool = False
+    """Use mediapipe's attention mesh: 478 points (10 iris points appended), refined eyes/lips."""
+    min_detection_confidence: float = 0.5
+    """mediapipe face-detector score below which a face is not seen."""
+    max_faces: int = 2
+    """Faces mediapipe looks for; more than one found is 'multiple_faces'. 1 skips that check."""
+    batch_size: int = 16
+    """Samples per process() call (mediapipe runs one image at a time anyway)."""
+
+    _mesh = None  # mediapipe FaceMesh, built by setup(); not a config field
+
+    def check(self) -> None:
+        if not 0.0 <= self.min_detection_confidence <= 1.0:
+            raise ValueError(f"min_detection_confidence must be in [0, 1], got {self.min_detection_confidence}")
+        if self.max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        try:
+            path = landmark_model(self.refine)
+        except ModuleNotFoundError:
+            raise ValueError("the landmarks stage needs mediapipe (pip install mediapipe)") from None
+        if not path.is_file():
+            raise ValueError(f"mediapipe's bundled face landmark model is missing: {path}")
+        geometry.load_face_model()
+
+    def setup(self) -> None:
+        from mediapipe.python.solutions import face_mesh
+
+        self.close()
+        self._mesh = face_mesh.FaceMesh(
+            static_image_mode=True,
+            max_num_faces=self.max_faces,
+            refine_landmarks=self.refine,
+            min_detection_confidence=self.min_detection_confidence,
+        )
+        self._model = geometry.load_face_model()
+        _sha256(landmark_model(self.refine))
+
+    def close(self) -> None:
+        """Release the mediapipe graph."""
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the mediapipe graph cannot be pickled; a worker rebuilds it in setup()
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def provenance(self) -> Provenance:
+        path = landmark_model(self.refine)
+        version = importlib.metadata.version("mediapipe")
+        return Provenance(
+            model="mediapipe_face_mesh",
+            weights=f"mediapipe=={version} {path.name}",
+            weights_sha256=_sha256(path),
+            weights_random=False,
+        )
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        if self._mesh is None:
+            self.setup()
+        return [self._one(s) for s in batch]
+
+    def _one(self, sample: Sample) -> Result:
+        img = sample.image
+        if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            return Result.fail("bad_image")
+        h, w = img.shape[:2]
+        try:
+            found = self._mesh.process(np.ascontiguousarray(img)).multi_face_landmarks or []
+        except Exception as exc:  # noqa: BLE001 - one bad image must not sink the batch
+            self.setup()  # the graph may be left in an error state
+            return Result.fail(f"landmarks_failed: {type(exc).__name__}")
+        if not found:
+            return Result.fail("no_face")
+        if len(found) > 1:
+            return Result.fail("multiple_faces")
+        pts = np.array([(p.x * w, p.y * h, p.z * w) for p in found[0].landmark], np.float32)
+        if not np.isfinite(pts).all():
+            return Result.fail("landmarks_failed: nonfinite")
+        try:
+            return self._annotate(pts, h, w)
+        except Exception as exc:  # noqa: BLE001
+            return Result.fail(f"landmarks_failed: {type(exc).__name__}")
+
+    def _annotate(self, pts: np.ndarray, h: int, w: int) -> Result:
+        """Columns and files for one face's mesh points."""
+        zbuf = geometry.render_depth(pts[:N_MESH], self._model.triangles, (h, w))
+        depth = geometry.depth_to_uint16(zbuf)
+        mask = geometry.draw_mask(pts, CLASSES, (h, w))
+        try:
+            yaw, pitch, roll, rmse = geometry.head_pose(pts[:N_MESH, :2], self._model.vertices, w, h)
+        except cv2.error:
+            yaw = pitch = roll = rmse = None
+        lo, hi = pts[:, :2].min(0), pts[:, :2].max(0)
+        eyes = pts[schema.LEFT_EYE_OUTER, :2] - pts[schema.RIGHT_EYE_OUTER, :2]
+        columns = {
+            "mesh": schema.MESH_478 if len(pts) > N_MESH else schema.MESH_468,
+            "n_landmarks": len(pts),
+            "bbox_x0": float(lo[0]),
+            "bbox_y0": float(lo[1]),
+            "bbox_x1": float(hi[0]),
+            "bbox_y1": float(hi[1]),
+            "interocular_px": float(np.hypot(*eyes)),
+            "yaw": yaw,
+            "pitch": pitch,
+            "roll": roll,
+            "pose_rmse_px": rmse,
+            "face_frac": float((depth > 0).mean()),
+        }
+        files = {"lmk.npy": encode_npy(pts), "depth.png": encode_png(depth), "mask.png": encode_png(mask)}
+        return Result(columns=columns, files=files)

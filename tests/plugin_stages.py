@@ -1,0 +1,88 @@
+"""Two tiny CPU stages used to test the runner without any model (no weights involved).
+
+``center`` crops the middle of the image and hands it on as the ``aligned`` frame, like detect
+does; ``colour`` reads it and records the mean colour. They exercise frames, reads, payload
+files and error rows through the real runner.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from stages.base import Provenance, Result, Sample, Stage
+
+
+@dataclass
+class CenterStage(Stage):
+    """Centre crop as a stand-in frame producer."""
+
+    name: ClassVar[str] = "center"
+    schema: ClassVar[pa.Schema] = pa.schema([pa.field("crop_side", pa.int32())])
+    produces_frame: ClassVar[str] = "aligned"
+
+    fraction: float = 0.8
+    """Side of the crop as a fraction of the shorter image side."""
+    batch_size: int = 4
+    """Samples per process() call."""
+    fail_key: str = ""
+    """A key whose processing raises (to test error isolation)."""
+    abort_key: str = ""
+    """A key whose processing kills the process (to test crash isolation)."""
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        out = []
+        for s in batch:
+            if s.key == self.fail_key:
+                raise RuntimeError("boom")
+            if s.key == self.abort_key:
+                os.abort()
+            h, w = s.image.shape[:2]
+            side = max(1, int(min(h, w) * self.fraction))
+            y, x = (h - side) // 2, (w - side) // 2
+            out.append(Result(columns={"crop_side": side}, frame=s.image[y:y + side, x:x + side].copy()))
+        return out
+
+    def provenance(self) -> Provenance:
+        return Provenance(model="center-crop", weights="none")
+
+
+@dataclass
+class ColourStage(Stage):
+    """Mean colour of the frame; a sample whose mean is too dark becomes an error row."""
+
+    name: ClassVar[str] = "colour"
+    reads: ClassVar[tuple[str, ...]] = ("center",)
+    schema: ClassVar[pa.Schema] = pa.schema([pa.field("mean_rgb", pa.list_(pa.float32())),
+                                             pa.field("crop_side", pa.int32())])
+    files: ClassVar[tuple[str, ...]] = ("mean.npy",)
+
+    min_mean: float = 1.0
+    """Frames darker than this are errors ('too_dark')."""
+    batch_size: int = 3
+    """Samples per process() call."""
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        out = []
+        for s in batch:
+            mean = s.image.reshape(-1, 3).mean(0).astype(np.float32)
+            if mean.mean() < self.min_mean:
+                out.append(Result.fail("too_dark"))
+                continue
+            buf = io.BytesIO()
+            np.save(buf, mean)
+            out.append(Result(columns={"mean_rgb": mean.tolist(),
+                                       "crop_side": s.upstream["center"].columns["crop_side"]},
+                              files={"mean.npy": buf.getvalue()}))
+        return out
+
+
+def register() -> None:
+    import stages
+
+    stages.register("center", __name__, before="landmarks")
+    stages.register("colour", __name__, before="landmarks")
