@@ -60,9 +60,7 @@ def _open(data: bytes) -> tuple[Image.Image | None, str]:
             return Image.open(io.BytesIO(data), formats=FORMATS), ""
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None, "decompression_bomb"
-    except UnidentifiedImageError:
-        return None, "not_an_image"
-    except Exception:  # a header broken in a way PIL does not classify
+    except (UnidentifiedImageError, Exception):  # incl. headers broken in unclassified ways
         return None, "not_an_image"
 
 
@@ -75,6 +73,7 @@ def _orientation(im: Image.Image) -> int:
 
 
 def _probe_open(im: Image.Image, max_pixels: int, min_side: int) -> tuple[Probe | None, str]:
+    """Probe an opened image and check its size and mode against the limits."""
     width, height = im.size
     orientation = _orientation(im)
     notes = []

@@ -16,9 +16,10 @@ class Progress:
         self.quiet = quiet
         self.console = Console(file=sys.stderr, highlight=False)
         self.total_samples = total_samples
+        self.every_s = 2.0
 
     def step(self, label: str, total: int) -> Callable[[Any], None]:
-        state = {"done": 0, "samples": 0, "errors": 0, "start": time.perf_counter(), "reused": 0}
+        state = {"done": 0, "samples": 0, "errors": 0, "start": time.perf_counter(), "reused": 0, "shown": 0.0}
 
         def tick(result: Any) -> None:
             state["done"] += 1
@@ -28,9 +29,12 @@ class Progress:
             elif stats and "n" in stats[0]:
                 state["samples"] += stats[0]["n"]
                 state["errors"] += sum(s["status"].get("error", 0) for s in stats)
-            if self.quiet:
+            now = time.perf_counter()
+            # A line every few seconds and at the end, not one per shard of a 500-shard run.
+            if self.quiet or (state["done"] < total and now - state["shown"] < self.every_s):
                 return
-            dt = time.perf_counter() - state["start"]
+            state["shown"] = now
+            dt = now - state["start"]
             rate = state["samples"] / dt if dt > 0 else 0.0
             reused = f", {state['reused']} already done" if state["reused"] else ""
             self.console.print(f"[bold]{label:<24}[/] shard {state['done']}/{total}  "

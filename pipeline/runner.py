@@ -118,8 +118,9 @@ class PackWorker:
     def __init__(self, ctx: RunContext, names: list[str]):
         self.ctx, self.names = ctx, names
 
-    def run_shard(self, shard: str) -> tuple[str, dict]:
-        return shard, pack_shard(self.ctx, self.names, shard)
+    def run_shard(self, shard: str) -> dict:
+        entry = pack_shard(self.ctx, self.names, shard)
+        return {"stage": "pack", "shard": shard, "n": entry["samples"], "status": {}, "index": entry}
 
 
 def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
                 ex.map(GroupWorker, (ctx, group), shards, progress.step(label, len(shards)), gpus=gpus)
             index: dict[str, dict] = {}
             ex.map(PackWorker, (ctx, names), shards, progress.step("pack", len(shards)), gpus=0.0,
-                   collect=lambda r: index.__setitem__(*r))
+                   collect=lambda r: index.__setitem__(r["shard"], r["index"]))
         write_index(out, index)
         summary = summarize(out, [SOURCE, *names], shards)
         summary.update(seconds=round(time.time() - started, 2), samples=len(plan),

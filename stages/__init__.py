@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
 from stages.base import Stage
 
@@ -24,6 +25,7 @@ ORDER: list[str] = [
 ]
 
 MODULES: dict[str, str] = {name: f"stages.{name}" for name in ORDER}
+PLUGINS_ENV = "FACEWEAVE_PLUGINS"
 
 
 def register(name: str, module: str, before: str | None = None) -> None:
@@ -31,6 +33,15 @@ def register(name: str, module: str, before: str | None = None) -> None:
     MODULES[name] = module
     if name not in ORDER:
         ORDER.insert(ORDER.index(before) if before else len(ORDER), name)
+
+
+def load_plugins(spec: str | None = None) -> None:
+    """Import the modules named in $FACEWEAVE_PLUGINS (comma-separated) and call their register().
+
+    Every process that imports ``stages`` (the driver, Ray workers) sees the same plugin stages.
+    """
+    for module in filter(None, (spec if spec is not None else os.environ.get(PLUGINS_ENV, "")).split(",")):
+        importlib.import_module(module.strip()).register()
 
 
 def available() -> list[str]:
@@ -47,3 +58,6 @@ def stage_class(name: str) -> type[Stage]:
         if isinstance(obj, type) and issubclass(obj, Stage) and obj is not Stage and obj.name == name:
             return obj
     raise KeyError(f"module {MODULES[name]} defines no Stage named '{name}'")
+
+
+load_plugins()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -41,6 +42,8 @@ class CenterStage(Stage):
                 raise RuntimeError("boom")
             if s.key == self.abort_key:
                 os.abort()
+            # From the environment, not a field: a field would change the lineage hash.
+            time.sleep(float(os.environ.get("FACEWEAVE_TEST_SLEEP", "0")))
             h, w = s.image.shape[:2]
             side = max(1, int(min(h, w) * self.fraction))
             y, x = (h - side) // 2, (w - side) // 2

@@ -1,0 +1,133 @@
+"""detect: find the main face with RetinaFace and align it to a 512x512 FFHQ-style crop.
+
+The aligned crop becomes the frame every later stage works in (``produces_frame = "aligned"``).
+Several faces in a photo are recorded (``n_faces``), not an error: the main one is chosen by
+size or by closeness to the image centre. Samples without a usable face are skipped with a
+reason: ``no_face``, ``low_score`` (only detections between 0.5 and ``conf_threshold``) or
+``face_too_small``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+import schemas.detect
+from stages import align
+from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
+from stages.models import common, load, registry, retinaface
+
+SELECT = ("largest", "central")
+LOW_SCORE_FLOOR = 0.5
+"""Best detection at or above this but below conf_threshold: ``low_score``, else ``no_face``."""
+
+
+@dataclass
+class Detect(Stage):
+    name: ClassVar[str] = "detect"
+    version: ClassVar[str] = "1"
+    schema: ClassVar = schemas.detect.SCHEMA
+    gpus: ClassVar[float] = 0.25
+    produces_frame: ClassVar[str | None] = "aligned"
+
+    model: str = "retinaface_resnet50"
+    """Registry name: retinaface_resnet50 (accurate) or retinaface_mobile0.25 (lite, bundled)."""
+    weights: str = "pretrained"
+    """pretrained (verified file) or random (real architecture, random init; for tests only)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    dtype: str = "fp32"
+    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
+    batch_size: int = 32
+    """Images per forward pass; a batch is padded to its largest image."""
+    conf_threshold: float = 0.8
+    """Detections scoring below this are not faces (real faces score 0.95-1.0)."""
+    nms_iou: float = 0.4
+    """Overlap above which the weaker of two detections is dropped."""
+    min_face_size: float = 32.0
+    """Smallest usable face: shorter side of the detection box, source px."""
+    select: str = "largest"
+    """Main face: largest box area, or central (box centre nearest the image centre; suits
+    datasets cropped around the labelled person, like CASIA-WebFace and LFW)."""
+    crop_size: int = 512
+    """Side of the aligned crop, px."""
+    max_side: int = 1024
+    """Images with a longer side are detected downscaled (the crop still uses full resolution)."""
+
+    def check(self) -> None:
+        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+        if registry.get(self.model).family != "retinaface":
+            raise ValueError(f"model {self.model!r} is not a RetinaFace detector")
+        if not 0.0 < self.conf_threshold < 1.0:
+            raise ValueError(f"conf_threshold must be in (0, 1), got {self.conf_threshold}")
+        if not 0.0 < self.nms_iou < 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1), got {self.nms_iou}")
+        if self.select not in SELECT:
+            raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
+        if self.crop_size < 64 or self.min_face_size < 0 or self.max_side < 0:
+            raise ValueError("crop_size must be >= 64, min_face_size and max_side >= 0")
+        common.check_weights(self.model, self.weights)
+
+    def setup(self) -> None:
+        self._device = common.torch_device(self.device)
+        self._net = load(self.model, device=self._device, dtype=self.dtype,
+                         random_init=self.weights == "random")
+        self._template = align.ffhq_template(self.crop_size)
+
+    def provenance(self) -> Provenance:
+        return common.provenance(self.model, self.weights == "random")
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        if getattr(self, "_net", None) is None:
+            self.setup()
+        results: list[Result | None] = [None] * len(batch)
+        valid = []
+        for i, sample in enumerate(batch):
+            image = sample.image
+            if image is None or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+                results[i] = Result.fail("bad_image", ERROR)
+            else:
+                valid.append(i)
+        for idx in common.chunks(valid, self.batch_size):
+            images = [np.ascontiguousarray(batch[i].image, dtype=np.uint8) for i in idx]
+            dets = retinaface.detect(self._net, images, self._device, self.dtype,
+                                     score_floor=min(LOW_SCORE_FLOOR, self.conf_threshold),
+                                     nms_iou=self.nms_iou, max_side=self.max_side)
+            for i, image, det in zip(idx, images, dets):
+                results[i] = self._one(image, det)
+        return results  # type: ignore[return-value]
+
+    def _choose(self, faces: np.ndarray, width: int, height: int) -> int:
+        boxes = faces[:, :4]
+        if self.select == "central":
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            return int(np.argmin(np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)))
+        return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+
+    def _one(self, image: np.ndarray, det: np.ndarray) -> Result:
+        faces = det[det[:, 4] >= self.conf_threshold] if len(det) else det
+        if len(faces) == 0:
+            if len(det):
+                return Result.fail(f"low_score: {det[:, 4].max():.3f}", SKIPPED)
+            return Result.fail("no_face", SKIPPED)
+        face = faces[self._choose(faces, image.shape[1], image.shape[0])]
+        box, points = face[:4], face[5:15]
+        face_size = float(min(box[2] - box[0], box[3] - box[1]))
+        if face_size < self.min_face_size:
+            return Result.fail(f"face_too_small: {face_size:.1f}px", SKIPPED)
+        crop, matrix = align.align(image, points, self._template, self.crop_size)
+        points_crop = align.transform_points(points, matrix)
+        f32 = lambda a: np.asarray(a, dtype=np.float32).ravel().tolist()  # noqa: E731
+        return Result(
+            columns={
+                "box": f32(box),
+                "score": float(face[4]),
+                "points5": f32(points),
+                "n_faces": int(len(faces)),
+                "face_size": face_size,
+                "affine": f32(matrix),
+                "points5_crop": f32(points_crop),
+            },
+            frame=crop,
+        )
