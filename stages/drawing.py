@@ -1,4 +1,4 @@
-"""Pose images: the head's 3-D axes drawn from (yaw, pitch, roll) on a black canvas.
+"""Pose images (the head's 3-D axes drawn from yaw, pitch, roll) and image helpers.
 
 The axes follow the convention of ``schemas.pose`` (Hopenet's): x (red) points to the image's
 right, y (green) down and z (blue) out of the face towards the camera, all rotated by the head
@@ -60,3 +60,34 @@ def draw_pose_axes(height: int, width: int, yaw: float, pitch: float, roll: floa
         cv2.line(canvas, start, end, colour, thickness, cv2.LINE_AA)
     cv2.circle(canvas, start, thickness + 1, BLUE, -1, cv2.LINE_AA)
     return canvas
+
+
+def resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize with area averaging when shrinking (no aliasing) and bilinear when enlarging."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    shrink = width * height < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def valid_image(image: object) -> bool:
+    """An HxWx3 uint8 array with both sides at least 2 pixels."""
+    return (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype == np.uint8 and min(image.shape[:2]) >= 2)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 label map (HxW) or RGB image (HxWx3)."""
+    data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", data)
+    if not ok:
+        raise ValueError("png encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes of an RGB image."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("jpeg encoding failed")
+    return buf.tobytes()

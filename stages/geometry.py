@@ -35,38 +35,44 @@ def load_face_model(path: Path = FACE_MODEL) -> FaceModel:
         return FaceModel(d["vertices"].astype(np.float32), tris, d["mirror"].astype(np.int32))
 
 
-def render_depth(points: np.ndarray, triangles: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def render_depth(
+    points: np.ndarray, triangles: np.ndarray, shape: tuple[int, int], chunk: int = 1 << 14
+) -> np.ndarray:
     """Z-buffer: per pixel the smallest z of the triangles covering its centre, +inf elsewhere.
 
     ``points`` (N, 3) hold x, y in pixels and z (smaller = nearer); z is interpolated with
     screen-space barycentric weights, which is exact for an orthographic mesh like mediapipe's.
+    Vectorised over (triangle, pixel-in-its-box) pairs, at most ``chunk`` pairs at a time.
     """
     h, w = shape
-    zbuf = np.full((h, w), np.inf, np.float32)
+    zbuf = np.full(h * w, np.inf, np.float32)
     tri = points[triangles].astype(np.float64)  # (K, 3 vertices, xyz)
-    lo = np.floor(tri[:, :, :2].min(1) - 0.5).astype(int)
-    hi = np.ceil(tri[:, :, :2].max(1) - 0.5).astype(int)
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, [w - 1, h - 1])
-    for (a, b, c), (x0, y0), (x1, y1) in zip(tri, lo, hi):
-        if x1 < x0 or y1 < y0:
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    lo = np.maximum(np.floor(tri[:, :, :2].min(1) - 0.5), 0).astype(np.int64)
+    hi = np.minimum(np.ceil(tri[:, :, :2].max(1) - 0.5), [w - 1, h - 1]).astype(np.int64)
+    nx, ny = hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
+    keep = (nx > 0) & (ny > 0) & (np.abs(area) > 1e-9)
+    idx = np.nonzero(keep)[0]
+    counts = (nx * ny)[idx]
+    bounds = np.searchsorted(np.cumsum(counts), np.arange(chunk, counts.sum(), chunk))
+    for part in np.split(np.arange(len(idx)), bounds):
+        if len(part) == 0:
             continue
-        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
-        if abs(area) < 1e-9:
-            continue
-        px = np.arange(x0, x1 + 1) + 0.5
-        py = (np.arange(y0, y1 + 1) + 0.5)[:, None]
-        wa = ((b[0] - px) * (c[1] - py) - (b[1] - py) * (c[0] - px)) / area
-        wb = ((c[0] - px) * (a[1] - py) - (c[1] - py) * (a[0] - px)) / area
+        k = np.repeat(idx[part], counts[part])
+        start = np.repeat(np.cumsum(counts[part]) - counts[part], counts[part])
+        off = np.arange(len(k)) - start
+        ix = lo[k, 0] + off % nx[k]
+        iy = lo[k, 1] + off // nx[k]
+        px, py = ix + 0.5, iy + 0.5
+        ak, bk, ck = a[k], b[k], c[k]
+        wa = ((bk[:, 0] - px) * (ck[:, 1] - py) - (bk[:, 1] - py) * (ck[:, 0] - px)) / area[k]
+        wb = ((ck[:, 0] - px) * (ak[:, 1] - py) - (ck[:, 1] - py) * (ak[:, 0] - px)) / area[k]
         wc = 1.0 - wa - wb
         inside = (wa >= 0) & (wb >= 0) & (wc >= 0)
-        if not inside.any():
-            continue
-        z = (wa * a[2] + wb * b[2] + wc * c[2]).astype(np.float32)
-        win = zbuf[y0 : y1 + 1, x0 : x1 + 1]
-        nearer = inside & (z < win)
-        win[nearer] = z[nearer]
-    return zbuf
+        z = wa * ak[:, 2] + wb * bk[:, 2] + wc * ck[:, 2]
+        np.minimum.at(zbuf, (iy * w + ix)[inside], z[inside].astype(np.float32))
+    return zbuf.reshape(h, w)
 
 
 def depth_to_uint16(zbuf: np.ndarray) -> np.ndarray:

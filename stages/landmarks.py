@@ -6,6 +6,7 @@ conventions are in ``schemas/landmarks.py``; mask classes in ``schemas/pseudo_ma
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -78,7 +79,9 @@ class LandmarksStage(Stage):
     batch_size: int = 16
     """Samples per process() call (mediapipe runs one image at a time anyway)."""
 
-    _mesh = None  # mediapipe FaceMesh, built by setup(); not a config field
+    # built by setup(); unannotated so they are not config fields
+    _mesh = None  # mediapipe FaceMesh
+    _model = None  # geometry.FaceModel
 
     def check(self) -> None:
         if not 0.0 <= self.min_detection_confidence <= 1.0:
@@ -109,10 +112,11 @@ class LandmarksStage(Stage):
         _sha256(landmark_model(self.refine))
 
     def close(self) -> None:
-        """Release the mediapipe graph."""
-        if self._mesh is not None:
-            self._mesh.close()
-            self._mesh = None
+        """Release the mediapipe graph (a failed graph may refuse to close: drop it anyway)."""
+        mesh, self._mesh = self._mesh, None
+        if mesh is not None:
+            with contextlib.suppress(Exception):
+                mesh.close()
 
     def __getstate__(self) -> dict[str, Any]:
         # the mediapipe graph cannot be pickled; a worker rebuilds it in setup()
@@ -129,8 +133,6 @@ class LandmarksStage(Stage):
         )
 
     def process(self, batch: list[Sample]) -> list[Result]:
-        if self._mesh is None:
-            self.setup()
         return [self._one(s) for s in batch]
 
     def _one(self, sample: Sample) -> Result:
@@ -138,10 +140,12 @@ class LandmarksStage(Stage):
         if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             return Result.fail("bad_image")
         h, w = img.shape[:2]
+        if self._mesh is None:
+            self.setup()
         try:
             found = self._mesh.process(np.ascontiguousarray(img)).multi_face_landmarks or []
         except Exception as exc:  # noqa: BLE001 - one bad image must not sink the batch
-            self.setup()  # the graph may be left in an error state
+            self.close()  # the graph may be left in an error state: the next sample rebuilds it
             return Result.fail(f"landmarks_failed: {type(exc).__name__}")
         if not found:
             return Result.fail("no_face")

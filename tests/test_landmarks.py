@@ -16,6 +16,7 @@ from schemas import landmarks as lschema  # noqa: E402
 from schemas import pseudo_mask as pm  # noqa: E402
 from schemas.shard import MEMBERS  # noqa: E402
 from stages.base import ERROR, OK, Sample  # noqa: E402
+from stages.geometry import load_face_model  # noqa: E402
 from stages.landmarks import LandmarksStage  # noqa: E402
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
@@ -83,11 +84,12 @@ def test_hardcoded_loops_match_mediapipe_connections():
     # nose: our own outline, made of tessellation edges, around FACEMESH_NOSE's nostril rim
     assert edges(pm.NOSE) <= undirected(fmc.FACEMESH_TESSELATION)
     rim = {i for e in fmc.FACEMESH_NOSE for i in e} - {168, 6, 197, 195, 5, 4, 1, 19, 94}
-    from stages.geometry import load_face_model
-
-    xy = load_face_model().vertices[:, :2].astype(np.float32)
-    outline = xy[pm.NOSE]
-    assert all(cv2.pointPolygonTest(outline, tuple(map(float, xy[i])), False) >= 0 for i in rim)
+    model = load_face_model()
+    xy = model.vertices[:, :2].astype(np.float32)
+    assert all(cv2.pointPolygonTest(xy[pm.NOSE], tuple(map(float, xy[i])), False) >= 0 for i in rim)
+    # the face model's left/right twins agree with mediapipe's LEFT_*/RIGHT_* naming
+    for left, right in ((pm.LEFT_EYE, pm.RIGHT_EYE), (pm.LEFT_BROW, pm.RIGHT_BROW)):
+        assert sorted(model.mirror[left]) == sorted(right)
 
 
 def test_classes_and_schema_declarations():
@@ -151,11 +153,15 @@ def test_frontal_face_outputs(stage):
     assert le > re
 
 
-def pose_and_eyes(stage, img):
-    res = run_one(stage, img)
+def eyes_of(res):
+    """Columns, then the mean x of the subject's left and right eye landmarks."""
     assert res.status == OK, res.error
     lmk = decode(res)[0]
     return res.columns, lmk[pm.LEFT_EYE, 0].mean(), lmk[pm.RIGHT_EYE, 0].mean()
+
+
+def pose_and_eyes(stage, img):
+    return eyes_of(run_one(stage, img))
 
 
 @needs_faces
@@ -166,7 +172,7 @@ def test_mirror_flips_yaw_roll_and_swaps_eyes(stage):
         res = run_one(stage, img)
         if res.status != OK:
             continue
-        cols, left_x, right_x = pose_and_eyes(stage, img)
+        cols, left_x, right_x = eyes_of(res)
         mcols, mleft_x, mright_x = pose_and_eyes(stage, np.ascontiguousarray(img[:, ::-1]))
         # The subject's left eye is always on the image's right; mirroring makes the old right
         # eye the new left one, so the two eyes' landmarks trade places across the flip.

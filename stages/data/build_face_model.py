@@ -1,9 +1,13 @@
 """Build ``face_model.npz``: a canonical 3-D face for the 468-point mediapipe mesh.
 
 mediapipe 0.10.21's wheel does not ship the canonical face model (its ``face_geometry/data``
-package is empty), so we derive our own from mediapipe's own 3-D predictions on real photos:
-generalised Procrustes over single-face photos and their mirror images, then an exact
-left/right symmetrisation. Run once, by hand, where the photos are (not at test time):
+package is empty), so we derive our own from mediapipe's own 3-D predictions on real photos
+(``shared/faces``: 237 single-face shapes from LFW and the other test photos, each photo also
+mirrored): generalised Procrustes mean, turned to the photos' average camera-frame pose (so
+zero pitch is "as people face a camera"), then made exactly left/right symmetric, which fixes
+zero yaw and roll. Triangles are the faces of FACEMESH_TESSELATION: its edge graph's
+3-cliques less the separating 3-cycles (852 faces, a disk with the eye and mouth openings),
+plus strips that close those openings so the depth map has no holes. Run once, by hand:
 
     python -m stages.data.build_face_model [/work/shared/faces]
 
@@ -12,7 +16,7 @@ y down, z away from the camera, so identity rotation = frontal; units ~cm, outer
 9 cm apart; origin at the vertex centroid):
   vertices (468, 3) float32, triangles (K, 3) int32 (the tessellation's faces, oriented),
   hole_triangles (M, 3) int32 (strips closing the eye and mouth openings),
-  mirror (468,) int32 (index of each vertex's left/right twin).
+  mirror (468,) int32 (index of each vertex's left/right twin), n_shapes (photos averaged).
 """
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ The architecture comes from the ``codeformer-pip`` package. ``full`` is the rele
 (``codeformer.pth`` from the v0.1.0 GitHub release: weights under ``params_ema``, 512-d
 embedding, 1024 codes, 8 heads, 9 layers, fusion at 32/64/128/256 px). ``tiny`` keeps the same
 modules with narrow convolutions, a one-layer transformer and fusion at 32/64 px only, for tests
-and smoke runs:
-it has no pretrained weights and must be built with ``random_init``.
+and smoke runs: it has no pretrained weights and must be built with ``random_init``.
 
 Input: (N, 3, 512, 512) RGB in [-1, 1]; output the restored image in the same range.
 """
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.models import registry
+from stages.models import common, registry
 from stages.models.registry import WeightsSpec
 
 WEIGHTS = "codeformer"
@@ -74,23 +73,18 @@ def unwrap(state: dict) -> dict:
 
 
 def load_codeformer(name: str = WEIGHTS, root: str | Path | None = None, device: str = "cpu",
-                    dtype: str = "fp32", random_init: bool = False, arch: str = "full",
-                    seed: int = 0) -> nn.Module:
+                    dtype: str = "fp32", random_init: bool = False, arch: str = "full") -> nn.Module:
     """CodeFormer in eval mode on ``device``: the registered checkpoint, or seeded random weights.
 
-    ``dtype`` is accepted for the common loader signature; weights stay fp32 and callers use
-    autocast for bf16/fp16.
+    Weights stay fp32 whatever ``dtype``; callers run the model under autocast.
     """
     if arch != "full" and not random_init:
         raise ValueError(f"CodeFormer arch '{arch}' has no pretrained weights; use random weights")
     if random_init:
-        torch.manual_seed(seed)
-        net = build(arch)
-    else:
-        state = unwrap(registry.load_state_dict(name, root))
-        net = build(registry.get(name).extra.get("arch", "full"))
-        net.load_state_dict(state, strict=True)
-    return net.eval().to(device)
+        return common.build(lambda: build(arch), name, root, device, random_init=True)
+    net = build(registry.get(name).extra.get("arch", "full"))
+    common.load_into(net, unwrap(registry.load_state_dict(name, root)), strict=True)
+    return common.prepare(net, device)
 
 
 def restore(net: nn.Module, x: torch.Tensor, w: float) -> torch.Tensor:

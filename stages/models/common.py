@@ -122,8 +122,8 @@ def build(constructor: Callable[[], nn.Module], name: str, root: str | os.PathLi
             torch.manual_seed(RANDOM_SEED)
             model = constructor()
     else:
-        model = constructor()
-        load_into(model, registry.load_state_dict(name, root), strict=True)
+        state = registry.load_state_dict(name, root)  # verify before spending time on building
+        model = load_into(constructor(), state, strict=True)
     return prepare(model, device)
 
 

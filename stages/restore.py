@@ -1,0 +1,124 @@
+"""restore: CodeFormer blind face restoration of the aligned crop.
+
+The restored crop becomes the frame later stages see (``produces_frame = "restored"``); the crop
+it was given is kept as ``raw.jpg``. CodeFormer works at 512x512: other sizes are resized in and
+the result resized back, so coordinates from ``detect`` stay valid in the restored frame.
+Per-sample failures: ``bad_image`` (not an HxWx3 uint8 array), ``non_finite_output`` (NaN/inf,
+e.g. an fp16 overflow).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import schemas.restore
+from stages import drawing
+from stages.base import ERROR, Provenance, Result, Sample, Stage
+from stages.models import codeformer, common, registry
+
+ARCHS = ("full", "tiny")
+
+
+@dataclass
+class Restore(Stage):
+    name: ClassVar[str] = "restore"
+    version: ClassVar[str] = "1"
+    reads: ClassVar[tuple[str, ...]] = ("detect",)
+    schema: ClassVar[pa.Schema] = schemas.restore.SCHEMA
+    files: ClassVar[tuple[str, ...]] = (schemas.restore.RAW_IMAGE,)
+    gpus: ClassVar[float] = 0.5
+    produces_frame: ClassVar[str | None] = "restored"
+
+    model: str = codeformer.WEIGHTS
+    """Registry name of the CodeFormer checkpoint."""
+    arch: str = "full"
+    """full (the released architecture) or tiny (narrow, random weights only: tests, smoke runs)."""
+    weights: str = "pretrained"
+    """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
+    fidelity_w: float = 0.5
+    """CodeFormer's w in [0, 1]: 0 trusts the codebook most (strongest restoration), 1 keeps
+    most of the input; recorded per row."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    dtype: str = "fp32"
+    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
+    batch_size: int = 8
+    """Crops per forward pass."""
+    jpeg_quality: int = 95
+    """JPEG quality of raw.jpg, the un-restored crop."""
+    weights_dir: str | None = None
+    """Weights directory (the runner fills it from --weights-dir)."""
+
+    def check(self) -> None:
+        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+        if registry.get(self.model).family != "codeformer":
+            raise ValueError(f"model {self.model!r} is not a CodeFormer checkpoint")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch != "full" and self.weights != "random":
+            raise ValueError(f"arch {self.arch!r} has no pretrained weights; set weights: random")
+        if not 0.0 <= self.fidelity_w <= 1.0:
+            raise ValueError(f"fidelity_w must be in [0, 1], got {self.fidelity_w}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.weights == "pretrained":
+            registry.resolve(self.model, self.weights_dir)
+
+    def setup(self) -> None:
+        self._device = common.torch_device(self.device)
+        self._dtype = common.torch_dtype(self.dtype)
+        self._net = codeformer.load_codeformer(self.model, self.weights_dir, self._device, self.dtype,
+                                               random_init=self.weights == "random", arch=self.arch)
+
+    def provenance(self) -> Provenance:
+        random_init = self.weights == "random"
+        prov = common.provenance(self.model, random_init)
+        if self.arch != "full":
+            prov.model = f"{self.model}:{self.arch}"
+        return prov
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        if getattr(self, "_net", None) is None:
+            self.setup()
+        results: list[Result | None] = [None] * len(batch)
+        valid = []
+        for i, sample in enumerate(batch):
+            if drawing.valid_image(sample.image):
+                valid.append(i)
+            else:
+                results[i] = Result.fail("bad_image", ERROR)
+        for idx in common.chunks(valid, self.batch_size):
+            restored = self._restore([batch[i].image for i in idx])
+            for i, out in zip(idx, restored):
+                results[i] = self._result(batch[i], out)
+        return results  # type: ignore[return-value]
+
+    def _restore(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Restored crops at each input's own size (None where the output is not finite)."""
+        size = codeformer.INPUT_SIZE
+        x = np.stack([drawing.resize_to(im, size, size) for im in images])
+        t = torch.from_numpy(x).to(self._device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        if self._device.type == "cuda":
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), common.autocast(self._device, self._dtype):
+            y = codeformer.restore(self._net, t, self.fidelity_w)
+        y = y.float()
+        finite = torch.isfinite(y).flatten(1).all(dim=1).tolist()
+        y = ((y.nan_to_num(0.0) + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)
+        arrays = y.permute(0, 2, 3, 1).cpu().numpy()
+        return [drawing.resize_to(np.ascontiguousarray(a), im.shape[1], im.shape[0]) if ok else None
+                for a, im, ok in zip(arrays, images, finite)]
+
+    def _result(self, sample: Sample, restored: np.ndarray | None) -> Result:
+        if restored is None:
+            return Result.fail("non_finite_output", ERROR)
+        return Result(
+            columns={"fidelity_w": float(self.fidelity_w), "identity_drift": None,
+                     "input_frame": sample.frame},
+            files={schemas.restore.RAW_IMAGE: drawing.encode_jpeg(sample.image, self.jpeg_quality)},
+            frame=restored,
+        )

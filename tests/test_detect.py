@@ -1,0 +1,186 @@
+"""detect stage on real photos with the bundled RetinaFace MobileNet0.25."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import schemas.detect
+from stages import align
+from stages.base import OK, SKIPPED, Sample
+from stages.detect import Detect
+from stages.models import registry
+from stages.models.registry import MissingWeights
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FACES = SHARED / "faces"
+LFW = FACES / "lfw10"
+MULTI = {
+    "face_recognition/test/obama_and_biden.jpg": 2,
+    "face_recognition/extra/two_people.jpg": 2,
+    "facenet_pytorch/multiface.jpg": 4,
+}
+# LFW photos showing other people in the background; every other photo has exactly one face
+BACKGROUND_FACES = {
+    "Ariel_Sharon_0004", "Ariel_Sharon_0009", "Arnold_Schwarzenegger_0004",
+    "Arnold_Schwarzenegger_0005", "Arnold_Schwarzenegger_0007", "Colin_Powell_0010",
+    "George_W_Bush_0009", "Gerhard_Schroeder_0004", "Hugo_Chavez_0007", "Tony_Blair_0001",
+    "Vladimir_Putin_0001", "Vladimir_Putin_0005", "Vladimir_Putin_0007",
+}
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    if not path.is_file():
+        pytest.skip(f"missing test photo {path}")
+    return np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def lfw_samples() -> list[Sample]:
+    paths = sorted(LFW.glob("*/*.jpg"))
+    if len(paths) != 100:
+        pytest.skip(f"lfw10 photos not found under {LFW}")
+    return [Sample(key=p.stem, identity=p.parent.name, image=read_rgb(p)) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def stage() -> Detect:
+    stage = Detect(model="retinaface_mobile0.25", device="cpu")
+    stage.check()
+    stage.setup()
+    return stage
+
+
+@pytest.fixture(scope="module")
+def lfw(stage):
+    samples = lfw_samples()
+    return samples, stage.process(samples)
+
+
+def eye_error(result) -> float:
+    crop_points = np.asarray(result.columns["points5_crop"]).reshape(5, 2)
+    return float(np.abs(crop_points[:2] - align.ffhq_template(512)[:2]).max())
+
+
+def test_one_central_face_per_lfw_photo(lfw):
+    samples, results = lfw
+    assert all(r.status == OK for r in results), [(s.key, r.error) for s, r in zip(samples, results) if r.error]
+    for sample, result in zip(samples, results):
+        x1, y1, x2, y2 = result.columns["box"]
+        assert abs((x1 + x2) / 2 - 125) < 30 and abs((y1 + y2) / 2 - 125) < 35, sample.key
+        assert result.columns["n_faces"] >= 1 and result.columns["score"] >= 0.8
+        if sample.key not in BACKGROUND_FACES:
+            assert result.columns["n_faces"] == 1, sample.key
+    assert next(r for s, r in zip(samples, results) if s.key == "Vladimir_Putin_0007").columns["n_faces"] >= 3
+
+
+def test_aligned_crop_matches_template(lfw):
+    samples, results = lfw
+    errors = []
+    for result in results:
+        assert result.frame.shape == (512, 512, 3) and result.frame.dtype == np.uint8
+        matrix = np.asarray(result.columns["affine"]).reshape(2, 3)
+        mapped = align.transform_points(result.columns["points5"], matrix)
+        assert np.allclose(mapped.ravel(), result.columns["points5_crop"], atol=0.05)
+        errors.append(eye_error(result))
+    assert np.median(errors) < 8 and max(errors) < 40
+
+
+def test_columns_fit_schema(lfw):
+    _, results = lfw
+    table = pa.Table.from_pylist([r.columns for r in results], schema=schemas.detect.SCHEMA)
+    assert table.num_rows == 100
+    row = table.slice(0, 1).to_pylist()[0]
+    assert len(row["box"]) == 4 and len(row["points5"]) == 10 and len(row["affine"]) == 6
+
+
+def test_multi_face_photos(stage):
+    for rel, at_least in MULTI.items():
+        image = read_rgb(FACES / rel)
+        result = stage.process([Sample(key="k", identity="i", image=image)])[0]
+        assert result.status == OK and result.columns["n_faces"] >= at_least, rel
+        assert eye_error(result) < 20, rel
+
+
+def box_iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return w * h / (area(a) + area(b) - w * h)
+
+
+def test_mirrored_photo(stage, lfw):
+    samples, results = lfw
+    mirrored = [Sample(key=s.key, identity="x", image=s.image[:, ::-1].copy()) for s in samples]
+    for original, flipped in zip(results, stage.process(mirrored)):
+        assert flipped.status == OK
+        x1, y1, x2, y2 = original.columns["box"]
+        assert box_iou(flipped.columns["box"], [250 - x2, y1, 250 - x1, y2]) > 0.8
+        # the mirror's image-left eye is the original's image-right eye
+        p = np.asarray(original.columns["points5"]).reshape(5, 2)
+        q = np.asarray(flipped.columns["points5"]).reshape(5, 2)[[1, 0, 2, 4, 3]]
+        q[:, 0] = 250 - q[:, 0]
+        assert np.hypot(*(p - q).T).max() < 0.12 * (x2 - x1)
+        assert eye_error(flipped) < 40
+
+
+def test_skips_with_reasons(stage, lfw):
+    samples, _ = lfw
+    blank = np.full((200, 200, 3), 128, np.uint8)
+    small = Detect(model="retinaface_mobile0.25", device="cpu", min_face_size=200)
+    small.setup()
+    out = stage.process([Sample("a", "i", blank), Sample("b", "i", np.zeros((5, 5), np.uint8))])
+    assert (out[0].status, out[0].error) == (SKIPPED, "no_face")
+    assert out[1].error == "bad_image"
+    tiny = small.process([samples[0]])[0]
+    assert tiny.status == SKIPPED and tiny.error.startswith("face_too_small")
+
+
+def test_mixed_sizes_and_batches_match_single(stage, lfw):
+    samples, results = lfw
+    big = read_rgb(FACES / "face_recognition/extra/two_people.jpg")
+    batch = [samples[3], Sample("big", "i", big), samples[5], samples[8]]
+    chunked = Detect(model="retinaface_mobile0.25", device="cpu", batch_size=3)
+    chunked.setup()
+    out = chunked.process(batch)
+    single = stage.process([batch[1]])[0]
+    assert np.allclose(out[1].columns["box"], single.columns["box"], atol=1)
+    for i, j in ((0, 3), (2, 5), (3, 8)):
+        assert np.allclose(out[i].columns["points5"], results[j].columns["points5"], atol=1.5)
+
+
+def test_bf16_close_to_fp32(lfw):
+    samples, results = lfw
+    stage = Detect(model="retinaface_mobile0.25", device="cpu", dtype="bf16")
+    stage.setup()
+    out = stage.process(samples[:4])
+    for a, b in zip(out, results[:4]):
+        assert a.status == OK and np.allclose(a.columns["points5"], b.columns["points5"], atol=6)
+
+
+def test_resnet50_random_weights_runs_same_code(tmp_path, monkeypatch, lfw):
+    monkeypatch.setenv(registry.ENV_VAR, str(tmp_path))
+    with pytest.raises(MissingWeights, match="detection_Resnet50_Final.pth"):
+        Detect().check()
+    stage = Detect(model="retinaface_resnet50", weights="random", device="cpu")
+    stage.check()
+    prov = stage.provenance()
+    assert prov.weights_random and prov.model == "retinaface_resnet50" and prov.weights_sha256 == ""
+    samples, _ = lfw
+    out = stage.process(samples[:2])
+    assert len(out) == 2 and all(r.status in (OK, SKIPPED) for r in out)
+
+
+def test_bad_config_raises():
+    for bad in (dict(select="first"), dict(weights="imagenet"), dict(dtype="int8"),
+                dict(conf_threshold=1.5), dict(model="mobilefacenet"), dict(device="tpu")):
+        with pytest.raises((ValueError, KeyError)):
+            Detect(model=bad.pop("model", "retinaface_mobile0.25"), **bad).check()
+
+
+def test_provenance_of_bundled_weights(stage):
+    prov = stage.provenance()
+    assert prov.weights == "detection_mobilenet0.25_Final.pth" and not prov.weights_random
+    assert prov.weights_sha256 == registry.sha256_of(registry.resolve("retinaface_mobile0.25"))
