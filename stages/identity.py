@@ -82,8 +82,8 @@ class Identity(Stage):
         """Raw embeddings of 112x112 RGB uint8 faces: (unit vectors, norms before)."""
         x = torch.from_numpy(np.stack(faces)).to(self._device).permute(0, 3, 1, 2).float()
         x = (x - self._mean) / self._std
-        if self._device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        memory = torch.channels_last if self._device.type == "cuda" else torch.contiguous_format
+        x = x.contiguous(memory_format=memory)
         with common.autocast(self._device, common.torch_dtype(self.dtype)):
             raw = self._net(x)
         raw = raw.float()

@@ -39,7 +39,8 @@ def _backbone_class() -> type[nn.Module]:
         """IR-SE50 returning the un-normalised 512-d embedding."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.output_layer(self.body(self.input_layer(x)))
+            # facexlib's Flatten uses view(), which fails on channels_last feature maps
+            return self.output_layer(self.body(self.input_layer(x)).contiguous())
 
     return IRSE50
 

@@ -232,11 +232,16 @@ def load_hopenet(name: str = LIGHTWEIGHT, root: str | Path | None = None, device
     return common.prepare(model, device)
 
 
+def hub_path(spec: WeightsSpec) -> Path:
+    """Where ``hub_state`` keeps ``spec``'s file: torch.hub's checkpoint cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / spec.filename
+
+
 def hub_state(spec: WeightsSpec) -> dict:
     """Download ``spec``'s first URL into torch.hub's cache, verify it like the registry, load it."""
     if not spec.urls:
         raise registry.MissingWeights(spec, Path(spec.filename))
-    target = Path(torch.hub.get_dir()) / "checkpoints" / spec.filename
+    target = hub_path(spec)
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(spec.urls[0], str(target), progress=False)

@@ -121,9 +121,8 @@ def detect(model: torch.nn.Module, images: list[np.ndarray], device: str | torch
     dev, dt = common.torch_device(device), common.torch_dtype(dtype)
     x, scales = _to_input(images, max_side)
     height, width = x.shape[2:]
-    x = x.to(dev)
-    if dev.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    memory = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    x = x.to(dev).contiguous(memory_format=memory)
     with common.autocast(dev, dt):
         loc, conf, landm = model(x)
     priors = _priors(height, width).to(dev)
