@@ -13,7 +13,8 @@ RAW_IMAGE = "raw.jpg"
 SCHEMA = pa.schema(
     [
         pa.field("fidelity_w", pa.float32()),  # CodeFormer w: 0 = most restoration, 1 = most faithful
-        pa.field("identity_drift", pa.float32(), nullable=True),  # raw vs restored identity; null until identity fills it
+        # identity distance raw.jpg -> restored frame; null until the identity stage fills it
+        pa.field("identity_drift", pa.float32(), nullable=True),
         pa.field("input_frame", pa.string()),  # frame restored: aligned | source | ...
     ]
 )

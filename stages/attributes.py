@@ -71,8 +71,9 @@ class Attributes(Stage):
     """Attribute groups to predict: emotion. Planned: age, gender, celeba (CLIP zero-shot)."""
     emotion_model: str = emotion.FER_MINI_XCEPTION
     """Registry name of the emotion classifier (fer2013_mini_xception, bundled)."""
-    emotion_threshold: float = 0.4
-    """Top probability needed to keep the emotion label; below it the label is ``uncertain``."""
+    emotion_threshold: float = 0.5
+    """Top probability needed to keep the label, else ``uncertain`` (on lfw10, 0.5 keeps 60% of
+    labels, 95% of them unchanged by mirroring; 0 keeps all, 78% unchanged)."""
     emotion_crop: float = 0.7
     """Side of the emotion crop relative to the 3DDFA-style face ROI (0.3-1.5)."""
     no_detect_roi: float = 0.71

@@ -54,6 +54,8 @@ class Detect(Stage):
     """Side of the aligned crop, px."""
     max_side: int = 1024
     """Images with a longer side are detected downscaled (the crop still uses full resolution)."""
+    weights_dir: str | None = None
+    """Weights directory (the runner fills it from --weights-dir)."""
 
     def check(self) -> None:
         common.check_common(self.device, self.dtype, self.weights, self.batch_size)
@@ -67,16 +69,16 @@ class Detect(Stage):
             raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
         if self.crop_size < 64 or self.min_face_size < 0 or self.max_side < 0:
             raise ValueError("crop_size must be >= 64, min_face_size and max_side >= 0")
-        common.check_weights(self.model, self.weights)
+        common.check_weights(self.model, self.weights, self.weights_dir)
 
     def setup(self) -> None:
         self._device = common.torch_device(self.device)
-        self._net = load(self.model, device=self._device, dtype=self.dtype,
+        self._net = load(self.model, self.weights_dir, device=self._device, dtype=self.dtype,
                          random_init=self.weights == "random")
         self._template = align.ffhq_template(self.crop_size)
 
     def provenance(self) -> Provenance:
-        return common.provenance(self.model, self.weights == "random")
+        return common.provenance(self.model, self.weights == "random", self.weights_dir)
 
     def process(self, batch: list[Sample]) -> list[Result]:
         if getattr(self, "_net", None) is None:

@@ -87,7 +87,8 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     """JPEG bytes of an RGB image."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("jpeg encoding failed")
     return buf.tobytes()

@@ -135,9 +135,7 @@ class Expression(Stage):
         if self._device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with common.autocast(self._device, common.torch_dtype(self.dtype)):
-            out = self._net.forward(x)
-        # de-normalise outside autocast: std reaches 5.8e5
-        params = out.float() * self._net.param_std + self._net.param_mean
+            params = self._net.params(x)
         return params.cpu().numpy().astype(np.float32)
 
     def _crop(self, sample: Sample) -> tuple[np.ndarray | None, str, str]:

@@ -49,23 +49,25 @@ class Identity(Stage):
     """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
     batch_size: int = 64
     """Faces per forward pass."""
+    weights_dir: str | None = None
+    """Weights directory (the runner fills it from --weights-dir)."""
 
     def check(self) -> None:
         common.check_common(self.device, self.dtype, self.weights, self.batch_size)
         if registry.get(self.model).family not in ("arcface", "mobilefacenet"):
             raise ValueError(f"model {self.model!r} is not a face-recognition embedder")
-        common.check_weights(self.model, self.weights)
+        common.check_weights(self.model, self.weights, self.weights_dir)
 
     def setup(self) -> None:
         spec = registry.get(self.model)
         self._device = common.torch_device(self.device)
-        self._net = load(self.model, device=self._device, dtype=self.dtype,
+        self._net = load(self.model, self.weights_dir, device=self._device, dtype=self.dtype,
                          random_init=self.weights == "random")
         self._mean = torch.tensor(spec.extra["mean"], device=self._device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(spec.extra["std"], device=self._device).view(1, 3, 1, 1) * 255
 
     def provenance(self) -> Provenance:
-        return common.provenance(self.model, self.weights == "random")
+        return common.provenance(self.model, self.weights == "random", self.weights_dir)
 
     def _points(self, sample: Sample) -> np.ndarray | None:
         det = sample.upstream.get("detect")

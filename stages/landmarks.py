@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -99,6 +100,8 @@ class LandmarksStage(Stage):
         geometry.load_face_model()
 
     def setup(self) -> None:
+        # mediapipe's C++ side logs a few warnings per worker; keep the terminal readable.
+        os.environ.setdefault("GLOG_minloglevel", "2")
         from mediapipe.python.solutions import face_mesh
 
         self.close()

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 import schemas.detect
 from stages import align
@@ -66,7 +67,8 @@ def eye_error(result) -> float:
 
 def test_one_central_face_per_lfw_photo(lfw):
     samples, results = lfw
-    assert all(r.status == OK for r in results), [(s.key, r.error) for s, r in zip(samples, results) if r.error]
+    failed = [(s.key, r.error) for s, r in zip(samples, results) if r.status != OK]
+    assert not failed, failed
     for sample, result in zip(samples, results):
         x1, y1, x2, y2 = result.columns["box"]
         assert abs((x1 + x2) / 2 - 125) < 30 and abs((y1 + y2) / 2 - 125) < 35, sample.key
@@ -164,6 +166,9 @@ def test_resnet50_random_weights_runs_same_code(tmp_path, monkeypatch, lfw):
     monkeypatch.setenv(registry.ENV_VAR, str(tmp_path))
     with pytest.raises(MissingWeights, match="detection_Resnet50_Final.pth"):
         Detect().check()
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(MissingWeights, match=str(elsewhere / "detection_Resnet50_Final.pth")):
+        Detect(weights_dir=str(elsewhere)).check()
     stage = Detect(model="retinaface_resnet50", weights="random", device="cpu")
     stage.check()
     prov = stage.provenance()
@@ -184,3 +189,15 @@ def test_provenance_of_bundled_weights(stage):
     prov = stage.provenance()
     assert prov.weights == "detection_mobilenet0.25_Final.pth" and not prov.weights_random
     assert prov.weights_sha256 == registry.sha256_of(registry.resolve("retinaface_mobile0.25"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_cuda_matches_cpu(lfw, dtype):
+    samples, results = lfw
+    stage = Detect(model="retinaface_mobile0.25", device="cuda", dtype=dtype, batch_size=16)
+    stage.check()
+    out = stage.process(samples)
+    for a, b in zip(out, results):
+        assert a.status == OK and np.allclose(a.columns["points5"], b.columns["points5"], atol=6)

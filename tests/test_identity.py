@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 import schemas.identity
 from stages.base import OK, SKIPPED, Result, Sample
@@ -111,7 +112,8 @@ def test_source_frame_and_mirror_agree(detected, embedded, mobilefacenet):
     for i, r in zip(picks, mobilefacenet.process(source)):
         assert float(np.dot(r.columns["embedding"], emb[i])) > 0.9
     detect = Detect(model="retinaface_mobile0.25", device="cpu")
-    mirrored = [Sample(key=samples[i].key, identity="x", image=samples[i].image[:, ::-1].copy()) for i in picks]
+    mirrored = [Sample(key=samples[i].key, identity="x", image=samples[i].image[:, ::-1].copy())
+                for i in picks]
     flipped = mobilefacenet.process(_aligned(mirrored, detect.process(mirrored)))
     for i, r in zip(picks, flipped):
         assert r.status == OK and float(np.dot(r.columns["embedding"], emb[i])) > threshold
@@ -143,3 +145,15 @@ def test_bad_config_raises():
     for bad in (dict(model="retinaface_mobile0.25"), dict(weights="x"), dict(batch_size=0)):
         with pytest.raises(ValueError):
             Identity(**{"model": "mobilefacenet", **bad}).check()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_cuda_matches_cpu(detected, embedded, dtype):
+    samples, results = detected
+    emb, _, _ = embedded
+    stage = Identity(model="mobilefacenet", device="cuda", dtype=dtype, batch_size=32)
+    out = stage.process(_aligned(samples, results))
+    cuda = np.array([r.columns["embedding"] for r in out])
+    assert np.min(np.sum(cuda * emb, axis=1)) > 0.98

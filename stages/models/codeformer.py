@@ -49,18 +49,19 @@ def _classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
 
 def build(arch: str = "full") -> nn.Module:
     """A fresh CodeFormer of ``arch`` (``full`` or ``tiny``) with random weights."""
-    codeformer, vqgan, fuse = _classes()
+    former, vqgan, fuse = _classes()
     if arch == "full":
-        return codeformer(**FULL_ARGS)
+        return former(**FULL_ARGS)
     if arch != "tiny":
         raise ValueError(f"unknown CodeFormer arch '{arch}' (full | tiny)")
-    net = codeformer(**TINY_ARGS)
+    net = former(**TINY_ARGS)
     # CodeFormer fixes the VQGAN width at 64; swap in a narrow VQGAN with the same block layout
     # so the block indices its forward() fuses at stay valid.
-    narrow = vqgan(INPUT_SIZE, TINY_NF, [1, 2, 2, 4, 4, 8], "nearest", 2, [16], TINY_ARGS["codebook_size"])
+    narrow = vqgan(INPUT_SIZE, TINY_NF, [1, 2, 2, 4, 4, 8], "nearest", 2, [16],
+                   TINY_ARGS["codebook_size"])
     net.encoder, net.generator, net.quantize = narrow.encoder, narrow.generator, narrow.quantize
     width = {"32": 4 * TINY_NF, "64": 4 * TINY_NF}
-    net.fuse_convs_dict = nn.ModuleDict({size: fuse(width[size], width[size]) for size in TINY_ARGS["connect_list"]})
+    net.fuse_convs_dict = nn.ModuleDict({s: fuse(width[s], width[s]) for s in TINY_ARGS["connect_list"]})
     return net
 
 

@@ -61,11 +61,11 @@ def check_common(device: str, dtype: str, weights: str, batch_size: int) -> None
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def check_weights(name: str, weights: str) -> None:
+def check_weights(name: str, weights: str, root: str | os.PathLike | None = None) -> None:
     """With pretrained weights, the file must exist and verify (MissingWeights, BadChecksum)."""
     registry.get(name)
     if weights == "pretrained":
-        registry.resolve(name)
+        registry.resolve(name, root)
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -127,13 +127,13 @@ def build(constructor: Callable[[], nn.Module], name: str, root: str | os.PathLi
     return prepare(model, device)
 
 
-def provenance(name: str, random_init: bool) -> Provenance:
+def provenance(name: str, random_init: bool, root: str | os.PathLike | None = None) -> Provenance:
     """The provenance of a model built by ``build``: no file behind random weights."""
     spec = registry.get(name)
     if random_init:
         return Provenance(model=name, weights="", weights_sha256="", weights_random=True)
     # an unpinned entry loaded with allow_unverified still records what was actually loaded
-    sha = spec.sha256 or registry.sha256_of(registry.path_of(name))
+    sha = spec.sha256 or registry.sha256_of(registry.path_of(name, root))
     return Provenance(model=name, weights=spec.filename, weights_sha256=sha, weights_random=False)
 
 

@@ -57,11 +57,12 @@ registry.register(WeightsSpec(
     filename="lightweight_headpose_b66.pkl",
     sha256="0398c6d13983bc9820dd60fcd00c2e8b655e7a78d4cd7572fa6b4a42b9064879",
     size=877453,
-    urls=("https://github.com/Shaw-git/Lightweight-Head-Pose-Estimation/raw/main/models/model-b66.pkl",),
+    urls=("https://github.com/Shaw-git/Lightweight-Head-Pose-Estimation/raw/HEAD/models/model-b66.pkl",),
     license="MIT (Shaw-git/Lightweight-Head-Pose-Estimation; bundled/LICENSE.lightweight_headpose.MIT)",
     input="224x224 RGB face crop (face box x1.5, square), ImageNet mean/std",
     bundled=True,
-    extra={"arch": "lightweight", "bin_offset": -97.5, "layout": "plain state dict"},
+    extra={"arch": "lightweight", "bin_offset": -97.5, "layout": "plain state dict",
+           "source": "bundled; sha256 as in the shared weights README; upstream name model-b66.pkl"},
 ))
 
 
@@ -112,7 +113,8 @@ class HardSwish(nn.Module):
         return x * nn.functional.relu6(x + 3.0) / 6.0
 
 
-def _conv_bn_act(cin: int, cout: int, k: int, stride: int, groups: int, act: type[nn.Module]) -> nn.Sequential:
+def _conv_bn_act(cin: int, cout: int, k: int, stride: int, groups: int,
+                 act: type[nn.Module]) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
                          nn.BatchNorm2d(cout), act())
 

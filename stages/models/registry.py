@@ -164,11 +164,15 @@ def load_state_dict(name: str, root: str | os.PathLike | None = None,
 def _download(url: str, tmp: Path, timeout: float, chunk: int = 1 << 20) -> tuple[str, int]:
     """Stream ``url`` into ``tmp``; returns (sha256, bytes)."""
     h, n = hashlib.sha256(), 0
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-        while block := response.read(chunk):
-            h.update(block)
-            out.write(block)
-            n += len(block)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            while block := response.read(chunk):
+                h.update(block)
+                out.write(block)
+                n += len(block)
+    except BaseException:  # interrupted or failed: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return h.hexdigest(), n
 
 

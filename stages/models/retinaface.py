@@ -77,7 +77,8 @@ def _priors(height: int, width: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _decode(loc: torch.Tensor, landm: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(loc: torch.Tensor, landm: torch.Tensor,
+            priors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Regression outputs -> corner boxes (B, P, 4) and landmarks (B, P, 10), normalised."""
     centre, size = priors[..., :2], priors[..., 2:]
     c = centre + loc[..., :2] * _VARIANCE[0] * size

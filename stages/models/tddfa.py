@@ -123,7 +123,7 @@ class TDDFAMobileNet(nn.Module):
         return self.fc_param(self.features(x))
 
     def params(self, x: torch.Tensor) -> torch.Tensor:
-        """Real 3DMM parameters, float32 (N, 62); de-normalised outside autocast (std ~ 5.8e5)."""
+        """Real 3DMM parameters (N, 62), de-normalised in fp32 even under autocast (std ~ 5.8e5)."""
         raw = self.forward(x).float()
         return raw * self.param_std + self.param_mean
 

@@ -1,0 +1,115 @@
+"""parsing: per-pixel CelebAMask-HQ labels (19 classes) and a binary face mask.
+
+The net sees the frame resized to 512x512; its class scores are resized back to the frame's
+size before the argmax, so ``parsing.png`` and ``facemask.png`` match the frame pixel for pixel.
+Labels are in ``schemas.parsing.CLASSES`` order for both models (ParseNet's are remapped).
+Per-sample failures: ``bad_image``, ``non_finite_output``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+import schemas.parsing as sp
+from stages import drawing
+from stages.base import ERROR, Provenance, Result, Sample, Stage
+from stages.models import common, parsing, registry
+
+MODELS = {"bisenet": parsing.BISENET, "parsenet": parsing.PARSENET}
+_FACE_LUT = np.zeros(256, np.uint8)
+_FACE_LUT[list(sp.FACE_MASK_IDS)] = 255
+
+
+@dataclass
+class Parsing(Stage):
+    name: ClassVar[str] = "parsing"
+    version: ClassVar[str] = "1"
+    schema: ClassVar[pa.Schema] = sp.SCHEMA
+    files: ClassVar[tuple[str, ...]] = (sp.PARSING_IMAGE, sp.FACE_MASK_IMAGE)
+    gpus: ClassVar[float] = 0.25
+
+    model: str = "bisenet"
+    """bisenet (facexlib BiSeNet, ImageNet normalisation) or parsenet (facexlib ParseNet)."""
+    weights: str = "pretrained"
+    """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    dtype: str = "fp32"
+    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
+    batch_size: int = 16
+    """Images per forward pass."""
+    weights_dir: str | None = None
+    """Weights directory (the runner fills it from --weights-dir)."""
+
+    def check(self) -> None:
+        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {tuple(MODELS)}, got {self.model!r}")
+        if self.weights == "pretrained":
+            registry.resolve(MODELS[self.model], self.weights_dir)
+
+    def setup(self) -> None:
+        self._device = common.torch_device(self.device)
+        self._dtype = common.torch_dtype(self.dtype)
+        self._net = parsing.load_parsing(MODELS[self.model], self.weights_dir, self._device, self.dtype,
+                                         random_init=self.weights == "random")
+
+    def provenance(self) -> Provenance:
+        return common.provenance(MODELS[self.model], self.weights == "random")
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        if getattr(self, "_net", None) is None:
+            self.setup()
+        results: list[Result | None] = [None] * len(batch)
+        valid = []
+        for i, sample in enumerate(batch):
+            if drawing.valid_image(sample.image):
+                valid.append(i)
+            else:
+                results[i] = Result.fail("bad_image", ERROR)
+        for idx in common.chunks(valid, self.batch_size):
+            labels = self.labels([batch[i].image for i in idx])
+            for i, lab in zip(idx, labels):
+                results[i] = _result(lab)
+        return results  # type: ignore[return-value]
+
+    def labels(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
+        """uint8 label maps the size of each image (None where the scores are not finite)."""
+        size = parsing.INPUT_SIZE
+        x = np.stack([drawing.resize_to(im, size, size) for im in images])
+        t = torch.from_numpy(x).to(self._device).permute(0, 3, 1, 2).float().div_(255.0)
+        if self._device.type == "cuda":
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), common.autocast(self._device, self._dtype):
+            scores = self._net(t)
+        out: list[np.ndarray | None] = []
+        with torch.inference_mode():
+            for s, im in zip(scores.float(), images):
+                if not torch.isfinite(s).all():
+                    out.append(None)
+                    continue
+                h, w = im.shape[:2]
+                if (h, w) != (size, size):
+                    s = F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                out.append(s.argmax(dim=0).to(torch.uint8).cpu().numpy())
+        return out
+
+
+def _result(labels: np.ndarray | None) -> Result:
+    if labels is None:
+        return Result.fail("non_finite_output", ERROR)
+    fraction = np.bincount(labels.ravel(), minlength=len(sp.CLASSES)) / labels.size
+    mask = _FACE_LUT[labels]
+    return Result(
+        columns={
+            "class_fraction": fraction.astype(np.float32).tolist(),
+            "face_mask_fraction": float((mask > 0).mean()),
+            "model_classes": sp.MODEL_CLASSES,
+        },
+        files={sp.PARSING_IMAGE: drawing.encode_png(labels), sp.FACE_MASK_IMAGE: drawing.encode_png(mask)},
+    )
