@@ -37,6 +37,8 @@ class StageRun:
     frame_from: str | None = None
     """The stage whose frame this one sees (None: the decoded source image)."""
     reads: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    """Optional upstream stages present in this run (used if ok, never blocking)."""
     frame_name: str | None = None
     """Set when this stage produces a frame (``aligned`` / ``restored``)."""
     gpus: float = 0.0

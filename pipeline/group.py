@@ -59,7 +59,7 @@ class GroupWorker:
         source_rows = read_manifest(ShardOutputs(self.ctx.out, SOURCE, shard).manifest).to_pylist()
         todo_names = {r.name for r in todo}
         # Stages outside this group (or already done) that something here needs, read from disk.
-        needed = {n for r in todo for n in (*r.reads, r.frame_from) if n}
+        needed = {n for r in todo for n in (*r.reads, *r.optional, r.frame_from) if n}
         stores = {
             n: UpstreamStore(self.ctx, self.ctx.stage_runs[n], shard, self.stages[n].files
                              if n in self.stages else _files_of(n))
@@ -118,6 +118,10 @@ class GroupWorker:
                     if res is None or res.status != OK:
                         blocked = blocked or dep
                     else:
+                        upstream[dep] = res
+                for dep in run.optional:
+                    res = lookup(dep, key)
+                    if res is not None and res.status == OK:
                         upstream[dep] = res
                 if blocked:
                     out[key] = Result(status=SKIPPED, error=f"upstream_failed: {blocked}")

@@ -74,20 +74,34 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
     for name in names:
         stage = instances[name]
         values = stage.config()
-        upstream = [ctx.stage_runs[r].lineage for r in stage.reads]
+        optional = tuple(r for r in stage.optional_reads if r in ctx.stage_runs and r not in stage.reads)
+        upstream = [ctx.stage_runs[r].lineage for r in (*stage.reads, *optional)]
         lineage = stable_hash({
             "stage": name, "version": type(stage).version, "source": source_lineage, "upstream": upstream,
             "frame_from": ctx.stage_runs[frame_from].lineage if frame_from else None,
             "config": {k: v for k, v in values.items() if k not in RUNTIME_FIELDS},
         })
         device = str(values.get("device", "cpu"))
-        ctx.stage_runs[name] = StageRun(name, values, lineage, frame_from, tuple(stage.reads),
+        if device == "auto":
+            device = "cuda" if _gpu_available(cfg) else "cpu"
+        ctx.stage_runs[name] = StageRun(name, values, lineage, frame_from, tuple(stage.reads), optional,
                                         type(stage).produces_frame,
                                         type(stage).gpus if device.startswith("cuda") else 0.0,
                                         stage_registry.MODULES[name])
         if type(stage).produces_frame:
             frame_from = name
     return ctx
+
+
+def _gpu_available(cfg: RunConfig) -> bool:
+    if cfg.num_gpus is not None:
+        return cfg.num_gpus > 0
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def groups_of(ctx: RunContext, names: list[str]) -> list[list[str]]:

@@ -14,6 +14,8 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "lmk.npy": ("landmarks", "float32 (N, 3) mediapipe mesh: x, y in pixels of the image, z in pixels"),
     "depth.png": ("landmarks", "uint16 depth from the mesh, 65535 = nearest, 0 = background"),
     "mask.png": ("landmarks", "uint8 pseudo mask label map, classes in schemas.pseudo_mask"),
+    "id.npy": ("identity", "float32 (dim,) L2-normalised face embedding"),
+    "expr.npy": ("expression", "float32 (10,) 3DDFA-V2 expression coefficients"),
 }
 
 

@@ -41,7 +41,7 @@ class Sample:
     frame: str = "source"
     """Which frame ``image`` is: ``source``, ``aligned`` or ``restored``."""
     upstream: dict[str, "Result"] = field(default_factory=dict)
-    """Results of the stages named in ``reads`` for this sample (ok rows only)."""
+    """Results of ``reads`` (always) and ``optional_reads`` (when run and ok) for this sample."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Source manifest columns (location, width, height, ...)."""
 
@@ -72,6 +72,8 @@ class Stage:
     version: ClassVar[str] = "1"
     reads: ClassVar[tuple[str, ...]] = ()
     """Upstream stages whose results this stage needs (pulled into a run automatically)."""
+    optional_reads: ClassVar[tuple[str, ...]] = ()
+    """Upstream stages used when they are part of the run (never pulled in, never blocking)."""
     schema: ClassVar[pa.Schema] = pa.schema([])
     """The stage's own manifest columns (common columns are added by the runner)."""
     files: ClassVar[tuple[str, ...]] = ()

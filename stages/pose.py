@@ -89,6 +89,12 @@ class Pose(Stage):
                                          random_init=self.weights == "random", hub=self.hub)
 
     def provenance(self) -> Provenance:
+        # the runner asks once per row; an unpinned checkpoint's sha256 is worth computing once
+        if getattr(self, "_provenance", None) is None:
+            self._provenance = self._find_provenance()
+        return self._provenance
+
+    def _find_provenance(self) -> Provenance:
         model = f"{self.model}:{self.weights_name}"
         if self.weights == "random":
             return Provenance(model=model, weights="", weights_sha256="", weights_random=True)

@@ -14,13 +14,17 @@ from typing import Any, Callable
 
 from stages.models import registry
 from stages.models.arcface import load_arcface
+from stages.models.emotion import load_emotion
 from stages.models.mobilefacenet import load_mobilefacenet
 from stages.models.retinaface import load_retinaface
+from stages.models.tddfa import load_tddfa
 
 FAMILIES: dict[str, Callable[..., Any]] = {
     "retinaface": load_retinaface,
     "mobilefacenet": load_mobilefacenet,
     "arcface": load_arcface,
+    "tddfa": load_tddfa,
+    "emotion": load_emotion,
 }
 
 

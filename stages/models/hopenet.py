@@ -10,7 +10,12 @@ Hopenet (Ruiz et al. 2018) is a torchvision-style ResNet50 with three 66-way cla
 ``LightweightHeadPose`` matches Shaw-git/Lightweight-Head-Pose-Estimation's ``model-b66.pkl``
 (bundled): a conv stem and seven inverted-residual blocks with grouped 1x1 expansions.
 Angles: ``sum(softmax(logits) * bin_index) * 3 + offset`` degrees; Hopenet's offset is -99, the
-lightweight net's -97.5 (its training binned -99..99 into 66 bins and decodes to bin centres).
+lightweight net's -97.5 (its training binned -99..99 into 66 bins and decodes to bin centres; on
+mirrored real faces its yaw pairs are symmetric about 0 with -97.5, not with -99).
+
+``hub=True`` downloads a missing checkpoint from its registered URL into torch.hub's cache.
+deep-head-pose ships no ``hubconf.py``, so ``torch.hub.load`` itself cannot build Hopenet; the
+architecture always comes from here.
 """
 from __future__ import annotations
 
