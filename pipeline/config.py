@@ -22,6 +22,7 @@ import stages as stage_registry
 from stages.base import Stage
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+DEFAULT_PRESET = "full"
 
 
 class ConfigError(ValueError):
@@ -130,7 +131,7 @@ def resolve(
     """Build the RunConfig from its layers; raise ConfigError on anything unknown."""
     cfg = RunConfig()
     file_data = load_yaml(Path(config_file)) if config_file else {}
-    preset = preset or file_data.get("preset") or ""
+    preset = preset or file_data.get("preset") or DEFAULT_PRESET
     if preset:
         if preset not in presets():
             raise ConfigError(f"unknown preset '{preset}'; known: {', '.join(presets())}")

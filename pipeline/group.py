@@ -17,7 +17,7 @@ from pipeline.manifest import ShardOutputs, TarWriter, read_manifest, validate_c
 from pipeline.manifest import write_table
 from pipeline.sources import get_source
 from schemas.common import manifest_schema
-from stages.base import OK, SKIPPED, Result, Sample, Stage
+from stages.base import OK, SKIPPED, Provenance, Result, Sample, Stage
 
 DEFAULT_BATCH = 16
 
@@ -30,6 +30,7 @@ class _Pending:
     stage: Stage
     outs: ShardOutputs
     tar: TarWriter
+    prov: Provenance
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -69,7 +70,7 @@ class GroupWorker:
         for r in todo:
             stage = self._setup(r.name)
             outs = ShardOutputs(self.ctx.out, r.name, shard)
-            pending[r.name] = _Pending(r, stage, outs, TarWriter(outs.payload))
+            pending[r.name] = _Pending(r, stage, outs, TarWriter(outs.payload), stage.provenance())
         try:
             chunk = max(getattr(p.stage, "batch_size", DEFAULT_BATCH) for p in pending.values())
             for i in range(0, len(source_rows), chunk):
@@ -152,7 +153,7 @@ class GroupWorker:
                 self._record(p, row["key"], out[row["key"]], frame)
 
     def _record(self, p: _Pending, key: str, res: Result, frame: str) -> None:
-        prov = p.stage.provenance()
+        prov = p.prov
         duration = res.columns.pop("__duration", 0.0)
         row = {name: None for name in p.stage.schema.names}
         if res.status == OK:

@@ -25,6 +25,7 @@ from pipeline.manifest import clean_temp_files, stable_hash, write_json
 from pipeline.pack import pack_shard, write_index
 from pipeline.progress import Progress
 from pipeline.sources import get_source
+from stages.models.registry import MissingWeights
 
 RUNTIME_FIELDS = ("device", "batch_size", "weights_dir", "num_workers")
 """Stage fields that change speed, not results: excluded from the lineage hash."""
@@ -54,16 +55,36 @@ def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
     unknown = set(cfg.stage_config) - set(stage_registry.ORDER)
     if unknown:
         raise ConfigError(f"config for unknown stages: {sorted(unknown)}")
-    instances = {}
+    instances, missing = {}, []
     for name in names:
         values = dict(cfg.stage_config.get(name, {}))
         cls = stage_registry.stage_class(name)
         if "weights_dir" in {f.name for f in dataclasses.fields(cls)} and cfg.weights_dir:
             values.setdefault("weights_dir", cfg.weights_dir)
         stage = build_stage(name, values)
-        stage.check()
+        try:
+            stage.check()
+        except MissingWeights as exc:
+            missing.append((name, exc))
         instances[name] = stage
+    if missing:
+        raise MissingWeightsError(missing)
     return source, names, instances
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Every missing weights file of the run, with what to fetch and where to put it."""
+
+    def __init__(self, missing: list[tuple[str, MissingWeights]]):
+        names = " ".join(sorted({exc.spec.name for _, exc in missing}))
+        lines = [f"missing weights for {len(missing)} stage(s); nothing was run.",
+                 f"  where internet exists: pipeline weights fetch {names}",
+                 "  or download by hand:"]
+        for stage, exc in missing:
+            urls = " | ".join(exc.spec.urls) or "(no public URL)"
+            lines.append(f"    [{stage}] {urls}\n        -> {exc.path}  (sha256 {exc.spec.sha256 or 'not pinned'})")
+        lines.append("  or run the bundled models offline: --preset lite")
+        super().__init__("\n".join(lines))
 
 
 def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instances: dict) -> RunContext:

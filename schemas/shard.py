@@ -16,6 +16,10 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "mask.png": ("landmarks", "uint8 pseudo mask label map, classes in schemas.pseudo_mask"),
     "id.npy": ("identity", "float32 (dim,) L2-normalised face embedding"),
     "expr.npy": ("expression", "float32 (10,) 3DDFA-V2 expression coefficients"),
+    "raw.jpg": ("restore", "the aligned crop before restoration (the jpg is the restored one)"),
+    "pose.png": ("pose", "RGB head-pose axes drawn from yaw/pitch/roll on a black canvas"),
+    "parsing.png": ("parsing", "uint8 face-parsing label map, classes in schemas.parsing"),
+    "facemask.png": ("parsing", "uint8 0/255 face mask (classes in schemas.parsing.FACE_MASK_CLASSES)"),
 }
 
 

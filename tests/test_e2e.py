@@ -112,10 +112,3 @@ def test_cli_lists_and_errors(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.slow
-def test_quickstart_sample_with_ray(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    result = cli("run", "--source", "sample", "--out", "out", "--num-cpus", "2")
-    assert result.exit_code == 0, result.output
-    index = json.loads((tmp_path / "out" / "shards" / "index.json").read_text())
-    assert index["samples"] >= 8

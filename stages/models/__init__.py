@@ -14,8 +14,11 @@ from typing import Any, Callable
 
 from stages.models import registry
 from stages.models.arcface import load_arcface
+from stages.models.codeformer import load_codeformer
 from stages.models.emotion import load_emotion
+from stages.models.hopenet import load_hopenet
 from stages.models.mobilefacenet import load_mobilefacenet
+from stages.models.parsing import load_parsing
 from stages.models.retinaface import load_retinaface
 from stages.models.tddfa import load_tddfa
 
@@ -25,6 +28,9 @@ FAMILIES: dict[str, Callable[..., Any]] = {
     "arcface": load_arcface,
     "tddfa": load_tddfa,
     "emotion": load_emotion,
+    "codeformer": load_codeformer,
+    "hopenet": load_hopenet,
+    "parsing": load_parsing,
 }
 
 
