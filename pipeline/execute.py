@@ -7,6 +7,7 @@ the output is the same whether stages run fused or one group each.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], s
     if outs.is_done(ctx.source_lineage):
         return {"stage": SOURCE, "shard": shard, "skipped": True}
     start, records = time.perf_counter(), []
+    tar = TarWriter(outs.payload) if source.files else None
     for row in rows:
         t0 = time.perf_counter()
         rec = {"key": row["key"], "identity": row["identity"], "location": row["location"],
@@ -113,11 +115,21 @@ def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], s
                     rec.update(width=probe.width, height=probe.height, format=probe.format,
                                mode=probe.mode, note=probe.note)
                 rec["error"] = reason
+            if tar is not None and not rec["error"]:
+                try:
+                    extra = source.extra_files(row["location"], json.loads(row["meta"] or "{}"))
+                except (OSError, ValueError) as exc:
+                    rec["error"] = f"extra_files_failed: {type(exc).__name__}: {exc}"[:300]
+                else:
+                    for suffix, blob in sorted(extra.items()):
+                        tar.add(f"{row['key']}.{suffix}", blob)
         rec["status"] = ERROR if rec["error"] else OK
         rec.update(duration_s=time.perf_counter() - t0, stage=SOURCE, stage_version="1", frame=None,
                    model=None, weights_sha256=None, weights_random=None, config_hash=ctx.source_lineage)
         records.append(rec)
     table = validate_columns(records, manifest_schema(source_schema.SCHEMA))
+    if tar is not None:
+        tar.close()
     write_table(table, outs.manifest)
     counts = dict(Counter(r["status"] for r in records))
     write_marker(outs, ctx.source_lineage, counts)

@@ -13,7 +13,7 @@ from pipeline import imaging
 from pipeline.config import build_stage
 from pipeline.execute import SOURCE, RunContext, StageRun, UpstreamStore, encode_png, process_isolated
 from pipeline.execute import write_stats
-from pipeline.manifest import ShardOutputs, TarWriter, read_manifest, validate_columns, write_marker
+from pipeline.manifest import ShardOutputs, TarReader, TarWriter, read_manifest, validate_columns, write_marker
 from pipeline.manifest import write_table
 from pipeline.sources import get_source
 from schemas.common import manifest_schema
@@ -45,6 +45,7 @@ class GroupWorker:
             stage_registry.register(r.name, r.module)
         self.stages = {r.name: build_stage(r.name, r.values) for r in self.runs}
         self._ready: set[str] = set()
+        self._source_files: TarReader | None = None
         self.source = get_source(ctx.source_name)(ctx.input)
 
     def _setup(self, name: str) -> Stage:
@@ -66,6 +67,8 @@ class GroupWorker:
                              if n in self.stages else _files_of(n))
             for n in needed if n not in todo_names
         }
+        src_payload = ShardOutputs(self.ctx.out, SOURCE, shard).payload
+        self._source_files = TarReader(src_payload) if src_payload.exists() else None
         pending = {}
         for r in todo:
             stage = self._setup(r.name)
@@ -83,6 +86,8 @@ class GroupWorker:
         finally:
             for s in stores.values():
                 s.close()
+            if self._source_files is not None:
+                self._source_files.close()
 
     def _run_chunk(self, rows: list[dict], pending: dict[str, _Pending], stores: dict[str, UpstreamStore]) -> None:
         results: dict[str, dict[str, Result]] = {}  # stage -> key -> result, for this chunk only
@@ -137,7 +142,7 @@ class GroupWorker:
                     out[key] = Result.fail(err)
                     continue
                 samples.append(Sample(key=key, identity=row["identity"], image=image, frame=frame,
-                                      upstream=upstream, meta=row))
+                                      upstream=upstream, meta={**row, "files": self._extra_files(key)}))
             bs = getattr(p.stage, "batch_size", DEFAULT_BATCH)
             for i in range(0, len(samples), bs):
                 batch = samples[i:i + bs]
@@ -151,6 +156,13 @@ class GroupWorker:
             results[run.name] = out
             for row in rows:
                 self._record(p, row["key"], out[row["key"]], frame)
+
+    def _extra_files(self, key: str) -> dict[str, bytes]:
+        """Files the source carried for this sample (e.g. a ground-truth label map)."""
+        if self._source_files is None:
+            return {}
+        return {suffix: self._source_files.get(f"{key}.{suffix}") for suffix in self.source.files
+                if f"{key}.{suffix}" in self._source_files.index}
 
     def _record(self, p: _Pending, key: str, res: Result, frame: str) -> None:
         prov = p.prov

@@ -72,10 +72,10 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
     source_rows = read_manifest(ShardOutputs(ctx.out, SOURCE, shard).manifest).to_pylist()
     manifests = {n: {r["key"]: r for r in read_manifest(ShardOutputs(ctx.out, n, shard).manifest).to_pylist()}
                  for n in names}
-    payloads = {n: TarReader(p) for n in names if (p := ShardOutputs(ctx.out, n, shard).payload).exists()}
+    payloads = {n: TarReader(p) for n in [SOURCE, *names] if (p := ShardOutputs(ctx.out, n, shard).payload).exists()}
     members_of: dict[str, list[tuple[str, str]]] = {}  # key -> [(stage, member name)]
     for n, tar in payloads.items():
-        frame_file = f"{ctx.stage_runs[n].frame_name}.png"
+        frame_file = f"{ctx.stage_runs[n].frame_name}.png" if n in ctx.stage_runs else None
         for name in tar.names():
             k, _, suffix = name.partition(".")
             if suffix != frame_file:

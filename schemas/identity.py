@@ -12,5 +12,8 @@ SCHEMA = pa.schema(
         pa.field("embedding", pa.list_(pa.float32())),  # unit-length, ``dim`` values
         pa.field("dim", pa.int32()),  # 512 for arcface_irse50, 128 for mobilefacenet
         pa.field("norm_before", pa.float32()),  # L2 norm before normalising (rough quality cue)
+        # Identity drift of restoration: cosine between the embeddings of the aligned crop before
+        # and after restore (null when restore did not run). Low values: CodeFormer changed who it is.
+        pa.field("restore_cosine", pa.float32()),
     ]
 )

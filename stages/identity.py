@@ -98,6 +98,7 @@ class Identity(Stage):
             self.setup()
         results: list[Result | None] = [None] * len(batch)
         faces, idx = [], []
+        raw_faces, raw_idx = [], []  # the un-restored aligned crops, for the drift score
         for i, sample in enumerate(batch):
             points = self._points(sample)
             if points is None:
@@ -109,6 +110,16 @@ class Identity(Stage):
                                       align.ARCFACE_112, SIZE)
                 faces.append(face)
                 idx.append(i)
+                raw = sample.upstream["detect"].frame if sample.frame == "restored" else None
+                if raw is not None and raw.shape == sample.image.shape:
+                    raw_face, _ = align.align(np.ascontiguousarray(raw, dtype=np.uint8), points,
+                                              align.ARCFACE_112, SIZE)
+                    raw_faces.append(raw_face)
+                    raw_idx.append(i)
+        raw_unit = {}
+        for start in range(0, len(raw_idx), self.batch_size):
+            unit, _ = self.embed(raw_faces[start:start + self.batch_size])
+            raw_unit.update(zip(raw_idx[start:start + self.batch_size], unit))
         for start in range(0, len(idx), self.batch_size):
             unit, norms = self.embed(faces[start:start + self.batch_size])
             for i, vector, norm in zip(idx[start:start + self.batch_size], unit, norms):
@@ -117,7 +128,8 @@ class Identity(Stage):
                     continue
                 results[i] = Result(
                     columns={"embedding": vector.tolist(), "dim": int(vector.shape[0]),
-                             "norm_before": float(norm)},
+                             "norm_before": float(norm),
+                             "restore_cosine": float(vector @ raw_unit[i]) if i in raw_unit else None},
                     files={"id.npy": embedding_bytes(vector)},
                 )
         return results  # type: ignore[return-value]

@@ -112,3 +112,21 @@ def test_cli_lists_and_errors(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+
+
+def test_restore_frame_flows_to_identity_with_drift(casia_tree, tmp_path):
+    """detect -> restore (tiny CodeFormer, random weights: no real weights offline) -> identity."""
+    out = tmp_path / "out"
+    result = cli("run", "--source", "casia-webface", "--input", str(casia_tree), "--out", str(out),
+                 "--stages", "identity,restore", "--executor", "local",
+                 "--set", "detect.model=retinaface_mobile0.25", "--set", "identity.model=mobilefacenet",
+                 "--set", "restore.weights=random", "--set", "restore.arch=tiny")
+    assert result.exit_code == 0, result.output
+    ident = [r for r in pq.read_table(out / "manifests" / "identity").to_pylist() if r["status"] == "ok"]
+    assert ident and all(r["frame"] == "restored" and r["restore_cosine"] is not None for r in ident)
+    restore = [r for r in pq.read_table(out / "manifests" / "restore").to_pylist() if r["status"] == "ok"]
+    assert restore and all(r["weights_random"] for r in restore)  # never passed off as real
+    samples = list(wds.WebDataset(sorted(map(str, (out / "shards").glob("*.tar"))), shardshuffle=False))
+    assert samples and all("raw.jpg" in s and "id.npy" in s for s in samples)
+    meta = json.loads(samples[0]["json"])
+    assert meta["restore"]["weights_random"] is True and meta["identity"]["frame"] == "restored"

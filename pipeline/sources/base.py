@@ -131,6 +131,13 @@ class Source:
         """The raw bytes of one sample; raises OSError/ValueError when it cannot be read."""
         return safe_join(self.root, location).read_bytes()
 
+    files: ClassVar[tuple[str, ...]] = ()
+    """Suffixes of per-sample files the source carries along (e.g. a ground-truth label map)."""
+
+    def extra_files(self, location: str, meta: dict[str, Any]) -> dict[str, bytes]:
+        """Per-sample files to carry into the shard (suffix -> bytes); none by default."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What to record about this source in a run's metadata."""
         return {"source": self.name, "input": str(self.root)}

@@ -1,0 +1,240 @@
+"""Pluggable image captioners for the caption stage, and where their Hugging Face weights live.
+
+A captioner is a small class registered under a name (``blip_base``, ``blip_large``,
+``git_base``, ...) with a default model location. ``load(path, device, dtype)`` loads it from a
+local directory; ``generate(images, n_beam, n_sample, prompt, max_new_tokens)`` returns, per
+image, ``n_beam`` beam-search captions followed by ``n_sample`` nucleus-sampled ones, raw
+(decoded without special tokens, artifacts left in). Another family (BLIP-2, ...) is one
+``register()`` call away; the stage never changes.
+
+Model locations are a local directory (a copied snapshot) or a Hugging Face model id, resolved
+in the local cache only unless downloads are allowed. A directory holding ``RANDOM_MARKER``
+has random weights (the test fixtures write it) and is reported as such in provenance.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+RANDOM_MARKER = "FACEWEAVE_RANDOM_WEIGHTS"
+"""File name whose presence in a model directory marks its weights as random (tests, benchmarks)."""
+BEAM, SAMPLE = "beam", "sample"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class Captioner:
+    """Base class for Hugging Face image-to-text models driven by ``generate``."""
+
+    def __init__(self, num_beams: int = 3, top_p: float = 0.9):
+        self.num_beams, self.top_p = num_beams, top_p
+        self.model: Any = None
+        self.processor: Any = None
+
+    def _model_class(self) -> Any:
+        raise NotImplementedError
+
+    def load(self, path: str | Path, device: torch.device, dtype: torch.dtype) -> None:
+        """Load model and processor from a local directory (never the network)."""
+        from transformers import AutoProcessor
+
+        self.device, self.dtype = device, dtype
+        self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        # weights stay fp32; bf16/fp16 runs under autocast (see stages.models.common)
+        self.model = self._model_class().from_pretrained(str(path), local_files_only=True)
+        self.model.eval().requires_grad_(False).to(device)
+
+    def pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Preprocessed batch on the model's device (resize and normalise there on GPU)."""
+        out = self.processor.image_processor(images=list(images), return_tensors="pt", device=self.device)
+        return out["pixel_values"].to(self.device)
+
+    def prompt_ids(self, prompt: str, batch: int) -> torch.Tensor | None:
+        return None
+
+    def _run(self, pixels: torch.Tensor, ids: torch.Tensor | None, n: int, sample: bool,
+             max_new_tokens: int) -> list[str]:
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_return_sequences=n)
+        if sample:
+            kwargs.update(do_sample=True, top_p=self.top_p, top_k=0, num_beams=1)
+        else:
+            kwargs.update(do_sample=False, num_beams=max(self.num_beams, n))
+        if ids is not None:
+            kwargs["input_ids"] = ids
+        from stages.models import common
+
+        with common.autocast(self.device, self.dtype):
+            out = self.model.generate(pixel_values=pixels, **kwargs)
+        return self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def generate(self, images: Sequence[np.ndarray], n_beam: int, n_sample: int, prompt: str = "",
+                 max_new_tokens: int = 30) -> list[list[str]]:
+        """Per image: ``n_beam`` beam captions then ``n_sample`` sampled captions (raw text)."""
+        pixels = self.pixel_values(images)
+        ids = self.prompt_ids(prompt, len(images)) if prompt else None
+        per_image: list[list[str]] = [[] for _ in images]
+        for n, sample in ((n_beam, False), (n_sample, True)):
+            if n <= 0:
+                continue
+            texts = self._run(pixels, ids, n, sample, max_new_tokens)
+            for i in range(len(images)):  # generate returns the n sequences of an image together
+                per_image[i].extend(t.strip() for t in texts[i * n:(i + 1) * n])
+        return per_image
+
+
+class BlipCaptioner(Captioner):
+    """BLIP captioning (BlipForConditionalGeneration); the prompt is kept in the caption."""
+
+    def _model_class(self) -> Any:
+        from transformers import BlipForConditionalGeneration
+
+        return BlipForConditionalGeneration
+
+    def prompt_ids(self, prompt: str, batch: int) -> torch.Tensor:
+        # [CLS] prompt [SEP]: BLIP's generate swaps [CLS] for its bos token and drops the [SEP]
+        ids = self.processor.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        return ids.repeat(batch, 1).to(self.device)
+
+
+class GitCaptioner(Captioner):
+    """GIT captioning (GitForCausalLM); the prompt is kept in the caption."""
+
+    def _model_class(self) -> Any:
+        from transformers import GitForCausalLM
+
+        return GitForCausalLM
+
+    def prompt_ids(self, prompt: str, batch: int) -> torch.Tensor:
+        tok = self.processor.tokenizer
+        ids = [tok.cls_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
+        return torch.tensor([ids], device=self.device).repeat(batch, 1)
+
+
+@dataclass(frozen=True)
+class CaptionerSpec:
+    """A registered captioner: its class and default model location."""
+
+    name: str
+    cls: type[Captioner]
+    default: str
+    """Hugging Face model id or local directory used when the stage's model_paths has no entry."""
+
+
+CAPTIONERS: dict[str, CaptionerSpec] = {}
+
+
+def register(name: str, cls: type[Captioner], default: str) -> CaptionerSpec:
+    """Add a captioner under ``name`` (plugins and tests may re-register their own names)."""
+    spec = CaptionerSpec(name, cls, default)
+    CAPTIONERS[name] = spec
+    return spec
+
+
+def get(name: str) -> CaptionerSpec:
+    try:
+        return CAPTIONERS[name]
+    except KeyError:
+        raise ValueError(f"unknown captioner '{name}'; known: {', '.join(sorted(CAPTIONERS))}") from None
+
+
+register("blip_base", BlipCaptioner, "Salesforce/blip-image-captioning-base")
+register("blip_large", BlipCaptioner, "Salesforce/blip-image-captioning-large")
+register("git_base", GitCaptioner, "microsoft/git-base-coco")
+register("git_large", GitCaptioner, "microsoft/git-large-coco")
+
+
+def set_offline_env() -> None:
+    """Make Hugging Face libraries imported after this fail fast instead of reaching the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _weight_files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return safetensors or files  # from_pretrained prefers safetensors when both are present
+
+
+def _check_model_dir(path: Path, what: str) -> Path:
+    if not (path / "config.json").is_file() or not _weight_files(path):
+        raise FileNotFoundError(f"{what}: {path} is not a complete model directory "
+                                f"(needs config.json and *.safetensors or *.bin weights)")
+    return path
+
+
+def resolve_location(location: str, what: str, allow_download: bool = False,
+                     weights_dir: str | os.PathLike | None = None) -> Path:
+    """Local directory of a model given as a directory or an HF id; FileNotFoundError if absent.
+
+    An id is looked up as ``<weights dir>/<id>`` first (a copied snapshot), then in the Hugging
+    Face cache, downloading only when ``allow_download``.
+    """
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return _check_model_dir(path, what)
+    if not _REPO_ID.match(location):
+        raise FileNotFoundError(f"{what}: model directory {path} not found")
+    from stages.models import registry
+
+    copied = registry.weights_dir(weights_dir) / location
+    if copied.is_dir():
+        return _check_model_dir(copied, what)
+    if not allow_download:
+        set_offline_env()
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(location, local_files_only=not allow_download,
+                                          allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+        if allow_download and not _weight_files(snapshot):
+            snapshot = Path(snapshot_download(location, allow_patterns=["*.bin"]))
+    except Exception as exc:  # hub errors vary by version: offline, gated, not cached, ...
+        raise FileNotFoundError(
+            f"{what}: model '{location}' is not available offline ({type(exc).__name__}). Download it "
+            f"where internet exists (`hf download {location}`) and either keep the Hugging Face cache "
+            f"(HF_HOME) or copy the snapshot folder to {copied} or any directory given in the stage's "
+            f"model_paths / clip_model; or set allow_download: true."
+        ) from None
+    return _check_model_dir(snapshot, what)
+
+
+def revision_of(path: Path) -> str:
+    """The commit of a Hugging Face cache snapshot directory, '' for other directories."""
+    if path.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", path.name):
+        return path.name
+    return ""
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a weights file; an HF cache blob's name already is its sha256 (LFS files)."""
+    real = path.resolve()
+    if re.fullmatch(r"[0-9a-f]{64}", real.name) and real.parent.name == "blobs":
+        return real.name
+    stat = real.stat()
+    key = (str(real), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        from stages.models.registry import sha256_of
+
+        _HASHES[key] = sha256_of(real)
+    return _HASHES[key]
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over the per-file sha256 of a model directory's weight files (name:sha lines)."""
+    lines = "".join(f"{p.name}:{file_sha256(p)}\n" for p in _weight_files(path))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def is_random(path: Path) -> bool:
+    return (path / RANDOM_MARKER).exists()
