@@ -10,11 +10,14 @@ from pathlib import Path
 from .base import IMAGE_EXTS, Entry, Source, sanitize_key
 from .casia import CasiaSource
 from .celeba import CelebASource
+from .celebahq import CelebAHQSource
+from .ffhq import FFHQSource
 from .folder import FolderSource
 from .sample import SampleSource
 
 SOURCES: dict[str, type[Source]] = {
-    cls.name: cls for cls in (CasiaSource, CelebASource, FolderSource, SampleSource)
+    cls.name: cls
+    for cls in (CasiaSource, CelebASource, CelebAHQSource, FFHQSource, FolderSource, SampleSource)
 }
 
 
@@ -35,8 +38,10 @@ __all__ = [
     "IMAGE_EXTS",
     "SOURCES",
     "CasiaSource",
+    "CelebAHQSource",
     "CelebASource",
     "Entry",
+    "FFHQSource",
     "FolderSource",
     "SampleSource",
     "Source",
