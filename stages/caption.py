@@ -249,7 +249,7 @@ class Caption(Stage):
             else:
                 good.append(i)
         for chunk in common.chunks(good, self.batch_size):
-            images = [np.ascontiguousarray(batch[i].image) for i in chunk]
+            images = [np.require(batch[i].image, requirements=["C", "W"]) for i in chunk]
             raw, sources = self._generate(images, [batch[i].key for i in chunk])
             cleaned = [[text.clean(r, self.remove_names, self._names(batch[i])) for r in per_image]
                        for i, per_image in zip(chunk, raw)]

@@ -3,6 +3,8 @@
 The net sees the frame resized to 512x512; its class scores are resized back to the frame's
 size before the argmax, so ``parsing.png`` and ``facemask.png`` match the frame pixel for pixel.
 Labels are in ``schemas.parsing.CLASSES`` order for both models (ParseNet's are remapped).
+When the source carries ground truth (``gtparsing.png``, celeba-hq) ``gt_miou`` scores the map
+against it (``stages.parsing_eval``; in a crop frame this needs detect's affine).
 Per-sample failures: ``bad_image``, ``non_finite_output``.
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import schemas.parsing as sp
-from stages import drawing
+from schemas.gt import GT_PARSING
+from stages import drawing, parsing_eval
 from stages.base import ERROR, Provenance, Result, Sample, Stage
 from stages.models import common, parsing, registry
 
@@ -28,7 +31,8 @@ _FACE_LUT[list(sp.FACE_MASK_IDS)] = 255
 @dataclass
 class Parsing(Stage):
     name: ClassVar[str] = "parsing"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
+    optional_reads: ClassVar[tuple[str, ...]] = ("detect",)
     schema: ClassVar[pa.Schema] = sp.SCHEMA
     files: ClassVar[tuple[str, ...]] = (sp.PARSING_IMAGE, sp.FACE_MASK_IMAGE)
     gpus: ClassVar[float] = 0.25
@@ -75,7 +79,7 @@ class Parsing(Stage):
         for idx in common.chunks(valid, self.batch_size):
             labels = self.labels([batch[i].image for i in idx])
             for i, lab in zip(idx, labels):
-                results[i] = _result(lab)
+                results[i] = _result(lab, _gt_miou(batch[i], lab))
         return results  # type: ignore[return-value]
 
     def labels(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
@@ -100,7 +104,19 @@ class Parsing(Stage):
         return out
 
 
-def _result(labels: np.ndarray | None) -> Result:
+def _gt_miou(sample: Sample, labels: np.ndarray | None) -> float | None:
+    """Mean IoU against the source's ground truth; None without one or when it cannot be placed."""
+    gt_png = (sample.meta.get("files") or {}).get(GT_PARSING)
+    if gt_png is None or labels is None:
+        return None
+    det = sample.upstream.get("detect")
+    try:
+        return parsing_eval.score(labels, gt_png, sample.frame, det.columns.get("affine") if det else None)
+    except ValueError:  # unreadable or out-of-range ground truth is no score, not a failed sample
+        return None
+
+
+def _result(labels: np.ndarray | None, gt_miou: float | None = None) -> Result:
     if labels is None:
         return Result.fail("non_finite_output", ERROR)
     fraction = np.bincount(labels.ravel(), minlength=len(sp.CLASSES)) / labels.size
@@ -110,6 +126,7 @@ def _result(labels: np.ndarray | None) -> Result:
             "class_fraction": fraction.astype(np.float32).tolist(),
             "face_mask_fraction": float((mask > 0).mean()),
             "model_classes": sp.MODEL_CLASSES,
+            "gt_miou": gt_miou,
         },
         files={sp.PARSING_IMAGE: drawing.encode_png(labels), sp.FACE_MASK_IMAGE: drawing.encode_png(mask)},
     )
