@@ -16,14 +16,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
 from pipeline import imaging
 from pipeline.manifest import ShardOutputs, TarReader, TarWriter, read_manifest, validate_columns
 from pipeline.manifest import write_json, write_marker, write_table
 from schemas import source as source_schema
 from schemas.common import manifest_schema
-from stages.base import ERROR, OK, SKIPPED, Result, Sample, Stage
+from stages.base import ERROR, OK, Result, Sample, Stage
 
 SOURCE = "source"
 

@@ -13,6 +13,7 @@ from pipeline import imaging
 from pipeline.config import build_stage
 from pipeline.execute import SOURCE, RunContext, StageRun, UpstreamStore, encode_png, process_isolated
 from pipeline.execute import write_stats
+from pipeline.journal import CRASHED, Journal, note_crash
 from pipeline.manifest import ShardOutputs, TarReader, TarWriter, read_manifest, validate_columns, write_marker
 from pipeline.manifest import write_table
 from pipeline.sources import get_source
@@ -31,6 +32,7 @@ class _Pending:
     outs: ShardOutputs
     tar: TarWriter
     prov: Provenance
+    journal: Journal
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -47,6 +49,11 @@ class GroupWorker:
         self._ready: set[str] = set()
         self._source_files: TarReader | None = None
         self.source = get_source(ctx.source_name)(ctx.input)
+
+    @staticmethod
+    def note_crash(ctx: RunContext, names: list[str], shard: str) -> list[str]:
+        """Called by the executor when a worker died on ``shard``."""
+        return note_crash(ctx.out, names, shard)
 
     def _setup(self, name: str) -> Stage:
         if name not in self._ready:  # lazily: a resumed run whose stage is done loads no weights
@@ -73,7 +80,8 @@ class GroupWorker:
         for r in todo:
             stage = self._setup(r.name)
             outs = ShardOutputs(self.ctx.out, r.name, shard)
-            pending[r.name] = _Pending(r, stage, outs, TarWriter(outs.payload), stage.provenance())
+            pending[r.name] = _Pending(r, stage, outs, TarWriter(outs.payload), stage.provenance(),
+                                       Journal(self.ctx.out, r.name, shard))
         try:
             chunk = max(getattr(p.stage, "batch_size", DEFAULT_BATCH) for p in pending.values())
             for i in range(0, len(source_rows), chunk):
@@ -143,11 +151,11 @@ class GroupWorker:
                     continue
                 samples.append(Sample(key=key, identity=row["identity"], image=image, frame=frame,
                                       upstream=upstream, meta={**row, "files": self._extra_files(key)}))
-            bs = getattr(p.stage, "batch_size", DEFAULT_BATCH)
-            for i in range(0, len(samples), bs):
-                batch = samples[i:i + bs]
+            for batch in self._batches(p, samples, out):
                 t0 = time.perf_counter()
+                p.journal.begin([s.key for s in batch])
                 batch_results = process_isolated(p.stage, batch)
+                p.journal.end()
                 dt = time.perf_counter() - t0
                 p.seconds += dt
                 for s, res in zip(batch, batch_results):
@@ -156,6 +164,20 @@ class GroupWorker:
             results[run.name] = out
             for row in rows:
                 self._record(p, row["key"], out[row["key"]], frame)
+
+    @staticmethod
+    def _batches(p: _Pending, samples: list[Sample], out: dict[str, Result]) -> list[list[Sample]]:
+        """Batches to run: samples that crashed a worker before are error rows; suspects go alone."""
+        normal, batches = [], []
+        for s in samples:
+            if s.key in p.journal.crashed:
+                out[s.key] = Result.fail(CRASHED)
+            elif s.key in p.journal.suspects:
+                batches.append([s])
+            else:
+                normal.append(s)
+        bs = getattr(p.stage, "batch_size", DEFAULT_BATCH)
+        return batches + [normal[i:i + bs] for i in range(0, len(normal), bs)]
 
     def _extra_files(self, key: str) -> dict[str, bytes]:
         """Files the source carried for this sample (e.g. a ground-truth label map)."""
@@ -191,6 +213,7 @@ class GroupWorker:
         write_table(table, p.outs.manifest)
         statuses = [r["status"] for r in p.rows]
         write_marker(p.outs, p.run.lineage, dict(Counter(statuses)))
+        p.journal.close()
         return write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds)
 
 

@@ -9,133 +9,23 @@ import dataclasses
 import json
 import platform
 import time
-from collections import Counter
+import warnings
+from collections import Counter, deque
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import yaml
 
-import stages as stage_registry
 from pipeline import plan as plan_mod
-from pipeline.config import ConfigError, RunConfig, build_stage
-from pipeline.execute import SOURCE, RunContext, StageRun, run_source_shard
+from pipeline.config import ConfigError, RunConfig
+from pipeline.execute import SOURCE, RunContext, run_source_shard
 from pipeline.group import GroupWorker
 from pipeline.lock import OutputLock
-from pipeline.manifest import clean_temp_files, stable_hash, write_json
+from pipeline.manifest import clean_temp_files, write_json
 from pipeline.pack import pack_shard, write_index
 from pipeline.progress import Progress
+from pipeline.schedule import MissingWeightsError, groups_of, make_context, prepare  # noqa: F401 (re-export)
 from pipeline.sources import get_source
-from stages.models.registry import MissingWeights
-
-RUNTIME_FIELDS = ("device", "batch_size", "weights_dir", "num_workers")
-"""Stage fields that change speed, not results: excluded from the lineage hash."""
-
-
-def resolve_stage_names(requested: Iterable[str]) -> list[str]:
-    """Requested stages plus everything they read, in run order."""
-    names: set[str] = set()
-    todo = list(requested)
-    while todo:
-        name = todo.pop()
-        if name not in stage_registry.ORDER:
-            raise ConfigError(f"unknown stage '{name}'; known: {', '.join(stage_registry.available())}")
-        if name not in names:
-            names.add(name)
-            todo.extend(stage_registry.stage_class(name).reads)
-    return [n for n in stage_registry.ORDER if n in names]
-
-
-def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
-    """Everything that can fail on bad input, before any work: source, stages, weights."""
-    source_cls = get_source(cfg.source)
-    if cfg.executor not in ("ray", "local"):
-        raise ConfigError(f"executor must be 'ray' or 'local', got '{cfg.executor}'")
-    source = source_cls(cfg.input)
-    names = resolve_stage_names(cfg.stages)
-    unknown = set(cfg.stage_config) - set(stage_registry.ORDER)
-    if unknown:
-        raise ConfigError(f"config for unknown stages: {sorted(unknown)}")
-    instances, missing = {}, []
-    for name in names:
-        values = dict(cfg.stage_config.get(name, {}))
-        cls = stage_registry.stage_class(name)
-        if "weights_dir" in {f.name for f in dataclasses.fields(cls)} and cfg.weights_dir:
-            values.setdefault("weights_dir", cfg.weights_dir)
-        stage = build_stage(name, values)
-        try:
-            stage.check()
-        except MissingWeights as exc:
-            missing.append((name, exc))
-        instances[name] = stage
-    if missing:
-        raise MissingWeightsError(missing)
-    return source, names, instances
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Every missing weights file of the run, with what to fetch and where to put it."""
-
-    def __init__(self, missing: list[tuple[str, MissingWeights]]):
-        names = " ".join(sorted({exc.spec.name for _, exc in missing}))
-        lines = [f"missing weights for {len(missing)} stage(s); nothing was run.",
-                 f"  where internet exists: pipeline weights fetch {names}",
-                 "  or download by hand:"]
-        for stage, exc in missing:
-            urls = " | ".join(exc.spec.urls) or "(no public URL)"
-            lines.append(f"    [{stage}] {urls}\n        -> {exc.path}  (sha256 {exc.spec.sha256 or 'not pinned'})")
-        lines.append("  or run the bundled models offline: --preset lite")
-        super().__init__("\n".join(lines))
-
-
-def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instances: dict) -> RunContext:
-    source_lineage = stable_hash({"plan": plan.info["plan_sha256"], "max_pixels": cfg.max_pixels,
-                                  "min_side": cfg.min_side, "version": 1})
-    ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage)
-    frame_from = None
-    for name in names:
-        stage = instances[name]
-        values = stage.config()
-        optional = tuple(r for r in stage.optional_reads if r in ctx.stage_runs and r not in stage.reads)
-        upstream = [ctx.stage_runs[r].lineage for r in (*stage.reads, *optional)]
-        lineage = stable_hash({
-            "stage": name, "version": type(stage).version, "source": source_lineage, "upstream": upstream,
-            "frame_from": ctx.stage_runs[frame_from].lineage if frame_from else None,
-            "config": {k: v for k, v in values.items() if k not in RUNTIME_FIELDS},
-        })
-        device = str(values.get("device", "cpu"))
-        if device == "auto":
-            device = "cuda" if _gpu_available(cfg) else "cpu"
-        ctx.stage_runs[name] = StageRun(name, values, lineage, frame_from, tuple(stage.reads), optional,
-                                        type(stage).produces_frame,
-                                        type(stage).gpus if device.startswith("cuda") else 0.0,
-                                        stage_registry.MODULES[name])
-        if type(stage).produces_frame:
-            frame_from = name
-    return ctx
-
-
-def _gpu_available(cfg: RunConfig) -> bool:
-    if cfg.num_gpus is not None:
-        return cfg.num_gpus > 0
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def groups_of(ctx: RunContext, names: list[str]) -> list[list[str]]:
-    """Consecutive stages with the same kind of resource run fused in one worker."""
-    groups: list[list[str]] = []
-    for name in names:
-        gpu = ctx.stage_runs[name].gpus > 0
-        if groups and (ctx.stage_runs[groups[-1][0]].gpus > 0) == gpu:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    return groups
-
 
 class SourceWorker:
     """Runs the source step for shards (reads the plan once)."""
@@ -226,7 +116,15 @@ def _versions() -> dict[str, str]:
 
 
 class Executor:
-    """Maps shards over workers: in this process (``local``) or over Ray actors (``ray``)."""
+    """Maps shards over workers: in this process (``local``) or over Ray actors (``ray``).
+
+    With Ray, a worker that dies (native crash, OOM killer, kill) is replaced and its shard
+    retried; the worker class's ``note_crash`` narrows the culprit down so that a sample that
+    crashes the process costs one error row, not the run.
+    """
+
+    max_attempts = 8
+    """Deaths tolerated per shard: a crashing sample needs two (its batch, then itself)."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -237,8 +135,9 @@ class Executor:
             import ray
 
             if not ray.is_initialized():
-                ray.init(address=self.cfg.ray_address, num_cpus=self.cfg.num_cpus if not self.cfg.ray_address else None,
-                         num_gpus=self.cfg.num_gpus if not self.cfg.ray_address else None,
+                local = not self.cfg.ray_address
+                ray.init(address=self.cfg.ray_address, num_cpus=self.cfg.num_cpus if local else None,
+                         num_gpus=self.cfg.num_gpus if local else None,
                          include_dashboard=False, log_to_driver=True, logging_level="warning")
             self.ray = ray
         return self
@@ -249,18 +148,20 @@ class Executor:
 
     def map(self, worker_cls: type, args: tuple, shards: list[str], tick: Callable[[Any], None],
             gpus: float, collect: Callable[[Any], None] | None = None) -> None:
+        def done(result: Any) -> None:
+            tick(result)
+            if collect:
+                collect(result)
+
         if self.ray is None:
             worker = worker_cls(*args)
             for shard in shards:
-                result = worker.run_shard(shard)
-                tick(result)
-                if collect:
-                    collect(result)
+                done(worker.run_shard(shard))
             return
-        from ray.util import ActorPool
+        self._map_ray(worker_cls, args, shards, gpus, done)
 
-        ray = self.ray
-        resources = ray.cluster_resources()
+    def _workers(self, gpus: float, n_shards: int) -> int:
+        resources = self.ray.cluster_resources()
         if gpus > 0:
             n = int(resources.get("GPU", 0) // gpus)
             if n < 1:
@@ -268,15 +169,39 @@ class Executor:
                                   f"{resources.get('GPU', 0)} GPUs; set device=cpu or add GPUs")
         else:
             n = max(1, int(resources.get("CPU", 1)))
-        n = min(n, len(shards)) or 1
-        remote = ray.remote(num_cpus=1 if gpus == 0 else 0, num_gpus=gpus)(worker_cls)
-        actors = [remote.remote(*args) for _ in range(n)]
-        pool = ActorPool(actors)
+        return max(1, min(n, n_shards))
+
+    def _map_ray(self, worker_cls: type, args: tuple, shards: list[str], gpus: float,
+                 done: Callable[[Any], None]) -> None:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+
+        ray = self.ray
+        remote = ray.remote(num_cpus=1 if gpus == 0 else 0, num_gpus=gpus, max_restarts=0)(worker_cls)
+        idle = [remote.remote(*args) for _ in range(self._workers(gpus, len(shards)))]
+        queue, running, deaths = deque(shards), {}, Counter()
         try:
-            for result in pool.map_unordered(lambda a, s: a.run_shard.remote(s), shards):
-                tick(result)
-                if collect:
-                    collect(result)
+            while queue or running:
+                while queue and idle:
+                    actor, shard = idle.pop(), queue.popleft()
+                    running[actor.run_shard.remote(shard)] = (actor, shard)
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                actor, shard = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError) as exc:
+                    deaths[shard] += 1
+                    if deaths[shard] >= self.max_attempts:
+                        raise RuntimeError(f"shard {shard}: the worker died {deaths[shard]} times; giving up "
+                                           f"(last: {type(exc).__name__}). Rerun to retry.") from None
+                    blamed = worker_cls.note_crash(*args, shard) if hasattr(worker_cls, "note_crash") else []
+                    warnings.warn(f"a worker died on shard {shard} ({type(exc).__name__}); retrying"
+                                  + (f", isolating {blamed}" if blamed else ""), stacklevel=2)
+                    ray.kill(actor)
+                    idle.append(remote.remote(*args))
+                    queue.appendleft(shard)
+                    continue
+                idle.append(actor)
+                done(result)
         finally:
-            for actor in actors:
+            for actor in idle + [a for a, _ in running.values()]:
                 ray.kill(actor)

@@ -4,7 +4,7 @@ Per sample: every candidate caption (all captioners, beam and sampled), cleaned 
 its CLIP image-text cosine and where it came from; then the kept top-k (best first, distinct
 cleaned texts scoring at least ``min_score``) with the class word for the person located in
 each, so a trainer can insert an identity token at ``caption[start:end]`` without string hacks.
-A candidate that cleans to an empty string is not scored (NaN). ``captions`` may be empty
+A candidate that cleans to an empty string is not scored (null score). ``captions`` may be empty
 when no candidate reaches ``min_score``; the row is still ``ok``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ SCHEMA = pa.schema(
         pa.field("subject_spans", pa.list_(pa.list_(pa.int32()))),  # [start, end) in the caption, [-1, -1] when none
         pa.field("candidates", pa.list_(pa.string())),  # every candidate, cleaned ("" when nothing is left)
         pa.field("candidate_raw", pa.list_(pa.string())),  # every candidate as the captioner wrote it
-        pa.field("candidate_scores", pa.list_(pa.float32())),  # CLIP cosine of the cleaned text, NaN when empty
+        pa.field("candidate_scores", pa.list_(pa.float32())),  # CLIP cosine of the cleaned text, null when empty
         pa.field("candidate_sources", pa.list_(pa.string())),  # "<captioner>:beam" or "<captioner>:sample"
         pa.field("clip_model", pa.string()),  # the scoring CLIP: HF id or local directory
     ]

@@ -22,6 +22,7 @@ ORDER: list[str] = [
     "attributes",
     "quality",
     "caption",
+    "consistency",
 ]
 
 MODULES: dict[str, str] = {name: f"stages.{name}" for name in ORDER}

@@ -68,29 +68,29 @@ class ClipScorer:
         return torch.cat(parts)
 
     @torch.inference_mode()
-    def score(self, images: Sequence[np.ndarray], texts: Sequence[Sequence[str]]) -> list[list[float]]:
-        """Per image, the cosine of each of its texts; NaN for an empty text (nothing to score)."""
+    def score(self, images: Sequence[np.ndarray], texts: Sequence[Sequence[str]]) -> list[list[float | None]]:
+        """Per image, the cosine of each of its texts; None for an empty text (nothing to score)."""
         unique = sorted({t for per_image in texts for t in per_image if t})
         if not unique:
-            return [[math.nan] * len(per_image) for per_image in texts]
+            return [[None] * len(per_image) for per_image in texts]
         cosines = (self.image_features(images) @ self.text_features(unique).T).cpu().numpy()
         index = {t: j for j, t in enumerate(unique)}
-        return [[float(cosines[i, index[t]]) if t else math.nan for t in per_image]
+        return [[float(cosines[i, index[t]]) if t else None for t in per_image]
                 for i, per_image in enumerate(texts)]
 
 
-def select(cleaned: Sequence[str], scores: Sequence[float], k: int, min_score: float) -> list[int]:
-    """Indices of the kept candidates: distinct non-empty texts (best score each), >= min_score,
-    best first (ties: earlier candidate), at most k."""
+def select(cleaned: Sequence[str], scores: Sequence[float | None], k: int, min_score: float) -> list[int]:
+    """Indices of the kept candidates: distinct non-empty scored texts (best score each),
+    >= min_score, best first (ties: earlier candidate), at most k."""
     best: dict[str, int] = {}
     for i, (caption, score) in enumerate(zip(cleaned, scores)):
-        if caption and math.isfinite(score) and (caption not in best or score > scores[best[caption]]):
+        if caption and score is not None and math.isfinite(score) and (caption not in best or score > scores[best[caption]]):
             best[caption] = i
     order = sorted(best.values(), key=lambda i: (-scores[i], i))
     return [i for i in order if scores[i] >= min_score][:k]
 
 
-def caption_columns(raw: Sequence[str], cleaned: Sequence[str], scores: Sequence[float],
+def caption_columns(raw: Sequence[str], cleaned: Sequence[str], scores: Sequence[float | None],
                     sources: Sequence[str], clip_model: str, k: int, min_score: float) -> dict[str, Any]:
     """The manifest columns of one image's candidates."""
     kept = select(cleaned, scores, k, min_score)
@@ -103,7 +103,7 @@ def caption_columns(raw: Sequence[str], cleaned: Sequence[str], scores: Sequence
         "subject_spans": [[start, end] for _, start, end in subjects],
         "candidates": list(cleaned),
         "candidate_raw": list(raw),
-        "candidate_scores": [float(s) for s in scores],
+        "candidate_scores": [float(s) if s is not None and math.isfinite(s) else None for s in scores],
         "candidate_sources": list(sources),
         "clip_model": clip_model,
     }

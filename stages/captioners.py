@@ -59,39 +59,50 @@ class Captioner:
     def prompt_ids(self, prompt: str, batch: int) -> torch.Tensor | None:
         return None
 
-    def _run(self, pixels: torch.Tensor, ids: torch.Tensor | None, n: int, sample: bool,
-             max_new_tokens: int) -> list[str]:
+    def encode(self, pixels: torch.Tensor) -> Any:
+        """What one image batch's generate calls share (the pixels; BLIP: the image embeddings)."""
+        return pixels
+
+    def search_kwargs(self, n: int, sample: bool, max_new_tokens: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_return_sequences=n)
         if sample:
             kwargs.update(do_sample=True, top_p=self.top_p, top_k=0, num_beams=1)
         else:
             kwargs.update(do_sample=False, num_beams=max(self.num_beams, n))
+        return kwargs
+
+    def _run(self, encoded: Any, ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:
         if ids is not None:
             kwargs["input_ids"] = ids
-        from stages.models import common
-
-        with common.autocast(self.device, self.dtype):
-            out = self.model.generate(pixel_values=pixels, **kwargs)
-        return self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return self.model.generate(pixel_values=encoded, **kwargs)
 
     @torch.inference_mode()
     def generate(self, images: Sequence[np.ndarray], n_beam: int, n_sample: int, prompt: str = "",
                  max_new_tokens: int = 30) -> list[list[str]]:
         """Per image: ``n_beam`` beam captions then ``n_sample`` sampled captions (raw text)."""
-        pixels = self.pixel_values(images)
+        from stages.models import common
+
         ids = self.prompt_ids(prompt, len(images)) if prompt else None
         per_image: list[list[str]] = [[] for _ in images]
+        with common.autocast(self.device, self.dtype):
+            encoded = self.encode(self.pixel_values(images))
         for n, sample in ((n_beam, False), (n_sample, True)):
             if n <= 0:
                 continue
-            texts = self._run(pixels, ids, n, sample, max_new_tokens)
+            with common.autocast(self.device, self.dtype):
+                out = self._run(encoded, ids, self.search_kwargs(n, sample, max_new_tokens))
+            texts = self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)
             for i in range(len(images)):  # generate returns the n sequences of an image together
                 per_image[i].extend(t.strip() for t in texts[i * n:(i + 1) * n])
         return per_image
 
 
 class BlipCaptioner(Captioner):
-    """BLIP captioning (BlipForConditionalGeneration); the prompt is kept in the caption."""
+    """BLIP captioning (BlipForConditionalGeneration); the prompt is kept in the caption.
+
+    Does what ``BlipForConditionalGeneration.generate`` does, but runs the vision encoder once
+    for both the beam and the sampling pass.
+    """
 
     def _model_class(self) -> Any:
         from transformers import BlipForConditionalGeneration
@@ -99,9 +110,22 @@ class BlipCaptioner(Captioner):
         return BlipForConditionalGeneration
 
     def prompt_ids(self, prompt: str, batch: int) -> torch.Tensor:
-        # [CLS] prompt [SEP]: BLIP's generate swaps [CLS] for its bos token and drops the [SEP]
-        ids = self.processor.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        # [CLS] prompt [SEP] -> [bos] prompt: the decoder starts from its bos token, no [SEP]
+        ids = self.processor.tokenizer(prompt, return_tensors="pt")["input_ids"][:, :-1].clone()
+        ids[:, 0] = self.model.config.text_config.bos_token_id
         return ids.repeat(batch, 1).to(self.device)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_model(pixel_values=pixels)[0]
+
+    def _run(self, encoded: torch.Tensor, ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor:
+        text = self.model.config.text_config
+        if ids is None:
+            ids = torch.full((encoded.shape[0], 1), text.bos_token_id, dtype=torch.long, device=encoded.device)
+        mask = torch.ones(encoded.shape[:-1], dtype=torch.long, device=encoded.device)
+        return self.model.text_decoder.generate(
+            input_ids=ids, eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id,
+            encoder_hidden_states=encoded, encoder_attention_mask=mask, **kwargs)
 
 
 class GitCaptioner(Captioner):

@@ -105,20 +105,19 @@ class CelebAHQSource(Source):
         mask_dir = self.root / MASK_DIR
         self.mask_dir = mask_dir if mask_dir.is_dir() else None
 
-    def _identities(self) -> dict[int, tuple[str, str]]:
-        """HQ index -> (identity, original CelebA file), empty without both files."""
-        if self.mapping_file is None or self.identity_file is None:
-            missing = [n for n, f in ((MAPPING_FILE, self.mapping_file),
-                                      (IDENTITY_FILE, self.identity_file)) if f is None]
+    def _join_tables(self) -> tuple[dict[int, str], dict[str, str]]:
+        """(HQ index -> original CelebA file, original file -> identity), empty where missing."""
+        missing = [n for n, f in ((MAPPING_FILE, self.mapping_file), (IDENTITY_FILE, self.identity_file))
+                   if f is None]
+        if missing:
             log.warning("%s: %s not found: every image is its own identity (hq<index>)",
                         self.root, " and ".join(missing))
-            return {}
-        ids = dict(parse_identities(self.identity_file))
-        return {i: (f"{int(ids[orig]):0{ID_WIDTH}d}", orig)
-                for i, orig in parse_mapping(self.mapping_file).items() if orig in ids}
+        mapping = parse_mapping(self.mapping_file) if self.mapping_file else {}
+        ids = dict(parse_identities(self.identity_file)) if self.identity_file else {}
+        return mapping, {f: f"{int(i):0{ID_WIDTH}d}" for f, i in ids.items()}
 
     def list(self) -> Iterator[Entry]:
-        identities = self._identities()
+        mapping, identities = self._join_tables()
         attributes = parse_attributes(self.attr_file) if self.attr_file else {}
         by_hq_name = self.attr_file is not None and self.attr_file.name == HQ_ATTR_FILE
         with os.scandir(self.image_dir) as it:
@@ -130,14 +129,15 @@ class CelebAHQSource(Source):
                 log.warning("skipping %s/%s: not a CelebA-HQ index", IMAGE_DIR, file_name)
                 continue
             meta: dict[str, Any] = {"celebahq_index": index}
-            if index in identities:
-                identity, orig = identities[index]
-                key = sanitize_key(identity, f"hq{index:05d}")
+            orig = mapping.get(index)
+            if orig is not None:
                 meta["celeba_file"] = orig
+            if orig in identities:
+                identity = identities[orig]
+                key = sanitize_key(identity, f"hq{index:05d}")
             else:
                 unmatched += bool(identities)
                 identity = key = f"hq{index:05d}"
-                orig = None
             attrs = attributes.get(file_name if by_hq_name else orig or "")
             if attrs is not None:
                 meta["celeba_attributes"] = attrs

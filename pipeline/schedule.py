@@ -1,0 +1,123 @@
+"""Scheduling decisions made before any work: which stages, in which groups, with which lineage."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable
+
+import stages as stage_registry
+from pipeline import plan as plan_mod
+from pipeline.config import ConfigError, RunConfig, build_stage
+from pipeline.execute import RunContext, StageRun
+from pipeline.manifest import stable_hash
+from pipeline.sources import get_source
+from stages.models.registry import MissingWeights
+
+RUNTIME_FIELDS = ("device", "batch_size", "weights_dir", "num_workers")
+"""Stage fields that change speed, not results: excluded from the lineage hash."""
+
+
+def resolve_stage_names(requested: Iterable[str]) -> list[str]:
+    """Requested stages plus everything they read, in run order."""
+    names: set[str] = set()
+    todo = list(requested)
+    while todo:
+        name = todo.pop()
+        if name not in stage_registry.ORDER:
+            raise ConfigError(f"unknown stage '{name}'; known: {', '.join(stage_registry.available())}")
+        if name not in names:
+            names.add(name)
+            todo.extend(stage_registry.stage_class(name).reads)
+    return [n for n in stage_registry.ORDER if n in names]
+
+
+def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
+    """Everything that can fail on bad input, before any work: source, stages, weights."""
+    source_cls = get_source(cfg.source)
+    if cfg.executor not in ("ray", "local"):
+        raise ConfigError(f"executor must be 'ray' or 'local', got '{cfg.executor}'")
+    source = source_cls(cfg.input)
+    names = resolve_stage_names(cfg.stages)
+    unknown = set(cfg.stage_config) - set(stage_registry.ORDER)
+    if unknown:
+        raise ConfigError(f"config for unknown stages: {sorted(unknown)}")
+    instances, missing = {}, []
+    for name in names:
+        values = dict(cfg.stage_config.get(name, {}))
+        cls = stage_registry.stage_class(name)
+        if "weights_dir" in {f.name for f in dataclasses.fields(cls)} and cfg.weights_dir:
+            values.setdefault("weights_dir", cfg.weights_dir)
+        stage = build_stage(name, values)
+        try:
+            stage.check()
+        except MissingWeights as exc:
+            missing.append((name, exc))
+        instances[name] = stage
+    if missing:
+        raise MissingWeightsError(missing)
+    return source, names, instances
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Every missing weights file of the run, with what to fetch and where to put it."""
+
+    def __init__(self, missing: list[tuple[str, MissingWeights]]):
+        names = " ".join(sorted({exc.spec.name for _, exc in missing}))
+        lines = [f"missing weights for {len(missing)} stage(s); nothing was run.",
+                 f"  where internet exists: pipeline weights fetch {names}",
+                 "  or download by hand:"]
+        for stage, exc in missing:
+            urls = " | ".join(exc.spec.urls) or "(no public URL)"
+            lines.append(f"    [{stage}] {urls}\n        -> {exc.path}  (sha256 {exc.spec.sha256 or 'not pinned'})")
+        lines.append("  or run the bundled models offline: --preset lite")
+        super().__init__("\n".join(lines))
+
+
+def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instances: dict) -> RunContext:
+    source_lineage = stable_hash({"plan": plan.info["plan_sha256"], "max_pixels": cfg.max_pixels,
+                                  "min_side": cfg.min_side, "version": 1})
+    ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage)
+    frame_from = None
+    for name in names:
+        stage = instances[name]
+        values = stage.config()
+        optional = tuple(r for r in stage.optional_reads if r in ctx.stage_runs and r not in stage.reads)
+        upstream = [ctx.stage_runs[r].lineage for r in (*stage.reads, *optional)]
+        lineage = stable_hash({
+            "stage": name, "version": type(stage).version, "source": source_lineage, "upstream": upstream,
+            "frame_from": ctx.stage_runs[frame_from].lineage if frame_from else None,
+            "config": {k: v for k, v in values.items() if k not in RUNTIME_FIELDS},
+        })
+        device = str(values.get("device", "cpu"))
+        if device == "auto":
+            device = "cuda" if _gpu_available(cfg) else "cpu"
+        ctx.stage_runs[name] = StageRun(name, values, lineage, frame_from, tuple(stage.reads), optional,
+                                        type(stage).produces_frame,
+                                        type(stage).gpus if device.startswith("cuda") else 0.0,
+                                        stage_registry.MODULES[name])
+        if type(stage).produces_frame:
+            frame_from = name
+    return ctx
+
+
+def _gpu_available(cfg: RunConfig) -> bool:
+    if cfg.num_gpus is not None:
+        return cfg.num_gpus > 0
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def groups_of(ctx: RunContext, names: list[str]) -> list[list[str]]:
+    """Consecutive stages with the same kind of resource run fused in one worker."""
+    groups: list[list[str]] = []
+    for name in names:
+        gpu = ctx.stage_runs[name].gpus > 0
+        if groups and (ctx.stage_runs[groups[-1][0]].gpus > 0) == gpu:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups

@@ -1,0 +1,61 @@
+"""Fault matrix, part 1: dying workers (native crash, SIGKILL) under the Ray executor."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_kill import assert_same_outputs, cli, env
+
+pytestmark = pytest.mark.slow
+
+
+def test_native_crash_costs_one_row(casia_tree, tmp_path):
+    out = tmp_path / "out"
+    victim = "0000002_002"
+    proc = subprocess.run(cli(casia_tree, out, "--executor", "ray", "--num-cpus", "1",
+                              "--set", f"center.abort_key={victim}"),
+                          env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["key"]: r for r in pq.read_table(out / "manifests" / "center").to_pylist()}
+    assert rows[victim]["status"] == "error" and rows[victim]["error"].startswith("worker_crashed")
+    others = [r for k, r in rows.items() if k != victim and r["key"].startswith("000000")]
+    assert others and all(r["status"] == "ok" for r in others)
+    colour = {r["key"]: r for r in pq.read_table(out / "manifests" / "colour").to_pylist()}
+    assert colour[victim]["error"] == "upstream_failed: center"
+    assert len(rows) == len(set(rows)) == pq.read_table(out / "plan" / "plan.parquet").num_rows
+    assert "worker died" in proc.stderr
+
+
+def _ray_workers() -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in ps.splitlines() if "ray::GroupWorker" in line]
+
+
+def test_sigkill_of_a_worker_is_retried(casia_tree, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    subprocess.run(cli(casia_tree, ref, "--executor", "local"), env=env(), check=True, timeout=300)
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            for pid in _ray_workers():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    proc = subprocess.run(cli(casia_tree, out, "--executor", "ray", "--num-cpus", "1"), env=env(sleep=0.3),
+                          capture_output=True, text=True, timeout=600)
+    thread.join()
+    assert killed, "no Ray worker was seen to kill"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_outputs(out, ref)

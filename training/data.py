@@ -1,0 +1,266 @@
+"""Stream training shards with webdataset, each target paired with a reference of the same person.
+
+Per epoch the shards are permuted (seeded), cut among (node, worker) units and read as tar
+streams; samples without a usable reference are dropped; a shuffle buffer mixes the rest.
+References come from ``training.pairs`` (their embedding, and optionally image, read by offset).
+The stream is endless and deterministic for a given seed, so a resumed run skips exactly the
+batches it consumed before: whole epochs are skipped by count, the rest is replayed undecoded.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from schemas.parsing import FACE_MASK_IMAGE
+from schemas.pose import POSE_IMAGE
+from schemas.shard import IMAGE, MEMBERS, META
+from training.heatmaps import N_MESH
+from training.pairs import EMBEDDING, PairConfig, PairIndex, load_index
+
+LANDMARKS, DEPTH, MASK = "lmk.npy", "depth.png", "mask.png"
+assert {LANDMARKS, DEPTH, MASK, EMBEDDING, POSE_IMAGE, FACE_MASK_IMAGE} <= set(MEMBERS)
+REQUIRED = (IMAGE, META, LANDMARKS, DEPTH, MASK)
+OPTIONAL = (POSE_IMAGE, FACE_MASK_IMAGE)
+NO_SPAN = (-1, -1)
+
+
+@dataclass
+class DataConfig:
+    """Streaming, captions and pairing."""
+
+    batch_size: int = 12
+    resolution: int = 512
+    num_workers: int = 4
+    shuffle_buffer: int = 1000
+    prompt_dropout: float = 0.05
+    identity_word: str = "face"
+    fallback_caption: str = "a photo of a person"
+    fallback_subject: str = "person"
+    reference_image: bool = False
+    require_pose: bool = False
+    seed: int = 0
+    pairs: PairConfig = field(default_factory=PairConfig)
+
+
+def make_caption(meta: dict, rng: random.Random, cfg: DataConfig) -> tuple[str, tuple[int, int]]:
+    """One kept caption (or the fallback) with its subject word replaced by the identity word.
+
+    Returns the caption and the identity word's [start, end) span, (-1, -1) when it has none.
+    """
+    if rng.random() < cfg.prompt_dropout:
+        return "", NO_SPAN
+    cap = meta.get("caption") or {}
+    captions = cap.get("captions") or []
+    if captions:
+        i = rng.randrange(len(captions))
+        text, spans = captions[i], cap.get("subject_spans") or []
+        span = tuple(spans[i]) if i < len(spans) and spans[i] is not None else NO_SPAN
+    else:
+        text = cfg.fallback_caption
+        m = re.search(rf"\b{re.escape(cfg.fallback_subject)}\b", text)
+        span = (m.start(), m.end()) if m else NO_SPAN
+    s, e = span
+    if not 0 <= s < e <= len(text):
+        return text, NO_SPAN
+    return text[:s] + cfg.identity_word + text[e:], (s, s + len(cfg.identity_word))
+
+
+def _imdecode(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise ValueError("undecodable image member")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+def _fit(image: np.ndarray, size: int, interp: int = cv2.INTER_AREA) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image
+    src = image.astype(np.float32) if image.dtype == np.uint16 else image
+    return cv2.resize(src, (size, size), interpolation=interp)
+
+
+def _decode_image(data: bytes, size: int, flags: int = cv2.IMREAD_COLOR, interp: int = cv2.INTER_AREA) -> np.ndarray:
+    return _fit(_imdecode(data, flags), size, interp)
+
+
+def _rgb_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+
+
+def decode_sample(raw: dict[str, Any], size: int, require_pose: bool = False) -> dict[str, Any]:
+    """Shard members of one sample -> tensors at ``size`` x ``size`` (annotations follow the image)."""
+    meta = json.loads(raw[META])
+    frame = _imdecode(raw[IMAGE])
+    h, w = frame.shape[:2]
+    image = _fit(frame, size)
+    lmk = np.load(io.BytesIO(raw[LANDMARKS])).astype(np.float32)[:N_MESH]
+    lmk[:, 0] *= size / w
+    lmk[:, 1] *= size / h
+    lmk[:, 2] *= size / w
+    depth = _decode_image(raw[DEPTH], size, cv2.IMREAD_UNCHANGED).astype(np.float32) / 65535.0
+    mask = _decode_image(raw[MASK], size, cv2.IMREAD_UNCHANGED, cv2.INTER_NEAREST)
+    if POSE_IMAGE in raw:
+        pose = _rgb_tensor(_decode_image(raw[POSE_IMAGE], size))
+    elif require_pose:
+        raise KeyError(f"{meta['key']}: no {POSE_IMAGE}")
+    else:
+        pose = torch.zeros(3, size, size)
+    if FACE_MASK_IMAGE in raw:
+        face = _decode_image(raw[FACE_MASK_IMAGE], size, cv2.IMREAD_UNCHANGED, cv2.INTER_NEAREST) > 127
+    else:
+        face = mask > 0
+    return {
+        "key": meta["key"], "meta": meta,
+        "image": _rgb_tensor(image) * 2.0 - 1.0,
+        "pose": pose,
+        "landmarks": torch.from_numpy(lmk),
+        "depth": torch.from_numpy(depth)[None],
+        "mask": torch.from_numpy(mask.astype(np.int64)),
+        "face_mask": torch.from_numpy(face.astype(np.float32))[None],
+    }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in samples[0].items():
+        values = [s[name] for s in samples]
+        out[name] = torch.stack(values) if isinstance(value, torch.Tensor) else values
+    out["id_span"] = torch.tensor(out["id_span"], dtype=torch.long)
+    return out
+
+
+def worker_batches(consumed: int, worker: int, n_workers: int) -> int:
+    """Batches worker ``worker`` delivered among the first ``consumed`` (the loader alternates)."""
+    return consumed // n_workers + (1 if worker < consumed % n_workers else 0)
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class PairedShardStream(IterableDataset):
+    """Endless stream of collated batches of (target, reference) samples."""
+
+    def __init__(self, index: PairIndex, cfg: DataConfig, start_batch: int = 0):
+        self.index, self.cfg, self.start_batch = index, cfg, start_batch
+        ref_required = (EMBEDDING, IMAGE) if cfg.reference_image else (EMBEDDING,)
+        self.target_ok, self.ref_ok = index.usable(REQUIRED, ref_required)
+        self.shard_counts = np.bincount(index.shard_of[self.target_ok], minlength=len(index.shard_names))
+        self.wanted = set(REQUIRED + OPTIONAL)
+
+    def epoch_plan(self, epoch: int, unit: int, n_units: int) -> tuple[np.ndarray, int | None, int]:
+        """(shards to read in order, sample stride or None, usable samples) of one unit's epoch."""
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.shard_counts))
+        if len(order) >= n_units:
+            mine = order[unit::n_units]
+            return mine, None, int(self.shard_counts[mine].sum())
+        # fewer shards than readers: every reader walks all shards and keeps every n-th sample
+        total = int(self.shard_counts.sum())
+        return order, n_units, max(0, (total - unit + n_units - 1) // n_units)
+
+    def _epoch(self, epoch: int, unit: int, n_units: int) -> Iterator[dict]:
+        shards, stride, _ = self.epoch_plan(epoch, unit, n_units)
+        urls = [{"url": str(self.index.shards_dir / f"{self.index.shard_names[s]}.tar")} for s in shards]
+        raw = wds.tarfile_samples(iter(urls), select_files=lambda f: f.partition(".")[2] in self.wanted)
+        usable = (s for s in raw if self.target_ok[self.index.row(s["__key__"])])
+        if stride is not None:
+            usable = (s for i, s in enumerate(usable) if i % stride == unit)
+        rng = random.Random(f"{self.cfg.seed}:{epoch}:{unit}")
+        for sample in wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=rng)(usable):
+            sample["__epoch__"] = epoch
+            yield sample
+
+    def _decode(self, raw: dict) -> dict[str, Any]:
+        key = raw["__key__"]
+        rng = random.Random(f"{self.cfg.seed}:{raw['__epoch__']}:{key}")
+        sample = decode_sample(raw, self.cfg.resolution, self.cfg.require_pose)
+        meta = sample.pop("meta")
+        rows = [r for r in self.index.candidate_rows(self.index.row(key)) if self.ref_ok[r]]
+        ref = int(rows[rng.randrange(len(rows))])
+        sample["identity"] = (meta.get("source") or {}).get("identity", "")
+        sample["ref_key"] = str(self.index.keys[ref])
+        sample["ref_embedding"] = torch.from_numpy(np.load(io.BytesIO(self.index.read(ref, EMBEDDING))).astype(np.float32))
+        if self.cfg.reference_image:
+            sample["ref_image"] = _rgb_tensor(_decode_image(self.index.read(ref, IMAGE), self.cfg.resolution)) * 2 - 1
+        sample["caption"], sample["id_span"] = make_caption(meta, rng, self.cfg)
+        return sample
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        rank, world = _rank_world()
+        unit, n_units = rank * n_workers + worker, world * n_workers
+        skip = worker_batches(self.start_batch, worker, n_workers) * self.cfg.batch_size
+        epoch, empty = 0, 0
+        while True:  # whole epochs are skipped by count, without reading them
+            count = self.epoch_plan(epoch, unit, n_units)[2]
+            if skip < count:
+                break
+            skip, epoch, empty = skip - count, epoch + 1, empty + (count == 0)
+            if empty > 100:
+                raise RuntimeError(f"reader {unit} of {n_units} gets no usable samples: add shards or readers fewer")
+        samples = itertools.chain.from_iterable(self._epoch(e, unit, n_units) for e in itertools.count(epoch))
+        decoded = map(self._decode, itertools.islice(samples, skip, None))
+        while batch := list(itertools.islice(decoded, self.cfg.batch_size)):
+            yield collate(batch)
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class FaceShardDataModule(L.LightningDataModule):
+    """Shards of one pipeline output -> endless paired batches; its state is the batches consumed."""
+
+    def __init__(self, shards: str | Path, cfg: DataConfig | None = None):
+        super().__init__()
+        self.shards, self.cfg = Path(shards), cfg or DataConfig()
+        self.index: PairIndex | None = None
+        self.consumed = 0
+
+    def prepare_data(self) -> None:
+        load_index(self.shards, self.cfg.pairs)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.index is None:
+            self.index = load_index(self.shards, self.cfg.pairs)
+
+    def stream(self) -> PairedShardStream:
+        self.setup()
+        return PairedShardStream(self.index, self.cfg, start_batch=self.consumed)
+
+    def train_dataloader(self) -> DataLoader:
+        stream = self.stream()
+        if not stream.target_ok.any():
+            raise RuntimeError(f"no sample in {self.shards} has a usable reference: {self.index.stats}")
+        n = self.cfg.num_workers
+        return DataLoader(stream, batch_size=None, num_workers=n, worker_init_fn=_worker_init if n else None,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.training:
+            self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed_batches": self.consumed, "seed": self.cfg.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consumed = int(state.get("consumed_batches", 0))

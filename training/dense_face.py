@@ -1,0 +1,212 @@
+"""Dense-Face (Sec. 3.2-3.5): frozen SD 2.1 plus four trainable parts.
+
+* pose branch: a copy of the UNet's first half (conv_in, time embedding, down and mid blocks)
+  fed the pose image; its features are added to the UNet's skip connections, no zero-convolution;
+* identity MLP (Eq. 4): c' = lambda * MLP(c_id) + c_face, appended to the text context as extra tokens;
+* PC-adapter (Eq. 6): residual q/k/v projections on every UNet cross-attention, only in
+  face-generation mode; k/v residuals act on the identity tokens (``pc_scope: identity``) or on
+  the whole context (``all``);
+* annotation head (Eq. 7): the UNet decoder's block outputs, upsampled and concatenated, into
+  three conv blocks predicting landmark heatmaps, pseudo-mask logits and depth.
+
+Text-editing mode (``face_mode=False``) is exactly the frozen SD.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.optimization import get_scheduler
+from torch import nn
+
+from schemas import pseudo_mask
+from training.heatmaps import dense_targets, landmark_subset
+from training.sd import SDComponents
+
+TRAINABLE = ("pose_branch", "id_mlp", "pc_adapter", "head")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class DenseFaceConfig:
+    """Model and loss settings (``model:`` in the YAML)."""
+
+    resolution: int = 512
+    dense_size: int = 128
+    landmark_subset: str = "all"
+    heatmap_sigma: float = 1.5  # in cells of the dense map
+    identity_word: str = "face"
+    id_dim: int = 0  # identity embedding size; 0: taken from the data
+    id_scale: float = 1e-2  # lambda of Eq. 4
+    id_tokens: int = 1
+    id_hidden: int = 1024
+    pc_scope: str = "identity"
+    pc_rank: int = 0  # 0: full-rank residual projections
+    head_channels: int = 128
+    lambda_landmarks: float = 1.0
+    lambda_mask: float = 0.1
+    lambda_depth: float = 1.0
+    frozen_dtype: str = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule (``optim:`` in the YAML)."""
+
+    lr: float = 5e-6
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 500
+    total_steps: int = 100_000
+
+
+@dataclass
+class Mode:
+    """Shared switch read by every PC-adapter processor."""
+
+    face: bool = False
+    id_tokens: int = 1
+    scope: str = "identity"
+
+
+def _residual(n_in: int, n_out: int, rank: int) -> nn.Module:
+    if rank <= 0:
+        layer = nn.Linear(n_in, n_out, bias=False)
+        nn.init.zeros_(layer.weight)  # face mode starts as SD: the residual grows from zero
+        return layer
+    up = nn.Linear(rank, n_out, bias=False)
+    nn.init.zeros_(up.weight)
+    return nn.Sequential(nn.Linear(n_in, rank, bias=False), up)
+
+
+class PCAdapterProcessor(nn.Module):
+    """Cross-attention with residual q/k/v weights (Eq. 6), active only in face-generation mode."""
+
+    def __init__(self, attn: Attention, mode: Mode, rank: int = 0):
+        super().__init__()
+        self.mode, self.base = mode, AttnProcessor2_0()
+        self.to_q_res = _residual(attn.to_q.in_features, attn.to_q.out_features, rank)
+        self.to_k_res = _residual(attn.to_k.in_features, attn.to_k.out_features, rank)
+        self.to_v_res = _residual(attn.to_v.in_features, attn.to_v.out_features, rank)
+
+    @staticmethod
+    def _apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        weight = next(layer.parameters())
+        return layer(x.to(weight.dtype)).to(x.dtype)
+
+    def forward(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+        if not self.mode.face or encoder_hidden_states is None:
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual, shape = hidden_states, hidden_states.shape
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        if hidden_states.ndim == 4:
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        ctx = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+        b, n_ctx = ctx.shape[0], ctx.shape[1]
+        q = attn.to_q(hidden_states) + self._apply(self.to_q_res, hidden_states)
+        n = min(self.mode.id_tokens, n_ctx) if self.mode.scope == "identity" else n_ctx
+        k, v = attn.to_k(ctx), attn.to_v(ctx)
+        k = torch.cat([k[:, : n_ctx - n], k[:, n_ctx - n:] + self._apply(self.to_k_res, ctx[:, n_ctx - n:])], 1)
+        v = torch.cat([v[:, : n_ctx - n], v[:, n_ctx - n:] + self._apply(self.to_v_res, ctx[:, n_ctx - n:])], 1)
+        heads, head_dim = attn.heads, k.shape[-1] // attn.heads
+        q, k, v = (x.view(b, -1, heads, head_dim).transpose(1, 2) for x in (q, k, v))
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, n_ctx, b).view(b, heads, -1, n_ctx)
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        out = out.transpose(1, 2).reshape(b, -1, heads * head_dim).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if len(shape) == 4:
+            out = out.transpose(1, 2).reshape(shape)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def install_pc_adapter(unet: nn.Module, mode: Mode, rank: int) -> nn.ModuleList:
+    """Give every cross-attention a PC-adapter processor; returns them in name order."""
+    processors, adapters = {}, []
+    for name, proc in unet.attn_processors.items():
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        if attn.is_cross_attention:
+            proc = PCAdapterProcessor(attn, mode, rank)
+            adapters.append(proc)
+        processors[name] = proc
+    unet.set_attn_processor(processors)
+    return nn.ModuleList(adapters)
+
+
+def build_pose_branch(unet: nn.Module) -> ControlNetModel:
+    """ControlNet-style copy of the UNet encoder with the zero-convolutions taken out."""
+    branch = ControlNetModel.from_unet(unet).float()
+    branch.controlnet_down_blocks = nn.ModuleList(nn.Identity() for _ in branch.controlnet_down_blocks)
+    branch.controlnet_mid_block = nn.Identity()
+    branch.controlnet_cond_embedding.conv_out.reset_parameters()
+    return branch
+
+
+class IdentityMLP(nn.Module):
+    """Face embedding -> ``tokens`` vectors in the text-embedding space."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, tokens: int):
+        super().__init__()
+        self.tokens, self.out_dim = tokens, out_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, out_dim * tokens))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net(embedding).view(-1, self.tokens, self.out_dim)
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, n_in: int, hidden: int, n_out: int):
+        super().__init__()
+        groups = math.gcd(32, hidden)
+        self.inp = nn.Sequential(nn.Conv2d(n_in, hidden, 3, padding=1), nn.GroupNorm(groups, hidden), nn.SiLU())
+        self.out = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.GroupNorm(groups, hidden), nn.SiLU(),
+                                 nn.Conv2d(hidden, n_out, 1))
+
+    def forward(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        x = self.inp(x)
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return self.out(x)
+
+
+class AnnotationHead(nn.Module):
+    """Upsampled, concatenated decoder features -> (heatmaps, mask logits, depth in [0, 1])."""
+
+    def __init__(self, n_in: int, hidden: int, n_landmarks: int, n_classes: int):
+        super().__init__()
+        self.landmarks = _ConvBlock(n_in, hidden, n_landmarks)
+        self.mask = _ConvBlock(n_in, hidden, n_classes)
+        self.depth = _ConvBlock(n_in, hidden, 1)
+
+    def forward(self, features: list[torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        top = max(f.shape[-1] for f in features)
+        x = torch.cat([f if f.shape[-1] == top else F.interpolate(f, size=(top, top), mode="bilinear",
+                                                                  align_corners=False) for f in features], 1)
+        x = x.to(next(self.parameters()).dtype)
+        return self.landmarks(x, size), self.mask(x, size), torch.sigmoid(self.depth(x, size))
+
+
+def identity_positions(offsets: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Per caption, the last token overlapping its identity-word span; -1 when none (or truncated)."""
+    starts, ends = offsets[..., 0], offsets[..., 1]
+    s, e = spans[:, :1].to(starts), spans[:, 1:].to(starts)
+    hit = (ends > starts) & (starts < e) & (ends > s) & (s >= 0)
+    idx = torch.arange(offsets.shape[1]).expand_as(starts)
+    return torch.where(hit, idx, torch.full_like(idx, -1)).amax(1)
