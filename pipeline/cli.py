@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -49,6 +50,26 @@ def run(
     if not quiet:
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
                    f"{cfg.out}/shards ({errors} error rows in the manifests)", err=True)
+
+
+@app.command()
+def verify(
+    out: str = typer.Argument(..., help="Output folder."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only report; keep the done markers."),
+) -> None:
+    """Check every finished output against its recorded sha256; the next run redoes bad shards."""
+    from pipeline.verify import verify as verify_out
+
+    try:
+        problems, checked = verify_out(Path(out), dry_run=dry_run)
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    for p in problems:
+        typer.echo(f"BAD  {p.path}: {p.reason}")
+    action = "" if dry_run or not problems else "; their done markers were removed, so the next run redoes them"
+    typer.echo(f"{checked} done markers checked, {len(problems)} bad file(s){action}", err=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command("sources")

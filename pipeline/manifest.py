@@ -71,15 +71,8 @@ class ShardOutputs:
     def stats(self) -> Path:
         return self.out / "stats" / self.stage / f"{self.shard}.json"
 
-    def done_lineage(self) -> str | None:
-        """The lineage hash recorded by the done marker, or None when not done."""
-        try:
-            return json.loads(self.marker.read_text())["lineage"]
-        except (OSError, ValueError, KeyError):
-            return None
-
     def is_done(self, lineage: str) -> bool:
-        return self.done_lineage() == lineage
+        return marker_valid(self.out, self.marker, lineage)
 
 
 def validate_columns(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -119,11 +112,40 @@ def read_manifest(path: Path) -> pa.Table:
     return pq.read_table(path)
 
 
+def write_done(out: Path, marker: Path, lineage: str, files: list[Path], **extra: Any) -> None:
+    """The done marker, written last: lineage plus size and sha256 of every file it vouches for."""
+    record = {str(f.relative_to(out)): {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in files}
+    write_json({"lineage": lineage, "files": record, **extra}, marker)
+
+
+def read_marker(marker: Path) -> dict | None:
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "lineage" in data and "files" in data else None
+
+
+def marker_valid(out: Path, marker: Path, lineage: str) -> bool:
+    """Done = the marker names this lineage and its files exist with their recorded sizes.
+
+    Sizes catch truncation cheaply on every run; ``pipeline verify`` checks the sha256 too.
+    """
+    data = read_marker(marker)
+    if data is None or data["lineage"] != lineage:
+        return False
+    for rel, info in data["files"].items():
+        try:
+            if (out / rel).stat().st_size != info["size"]:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def write_marker(outs: ShardOutputs, lineage: str, counts: dict[str, int]) -> None:
-    files = {"manifest": sha256_file(outs.manifest)}
-    if outs.payload.exists():
-        files["payload"] = sha256_file(outs.payload)
-    write_json({"lineage": lineage, "counts": counts, "sha256": files}, outs.marker)
+    files = [outs.manifest] + ([outs.payload] if outs.payload.exists() else [])
+    write_done(outs.out, outs.marker, lineage, files, counts=counts)
 
 
 class TarWriter:

@@ -17,8 +17,8 @@ import numpy as np
 
 from pipeline import imaging
 from pipeline.execute import SOURCE, RunContext, decode_png
-from pipeline.manifest import ShardOutputs, TarReader, TarWriter, read_manifest, sha256_file
-from pipeline.manifest import stable_hash, write_json
+from pipeline.manifest import ShardOutputs, TarReader, TarWriter, marker_valid, read_manifest, sha256_file
+from pipeline.manifest import stable_hash, write_done, write_json
 from pipeline.sources import get_source
 from schemas.common import COMMON
 from schemas.shard import IMAGE, META
@@ -42,10 +42,7 @@ def marker_path(out: Path, shard: str) -> Path:
 
 
 def is_packed(out: Path, shard: str, lineage: str) -> bool:
-    try:
-        return json.loads(marker_path(out, shard).read_text())["lineage"] == lineage
-    except (OSError, ValueError, KeyError):
-        return False
+    return marker_valid(out, marker_path(out, shard), lineage)
 
 
 def _clean(value: Any) -> Any:
@@ -109,8 +106,9 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
     finally:
         for tar in payloads.values():
             tar.close()
-    entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": sha256_file(path)}
-    write_json({"lineage": lineage, "index": entry}, marker_path(ctx.out, shard))
+    entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": sha256_file(path),
+             "bytes": path.stat().st_size}
+    write_done(ctx.out, marker_path(ctx.out, shard), lineage, [path], index=entry)
     return entry
 
 

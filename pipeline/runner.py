@@ -6,6 +6,7 @@ one actor per worker, stages set up once per actor) and ``local`` (one process, 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import platform
 import time
@@ -48,8 +49,22 @@ class PackWorker:
         return {"stage": "pack", "shard": shard, "n": entry["samples"], "status": {}, "index": entry}
 
 
+class DiskFullError(OSError):
+    """The output disk filled up; nothing half-written was marked done."""
+
+
 def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
     """Run the configured pipeline; returns the summary (also written to OUT/run.json)."""
+    try:
+        return _run(cfg, quiet)
+    except OSError as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):
+            raise DiskFullError(errno.ENOSPC, f"disk full while writing to {cfg.out}; nothing half-written was "
+                                f"marked done: free space and rerun the same command to finish") from exc
+        raise
+
+
+def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     source, names, instances = prepare(cfg)
     out = Path(cfg.out)
     started = time.time()

@@ -9,9 +9,12 @@ of the word naming the person; all candidates, raw and cleaned, stay in the mani
 
 Models load from local directories only (a copied snapshot, ``<weights dir>/<hf id>``, or the
 Hugging Face cache) unless ``allow_download``; ``check()`` stops a run whose models are absent.
-Model directories holding ``captioners.RANDOM_MARKER`` (written by the test fixtures and the
-benchmark) are reported as random weights. Sampling is seeded from ``seed`` and the batch's
-keys: reruns of the same batches give the same captions.
+Provenance names every model location (with the snapshot commit for Hugging Face cache
+snapshots) and hashes the sha256 of every weights file (cache blobs are named by theirs, so
+only copied snapshots are read, once per process). Random weights are declared by a marker
+file, ``captioners.RANDOM_MARKER``, in the model directory (tests/fixtures/tiny_hf.py and the
+benchmark write it): such runs report ``weights_random=True``. Sampling is seeded from ``seed``
+and the batch's keys: reruns of the same batches give the same captions.
 """
 from __future__ import annotations
 
@@ -54,17 +57,19 @@ class ClipScorer:
 
     def image_features(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         pixels = self.processor.image_processor(images=list(images), return_tensors="pt", device=self.device)
+        pixels = pixels["pixel_values"].to(self.device)
         with common.autocast(self.device, self.dtype):
-            return self._unit(self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device)))
+            return self._unit(self.model.get_image_features(pixel_values=pixels))
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         parts = []
         for start in range(0, len(texts), TEXT_BATCH):
-            tok = self.processor.tokenizer(list(texts[start:start + TEXT_BATCH]), padding=True, truncation=True,
-                                           max_length=self.max_tokens, return_tensors="pt").to(self.device)
+            tok = self.processor.tokenizer(list(texts[start:start + TEXT_BATCH]), padding=True,
+                                           truncation=True, max_length=self.max_tokens, return_tensors="pt")
+            tok = tok.to(self.device)
             with common.autocast(self.device, self.dtype):
-                parts.append(self._unit(self.model.get_text_features(input_ids=tok["input_ids"],
-                                                                     attention_mask=tok["attention_mask"])))
+                out = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+            parts.append(self._unit(out))
         return torch.cat(parts)
 
     @torch.inference_mode()
@@ -84,7 +89,9 @@ def select(cleaned: Sequence[str], scores: Sequence[float | None], k: int, min_s
     >= min_score, best first (ties: earlier candidate), at most k."""
     best: dict[str, int] = {}
     for i, (caption, score) in enumerate(zip(cleaned, scores)):
-        if caption and score is not None and math.isfinite(score) and (caption not in best or score > scores[best[caption]]):
+        if not caption or score is None or not math.isfinite(score):
+            continue
+        if caption not in best or score > scores[best[caption]]:
             best[caption] = i
     order = sorted(best.values(), key=lambda i: (-scores[i], i))
     return [i for i in order if scores[i] >= min_score][:k]

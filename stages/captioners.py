@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from stages.models import common
+
 RANDOM_MARKER = "FACEWEAVE_RANDOM_WEIGHTS"
 """File name whose presence in a model directory marks its weights as random (tests, benchmarks)."""
 BEAM, SAMPLE = "beam", "sample"
@@ -80,8 +82,6 @@ class Captioner:
     def generate(self, images: Sequence[np.ndarray], n_beam: int, n_sample: int, prompt: str = "",
                  max_new_tokens: int = 30) -> list[list[str]]:
         """Per image: ``n_beam`` beam captions then ``n_sample`` sampled captions (raw text)."""
-        from stages.models import common
-
         ids = self.prompt_ids(prompt, len(images)) if prompt else None
         per_image: list[list[str]] = [[] for _ in images]
         with common.autocast(self.device, self.dtype):

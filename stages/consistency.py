@@ -41,9 +41,9 @@ class Consistency(Stage):
     """Smallest IoU of the parsing face mask and the landmark hull that still agrees."""
     min_landmarks_in_box: float = 0.9
     """Smallest share of the landmarks inside detect's (grown) box that still agrees."""
-    box_margin: float = 0.15
+    box_margin: float = 0.1
     """Grow detect's box by this fraction of its width/height on every side before counting:
-    detector boxes stop at the brows while the mesh reaches the forehead."""
+    detector boxes may clip the forehead or chin that the mesh still covers."""
     min_restore_cosine: float = 0.6
     """Smallest identity cosine before/after restoration that still counts as the same person."""
     bad_at: int = 2

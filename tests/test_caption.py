@@ -284,3 +284,20 @@ def test_blip_shared_encoder_matches_hf_generate(models, faces):
         out = captioner.model.generate(**inputs, num_beams=3, num_return_sequences=2, max_new_tokens=6)
         theirs = captioner.processor.tokenizer.batch_decode(out, skip_special_tokens=True)
         assert [t for per_image in ours for t in per_image] == [t.strip() for t in theirs]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_runs_and_scores_like_cpu(models, faces, captioned):
+    cpu_stage, cpu_results = captioned
+    stage = tiny_stage(models, device="cuda", dtype="bf16")
+    results = stage.process(faces)
+    table = validate_columns(manifest_rows(stage, faces, results), manifest_schema(cs.SCHEMA))
+    assert table.num_rows == len(faces)
+    # the beam captions of random tiny models may differ in bf16; the scores of the same texts must not
+    cuda_scorer = stage._scorer
+    for sample, res in zip(faces, cpu_results):
+        texts = [t for t in res.columns["candidates"] if t]
+        ours = cuda_scorer.score([sample.image], [texts])[0]
+        theirs = cpu_stage._scorer.score([sample.image], [texts])[0]
+        assert np.allclose(ours, theirs, atol=0.03)

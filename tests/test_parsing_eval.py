@@ -131,3 +131,26 @@ def test_parsing_stage_writes_gt_miou() -> None:
     table = pa.Table.from_pylist([r.columns for r in results], schema=sp.SCHEMA)
     assert table.column("gt_miou").null_count == 3
     assert "detect" in Parsing.optional_reads and "detect" not in Parsing.reads
+
+
+def test_run_scores_celebahq_ground_truth(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.config import resolve
+    from pipeline.runner import run
+    from tests.test_sources_hq import LFW, PARTS, put, write_parts
+
+    if not LFW.is_dir():
+        pytest.skip(f"real face photos not found at {LFW}")
+    root = tmp_path / "CelebAMask-HQ"
+    for i, name in enumerate(("Colin_Powell", "Tony_Blair")):
+        put(root, f"CelebA-HQ-img/{i}.jpg", LFW / name / f"{name}_0001.jpg")
+    write_parts(root, 0, PARTS)  # only image 0 has ground truth
+    cfg = resolve(flags={"source": "celeba-hq", "input": str(root), "out": str(tmp_path / "out"),
+                         "stages": "parsing", "executor": "local"},
+                  sets=["parsing.weights=random", "parsing.device=cpu"])
+    run(cfg, quiet=True)
+    rows = {r["key"]: r for r in pq.read_table(tmp_path / "out" / "manifests" / "parsing").to_pylist()}
+    assert rows["hq00000"]["status"] == "ok" and rows["hq00000"]["frame"] == "source"
+    assert 0.0 <= rows["hq00000"]["gt_miou"] <= 1.0
+    assert rows["hq00001"]["status"] == "ok" and rows["hq00001"]["gt_miou"] is None

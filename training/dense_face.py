@@ -36,7 +36,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class DenseFaceConfig:
     """Model and loss settings (``model:`` in the YAML)."""
 
-    resolution: int = 512
     dense_size: int = 128
     landmark_subset: str = "all"
     heatmap_sigma: float = 1.5  # in cells of the dense map
@@ -98,7 +97,7 @@ class PCAdapterProcessor(nn.Module):
         self.to_v_res = _residual(attn.to_v.in_features, attn.to_v.out_features, rank)
 
     @staticmethod
-    def _apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _res(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         weight = next(layer.parameters())
         return layer(x.to(weight.dtype)).to(x.dtype)
 
@@ -115,11 +114,11 @@ class PCAdapterProcessor(nn.Module):
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         ctx = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
         b, n_ctx = ctx.shape[0], ctx.shape[1]
-        q = attn.to_q(hidden_states) + self._apply(self.to_q_res, hidden_states)
+        q = attn.to_q(hidden_states) + self._res(self.to_q_res, hidden_states)
         n = min(self.mode.id_tokens, n_ctx) if self.mode.scope == "identity" else n_ctx
         k, v = attn.to_k(ctx), attn.to_v(ctx)
-        k = torch.cat([k[:, : n_ctx - n], k[:, n_ctx - n:] + self._apply(self.to_k_res, ctx[:, n_ctx - n:])], 1)
-        v = torch.cat([v[:, : n_ctx - n], v[:, n_ctx - n:] + self._apply(self.to_v_res, ctx[:, n_ctx - n:])], 1)
+        k = torch.cat([k[:, : n_ctx - n], k[:, n_ctx - n:] + self._res(self.to_k_res, ctx[:, n_ctx - n:])], 1)
+        v = torch.cat([v[:, : n_ctx - n], v[:, n_ctx - n:] + self._res(self.to_v_res, ctx[:, n_ctx - n:])], 1)
         heads, head_dim = attn.heads, k.shape[-1] // attn.heads
         q, k, v = (x.view(b, -1, heads, head_dim).transpose(1, 2) for x in (q, k, v))
         if attention_mask is not None:
@@ -210,3 +209,163 @@ def identity_positions(offsets: torch.Tensor, spans: torch.Tensor) -> torch.Tens
     hit = (ends > starts) & (starts < e) & (ends > s) & (s >= 0)
     idx = torch.arange(offsets.shape[1]).expand_as(starts)
     return torch.where(hit, idx, torch.full_like(idx, -1)).amax(1)
+
+
+class DenseFace(L.LightningModule):
+    """Dense-Face on frozen SD components; checkpoints hold the trainable parts only."""
+
+    def __init__(self, sd: SDComponents, cfg: DenseFaceConfig, optim: OptimConfig | None = None):
+        super().__init__()
+        if cfg.id_dim <= 0:
+            raise ValueError("id_dim must be set (the identity embedding size of the shards)")
+        self.cfg, self.optim = cfg, optim or OptimConfig()
+        self.strict_loading = False  # checkpoints leave the frozen SD weights out
+        torch.manual_seed(cfg.seed)
+        self.pose_branch = build_pose_branch(sd.unet)
+        frozen = DTYPES[cfg.frozen_dtype]
+        self.unet, self.vae, self.text_encoder = sd.unet, sd.vae, sd.text_encoder
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.requires_grad_(False).eval()
+            if m.dtype != frozen:
+                m.to(frozen)
+        self.tokenizer, self.scheduler, self.vae_factor = sd.tokenizer, sd.scheduler, sd.vae_factor
+        self.mode = Mode(id_tokens=cfg.id_tokens, scope=cfg.pc_scope)
+        self.pc_adapter = install_pc_adapter(self.unet, self.mode, cfg.pc_rank)
+        self.id_mlp = IdentityMLP(cfg.id_dim, self.unet.config.cross_attention_dim, cfg.id_hidden, cfg.id_tokens)
+        channels = sum(block.resnets[-1].out_channels for block in self.unet.up_blocks)
+        self.register_buffer("subset", torch.from_numpy(landmark_subset(cfg.landmark_subset)), persistent=False)
+        self.head = AnnotationHead(channels, cfg.head_channels, len(self.subset), len(pseudo_mask.NAMES))
+        self._features: list[torch.Tensor] = []
+        self._capture = False
+        for block in self.unet.up_blocks:
+            block.register_forward_hook(self._keep_output)
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.pose_branch.enable_gradient_checkpointing()
+
+    def _keep_output(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if self._capture:
+            self._features.append(output)
+
+    def train(self, mode: bool = True) -> "DenseFace":
+        super().train(mode)
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.eval()
+        return self
+
+    # -- building blocks shared by training and inference ---------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for name in TRAINABLE for p in getattr(self, name).parameters()]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{k}": v for name in TRAINABLE for k, v in getattr(self, name).state_dict().items()}
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint's trainable weights; every trainable tensor must be in it."""
+        missing = set(self.trainable_state_dict()) - set(state)
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
+        self.load_state_dict(state, strict=False)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return (dist.sample(generator) * self.vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str], spans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen text context (B, L, D) and c_face (B, D): the identity word's contextual embedding,
+        or the word encoded alone when a caption has none."""
+        tok = self.tokenizer(captions + [self.cfg.identity_word], padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_offsets_mapping=True,
+                             return_tensors="pt")
+        hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
+        spans = torch.cat([spans.cpu(), torch.tensor([[0, len(self.cfg.identity_word)]])])
+        pos = identity_positions(tok.offset_mapping, spans)
+        rows = torch.arange(len(pos))
+        face = hidden[rows, pos.clamp(min=0).to(hidden.device)]
+        face = torch.where((pos[:-1] >= 0).to(face.device)[:, None], face[:-1], face[-1:])
+        return hidden[:-1], face
+
+    def identity_context(self, text: torch.Tensor, face: torch.Tensor, id_embedding: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: c' = lambda * MLP(c_id) + c_face, appended to the text context."""
+        c_id = self.cfg.id_scale * self.id_mlp(id_embedding.float()) + face[:, None].float()
+        return torch.cat([text, c_id.to(text.dtype)], 1)
+
+    def denoise(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pose: torch.Tensor | None = None,
+                face_mode: bool = True, pose_scale: float = 1.0) -> torch.Tensor:
+        """The UNet's prediction; in face-generation mode with the pose branch and PC-adapter on."""
+        extra = {}
+        if face_mode and pose is not None:
+            down, mid = self.pose_branch(noisy.float(), t, encoder_hidden_states=context.float(),
+                                         controlnet_cond=pose.float(), conditioning_scale=pose_scale, return_dict=False)
+            dtype = self.unet.dtype
+            extra = {"down_block_additional_residuals": [d.to(dtype) for d in down],
+                     "mid_block_additional_residual": mid.to(dtype)}
+        self.mode.face = face_mode
+        try:
+            return self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=context.to(self.unet.dtype),
+                             **extra).sample.float()
+        finally:
+            self.mode.face = False
+
+    def predict_dense(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pose: torch.Tensor
+                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Face-mode prediction plus the annotation head's outputs from the same pass (Eq. 7)."""
+        self._features, self._capture = [], True
+        try:
+            pred = self.denoise(noisy, t, context, pose)
+        finally:
+            self._capture = False
+        dense = self.head(self._features, self.cfg.dense_size)
+        self._features = []
+        return pred, dense
+
+    def _generator(self, batch_idx: int) -> torch.Generator:
+        # noise drawn from (seed, step) alone, so a resumed run draws what an unbroken one would
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
+        step = self.global_step * accumulate + batch_idx % accumulate
+        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+
+    # -- Lightning ---------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        gen = self._generator(batch_idx)
+        latents = self.encode_images(batch["image"], gen)
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=gen).to(self.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        text, face = self.encode_text(batch["caption"], batch["id_span"])
+        context = self.identity_context(text, face, batch["ref_embedding"])
+        pred, (heat, mask_logits, depth) = self.predict_dense(noisy, t, context, batch["pose"])
+        heat_gt, mask_gt, depth_gt = dense_targets(batch["landmarks"], batch["mask"], batch["depth"],
+                                                   batch["image"].shape[-1], self.cfg.dense_size, self.subset,
+                                                   self.cfg.heatmap_sigma)
+        target = noise if self.scheduler.config.prediction_type == "epsilon" \
+            else self.scheduler.get_velocity(latents, noise, t)
+        terms = {
+            "eps": F.mse_loss(pred, target),  # Eq. 3
+            "landmarks": F.mse_loss(heat.float(), heat_gt),  # L^LD
+            "mask": F.cross_entropy(mask_logits.float(), mask_gt),  # L^PM
+            "depth": F.mse_loss(depth.float(), depth_gt),  # L^DE
+        }
+        c = self.cfg
+        loss = terms["eps"] + c.lambda_landmarks * terms["landmarks"] + c.lambda_mask * terms["mask"] \
+            + c.lambda_depth * terms["depth"]  # Eq. 8
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(latents))
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(latents))
+        return {"loss": loss, "terms": terms}
+
+    def configure_optimizers(self) -> dict:
+        o = self.optim
+        opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        sched = get_scheduler(o.scheduler, opt, num_warmup_steps=o.warmup_steps, num_training_steps=o.total_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()

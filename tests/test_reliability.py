@@ -1,0 +1,101 @@
+"""Fault matrix, part 2: corrupted outputs and a full disk (in-process executor, plugin stages)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.runner import DiskFullError, run
+from pipeline.verify import verify
+from tests.test_kill import assert_same_outputs
+from tests.test_runner import cfg_for, plugin_stages  # noqa: F401  (registers the plugin stages)
+
+
+@pytest.fixture(scope="module")
+def reference(casia_tree, tmp_path_factory):
+    ref = tmp_path_factory.mktemp("ref") / "out"
+    run(cfg_for(casia_tree, ref), quiet=True)
+    return ref
+
+
+def mtimes(out):
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix in (".parquet", ".tar")}
+
+
+def test_verify_names_exactly_the_bad_files_and_the_rerun_redoes_only_them(casia_tree, reference, tmp_path):
+    out = tmp_path / "out"
+    run(cfg_for(casia_tree, out), quiet=True)
+    n_shards = len(list((out / "shards").glob("*.tar")))
+    assert verify(out, dry_run=True) == ([], 4 * n_shards)  # source, center, colour, pack
+    shard = out / "shards" / "00001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated
+    manifest = out / "manifests" / "center" / "00002.parquet"
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    manifest.write_bytes(bytes(data))
+    (out / "done" / "colour" / "00000.json").write_text("{not json")
+    result = CliRunner().invoke(app, ["verify", str(out)])
+    assert result.exit_code == 1
+    bad = sorted(line.split()[1].rstrip(":") for line in result.output.splitlines() if line.startswith("BAD"))
+    assert bad == ["done/colour/00000.json", "manifests/center/00002.parquet", "shards/00001.tar"]
+    before = mtimes(out)
+    run(cfg_for(casia_tree, out), quiet=True)
+    redone = {str(p.relative_to(out)) for p, t in mtimes(out).items() if before.get(p) != t}
+    assert redone == {"shards/00001.tar", "manifests/center/00002.parquet", "payloads/center/00002.tar",
+                      "manifests/colour/00000.parquet", "payloads/colour/00000.tar"}
+    assert verify(out, dry_run=True)[0] == []
+    assert_same_outputs(out, reference)
+
+
+def test_truncation_is_caught_by_the_next_run_even_without_verify(casia_tree, reference, tmp_path):
+    out = tmp_path / "out"
+    run(cfg_for(casia_tree, out), quiet=True)
+    payload = out / "payloads" / "colour" / "00001.tar"
+    payload.write_bytes(payload.read_bytes()[:512])
+    run(cfg_for(casia_tree, out), quiet=True)
+    assert_same_outputs(out, reference)
+
+
+def _mount_tmpfs(path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_fails_clearly_and_the_rerun_completes(casia_tree, reference, tmp_path, monkeypatch):
+    mnt = tmp_path / "small"
+    if _mount_tmpfs(mnt, "400k"):
+        try:
+            with pytest.raises(DiskFullError, match="disk full"):
+                run(cfg_for(casia_tree, mnt / "out"), quiet=True)
+            assert verify(mnt / "out", dry_run=True)[0] == []  # nothing half-written was marked done
+            subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+            run(cfg_for(casia_tree, mnt / "out"), quiet=True)
+            assert_same_outputs(mnt / "out", reference)
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)])
+        return
+    # No permission to mount: inject ENOSPC into the tar writer after a few members.
+    import errno
+
+    from pipeline import manifest
+
+    calls = {"n": 0}
+    original = manifest.TarWriter.add
+
+    def full_disk(self, name, data):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, name, data)
+
+    monkeypatch.setattr(manifest.TarWriter, "add", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(DiskFullError):
+        run(cfg_for(casia_tree, out), quiet=True)
+    assert verify(out, dry_run=True)[0] == []
+    monkeypatch.setattr(manifest.TarWriter, "add", original)
+    run(cfg_for(casia_tree, out), quiet=True)
+    assert_same_outputs(out, reference)
