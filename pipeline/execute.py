@@ -57,6 +57,8 @@ class RunContext:
     min_side: int
     source_lineage: str
     stage_runs: dict[str, StageRun] = field(default_factory=dict)
+    retry: tuple[str, ...] = ()
+    """Stages whose error rows this run recomputes (--retry-errors)."""
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -145,6 +147,13 @@ class UpstreamStore:
         self.rows = {row["key"]: row for row in table.to_pylist()}
         self.files, self.frame_name = files, run.frame_name
         self.tar = TarReader(outs.payload) if outs.payload.exists() else None
+        self._members: dict[str, list[str]] = {}
+        for name in self.tar.names() if self.tar is not None else ():
+            self._members.setdefault(name.partition(".")[0], []).append(name)
+
+    def members(self, key: str) -> list[tuple[str, bytes]]:
+        """The stored payload members of ``key`` as (suffix, bytes), in their stored order."""
+        return [(n.partition(".")[2], self.tar.get(n)) for n in self._members.get(key, [])]
 
     def result(self, key: str) -> Result | None:
         row = self.rows.get(key)

@@ -21,6 +21,7 @@ from schemas.common import manifest_schema
 from stages.base import OK, SKIPPED, Provenance, Result, Sample, Stage
 
 DEFAULT_BATCH = 16
+UPSTREAM_FAILED = "upstream_failed: "
 
 
 @dataclass
@@ -33,6 +34,8 @@ class _Pending:
     tar: TarWriter
     prov: Provenance
     journal: Journal
+    old: UpstreamStore | None = None
+    """The stage's finished outputs when only some rows are redone (--retry-errors)."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -62,7 +65,13 @@ class GroupWorker:
         return self.stages[name]
 
     def run_shard(self, shard: str) -> list[dict]:
-        todo = [r for r in self.runs if not ShardOutputs(self.ctx.out, r.name, shard).is_done(r.lineage)]
+        todo, partial = [], set()
+        for r in self.runs:
+            if not ShardOutputs(self.ctx.out, r.name, shard).is_done(r.lineage):
+                todo.append(r)
+            elif self.ctx.retry and self._has_retry_rows(r, shard):
+                todo.append(r)
+                partial.add(r.name)
         if not todo:
             return []
         source_rows = read_manifest(ShardOutputs(self.ctx.out, SOURCE, shard).manifest).to_pylist()
@@ -80,8 +89,9 @@ class GroupWorker:
         for r in todo:
             stage = self._setup(r.name)
             outs = ShardOutputs(self.ctx.out, r.name, shard)
+            old = UpstreamStore(self.ctx, r, shard, stage.files) if r.name in partial else None
             pending[r.name] = _Pending(r, stage, outs, TarWriter(outs.payload), stage.provenance(),
-                                       Journal(self.ctx.out, r.name, shard))
+                                       Journal(self.ctx.out, r.name, shard), old)
         try:
             chunk = max(getattr(p.stage, "batch_size", DEFAULT_BATCH) for p in pending.values())
             for i in range(0, len(source_rows), chunk):
@@ -92,7 +102,7 @@ class GroupWorker:
                 p.tar.abort()
             raise
         finally:
-            for s in stores.values():
+            for s in [*stores.values(), *(p.old for p in pending.values() if p.old is not None)]:
                 s.close()
             if self._source_files is not None:
                 self._source_files.close()
@@ -123,8 +133,13 @@ class GroupWorker:
             p = pending[run.name]
             frame = self.ctx.stage_runs[run.frame_from].frame_name if run.frame_from else "source"
             samples, out = [], {}
+            kept = set()
             for row in rows:
                 key = row["key"]
+                if p.old is not None and not self._redo(run, p.old.rows.get(key), lookup):
+                    out[key] = p.old.result(key)
+                    kept.add(key)
+                    continue
                 blocked = SOURCE if row["status"] != OK else ""
                 upstream = {}
                 for dep in (*run.reads, *( [run.frame_from] if run.frame_from else [])):
@@ -138,7 +153,7 @@ class GroupWorker:
                     if res is not None and res.status == OK:
                         upstream[dep] = res
                 if blocked:
-                    out[key] = Result(status=SKIPPED, error=f"upstream_failed: {blocked}")
+                    out[key] = Result(status=SKIPPED, error=f"{UPSTREAM_FAILED}{blocked}")
                     continue
                 if run.frame_from:
                     image, err = upstream[run.frame_from].frame, ""
@@ -163,7 +178,35 @@ class GroupWorker:
                     out[s.key] = res
             results[run.name] = out
             for row in rows:
-                self._record(p, row["key"], out[row["key"]], frame)
+                if row["key"] in kept:
+                    self._keep(p, row["key"])
+                else:
+                    self._record(p, row["key"], out[row["key"]], frame)
+
+    def _has_retry_rows(self, run: StageRun, shard: str) -> bool:
+        table = read_manifest(ShardOutputs(self.ctx.out, run.name, shard).manifest)
+        for status, error in zip(table.column("status").to_pylist(), table.column("error").to_pylist()):
+            if (status == "error" and run.name in self.ctx.retry) or error.startswith(UPSTREAM_FAILED):
+                return True
+        return False
+
+    def _redo(self, run: StageRun, old: dict | None, lookup) -> bool:
+        """In a retry: redo this stage's error rows, and rows skipped for an upstream that recovered."""
+        if old is None:
+            return True
+        if old["status"] == "error":
+            return run.name in self.ctx.retry
+        if old["error"].startswith(UPSTREAM_FAILED):
+            dep = old["error"][len(UPSTREAM_FAILED):]
+            res = lookup(dep, old["key"]) if dep != SOURCE else None
+            return res is not None and res.status == OK
+        return False
+
+    def _keep(self, p: _Pending, key: str) -> None:
+        """Carry a finished row and its stored files over unchanged (byte for byte)."""
+        p.rows.append(p.old.rows[key])
+        for suffix, data in p.old.members(key):
+            p.tar.add(f"{key}.{suffix}", data)
 
     @staticmethod
     def _batches(p: _Pending, samples: list[Sample], out: dict[str, Result]) -> list[list[Sample]]:

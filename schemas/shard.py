@@ -19,6 +19,7 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "raw.jpg": ("restore", "the aligned crop before restoration (the jpg is the restored one)"),
     "pose.png": ("pose", "RGB head-pose axes drawn from yaw/pitch/roll on a black canvas"),
     "parsing.png": ("parsing", "uint8 face-parsing label map, classes in schemas.parsing"),
+    "gtparsing.png": ("source", "uint8 ground-truth parsing labels (celeba-hq) in the SOURCE image frame"),
     "facemask.png": ("parsing", "uint8 0/255 face mask (classes in schemas.parsing.FACE_MASK_CLASSES)"),
 }
 

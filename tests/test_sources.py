@@ -247,7 +247,7 @@ def test_sample_source() -> None:
 
 
 def test_registry() -> None:
-    assert set(SOURCES) == {"casia-webface", "celeba", "folder", "sample"}
+    assert set(SOURCES) == {"casia-webface", "celeba", "celeba-hq", "ffhq", "folder", "sample"}
     assert all(cls.name == name for name, cls in SOURCES.items())
     with pytest.raises(ValueError, match="unknown source 'nope'; known: casia-webface"):
         get_source("nope")
