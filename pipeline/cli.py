@@ -32,6 +32,8 @@ def run(
     ray_address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster."),
     num_cpus: Optional[int] = typer.Option(None, help="CPU cap for the embedded Ray."),
     num_gpus: Optional[float] = typer.Option(None, help="GPU cap for the embedded Ray."),
+    retry_errors: Optional[str] = typer.Option(
+        None, help="Recompute the error rows of these stages (comma-separated, or 'all'); ok rows stay."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Run the pipeline: source step, stages, pack."""
@@ -40,7 +42,7 @@ def run(
 
     flags = dict(source=source, input=input, out=out, stages=stages, shard_size=shard_size,
                  weights_dir=weights_dir, executor=executor, ray_address=ray_address,
-                 num_cpus=num_cpus, num_gpus=num_gpus)
+                 num_cpus=num_cpus, num_gpus=num_gpus, retry_errors=retry_errors)
     try:
         cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
         summary = run_pipeline(cfg, quiet=quiet)

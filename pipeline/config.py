@@ -59,6 +59,8 @@ class RunConfig:
     """CPU cap for the embedded Ray (None: all cores)."""
     num_gpus: float | None = None
     """GPU cap for the embedded Ray (None: all GPUs)."""
+    retry_errors: list[str] = field(default_factory=list)
+    """Stages whose error rows are recomputed (``all`` for every stage); ok rows stay untouched."""
     stage_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-stage field values, keyed by stage name."""
 
@@ -92,7 +94,7 @@ def merge(cfg: RunConfig, data: dict[str, Any], origin: str) -> None:
     known_stages = set(stage_registry.ORDER)
     for name, value in data.items():
         if name in RUN_FIELDS:
-            if name == "stages" and isinstance(value, str):
+            if name in ("stages", "retry_errors") and isinstance(value, str):
                 value = [s.strip() for s in value.split(",") if s.strip()]
             setattr(cfg, name, value)
         elif name in known_stages:

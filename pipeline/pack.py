@@ -17,7 +17,8 @@ import numpy as np
 
 from pipeline import imaging
 from pipeline.execute import SOURCE, RunContext, decode_png
-from pipeline.manifest import ShardOutputs, TarReader, TarWriter, marker_valid, read_manifest, sha256_file
+from pipeline.manifest import ShardOutputs, TarReader, TarWriter, marker_valid, read_manifest, read_marker
+from pipeline.manifest import sha256_file
 from pipeline.manifest import stable_hash, write_done, write_json
 from pipeline.sources import get_source
 from schemas.common import COMMON
@@ -28,9 +29,14 @@ JPEG_QUALITY = 95
 PROVENANCE = ("model", "weights_sha256", "weights_random", "frame", "stage_version")
 
 
-def pack_lineage(ctx: RunContext, names: list[str]) -> str:
+def pack_lineage(ctx: RunContext, names: list[str], shard: str) -> str:
+    """Config lineage plus the recorded checksums of the inputs: any rewritten manifest repacks."""
+    inputs = {}
+    for n in [SOURCE, *names]:
+        marker = read_marker(ShardOutputs(ctx.out, n, shard).marker) or {}
+        inputs[n] = {rel: f["sha256"] for rel, f in marker.get("files", {}).items()}
     return stable_hash({"source": ctx.source_lineage, "stages": [ctx.stage_runs[n].lineage for n in names],
-                        "jpeg_quality": JPEG_QUALITY})
+                        "jpeg_quality": JPEG_QUALITY, "inputs": inputs})
 
 
 def shard_path(out: Path, shard: str) -> Path:
@@ -62,7 +68,7 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
 
 def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
     """Write ``shards/<shard>.tar`` and its marker; returns the shard's index entry."""
-    lineage = pack_lineage(ctx, names)
+    lineage = pack_lineage(ctx, names, shard)
     path = shard_path(ctx.out, shard)
     if is_packed(ctx.out, shard, lineage):
         return json.loads(marker_path(ctx.out, shard).read_text())["index"]

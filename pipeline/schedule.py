@@ -76,7 +76,12 @@ class MissingWeightsError(FileNotFoundError):
 def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instances: dict) -> RunContext:
     source_lineage = stable_hash({"plan": plan.info["plan_sha256"], "max_pixels": cfg.max_pixels,
                                   "min_side": cfg.min_side, "version": 1})
-    ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage)
+    retry = tuple(names) if "all" in cfg.retry_errors else tuple(cfg.retry_errors)
+    unknown = set(retry) - set(names)
+    if unknown:
+        raise ConfigError(f"--retry-errors names stages not in this run: {sorted(unknown)}")
+    ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage,
+                     retry=retry)
     frame_from = None
     for name in names:
         stage = instances[name]

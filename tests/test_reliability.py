@@ -1,6 +1,7 @@
 """Fault matrix, part 2: corrupted outputs and a full disk (in-process executor, plugin stages)."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -43,8 +44,10 @@ def test_verify_names_exactly_the_bad_files_and_the_rerun_redoes_only_them(casia
     before = mtimes(out)
     run(cfg_for(casia_tree, out), quiet=True)
     redone = {str(p.relative_to(out)) for p, t in mtimes(out).items() if before.get(p) != t}
+    # exactly the bad stage-shards, and the pack of each shard whose inputs were rewritten
     assert redone == {"shards/00001.tar", "manifests/center/00002.parquet", "payloads/center/00002.tar",
-                      "manifests/colour/00000.parquet", "payloads/colour/00000.tar"}
+                      "manifests/colour/00000.parquet", "payloads/colour/00000.tar",
+                      "shards/00000.tar", "shards/00002.tar"}
     assert verify(out, dry_run=True)[0] == []
     assert_same_outputs(out, reference)
 
@@ -98,4 +101,32 @@ def test_disk_full_fails_clearly_and_the_rerun_completes(casia_tree, reference, 
     assert verify(out, dry_run=True)[0] == []
     monkeypatch.setattr(manifest.TarWriter, "add", original)
     run(cfg_for(casia_tree, out), quiet=True)
+    assert_same_outputs(out, reference)
+
+
+def test_retry_errors_recomputes_only_error_rows(casia_tree, reference, tmp_path, monkeypatch):
+    """A transient failure (FACEWEAVE_TEST_FAIL_KEY raises for one key) heals with --retry-errors."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    victim = "0000003_001"
+    monkeypatch.setenv("FACEWEAVE_TEST_FAIL_KEY", victim)
+    run(cfg_for(casia_tree, out), quiet=True)
+    rows = {r["key"]: r for r in pq.read_table(out / "manifests" / "center").to_pylist()}
+    assert rows[victim]["status"] == "error"
+    ok_before = {k: r for k, r in rows.items() if r["status"] == "ok"}
+    monkeypatch.delenv("FACEWEAVE_TEST_FAIL_KEY")
+    run(cfg_for(casia_tree, out), quiet=True)  # a plain rerun keeps the error row: nothing recomputed
+    assert {r["key"]: r for r in pq.read_table(out / "manifests" / "center").to_pylist()}[victim]["status"] == "error"
+    run(cfg_for(casia_tree, out, retry_errors="center"), quiet=True)
+    after = {r["key"]: r for r in pq.read_table(out / "manifests" / "center").to_pylist()}
+    assert after[victim]["status"] == "ok"
+    assert all(after[k] == r for k, r in ok_before.items())  # ok rows untouched, timings included
+    colour = {r["key"]: r for r in pq.read_table(out / "manifests" / "colour").to_pylist()}
+    assert colour[victim]["status"] == "ok"  # the dependant row recovered too
+    src_errors = sum(r["status"] == "error" for r in pq.read_table(out / "manifests" / "source").to_pylist())
+    stats = json.loads((out / "run.json").read_text())["summary"]["stages"]
+    assert stats["center"]["status"].get("error", 0) == 0
+    assert stats["center"]["status"]["ok"] + stats["center"]["status"].get("skipped", 0) == len(after)
+    assert stats["colour"]["status"]["skipped"] == src_errors
     assert_same_outputs(out, reference)
