@@ -43,7 +43,8 @@ def synthetic_batch(n: int, res: int, id_dim: int, device: torch.device) -> dict
     return batch
 
 
-def measure(model: DenseFace, n: int, res: int, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+def measure(model: DenseFace, n: int, res: int, steps: int, warmup: int,
+            device: torch.device) -> tuple[float, float]:
     """(seconds per step, peak GiB) for batch size ``n``; raises torch.cuda.OutOfMemoryError."""
     opt = model.configure_optimizers()["optimizer"]
     batch = synthetic_batch(n, res, model.cfg.id_dim, device)

@@ -130,3 +130,21 @@ def test_retry_errors_recomputes_only_error_rows(casia_tree, reference, tmp_path
     assert stats["center"]["status"]["ok"] + stats["center"]["status"].get("skipped", 0) == len(after)
     assert stats["colour"]["status"]["skipped"] == src_errors
     assert_same_outputs(out, reference)
+
+
+def test_a_run_never_writes_the_weights_directory(casia_tree, tmp_path):
+    from pipeline.config import resolve
+    from pipeline.runner import MissingWeightsError
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "unrelated.pth").write_bytes(b"not a checkpoint")
+    snapshot = lambda: {(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in weights.rglob("*")}  # noqa: E731
+    before = snapshot()
+    with pytest.raises(MissingWeightsError):
+        run(resolve(flags={"source": "casia-webface", "input": str(casia_tree), "out": str(tmp_path / "o1"),
+                           "weights_dir": str(weights), "executor": "local"}), quiet=True)
+    run(resolve(flags={"source": "casia-webface", "input": str(casia_tree), "out": str(tmp_path / "o2"),
+                       "weights_dir": str(weights), "executor": "local", "stages": "identity"},
+                sets=["detect.model=retinaface_mobile0.25", "identity.weights=random"]), quiet=True)
+    assert snapshot() == before and weights.stat().st_mtime_ns == weights.stat().st_mtime_ns

@@ -194,9 +194,11 @@ class PairedShardStream(IterableDataset):
         ref = int(rows[rng.randrange(len(rows))])
         sample["identity"] = (meta.get("source") or {}).get("identity", "")
         sample["ref_key"] = str(self.index.keys[ref])
-        sample["ref_embedding"] = torch.from_numpy(np.load(io.BytesIO(self.index.read(ref, EMBEDDING))).astype(np.float32))
+        embedding = np.load(io.BytesIO(self.index.read(ref, EMBEDDING)))
+        sample["ref_embedding"] = torch.from_numpy(embedding.astype(np.float32))
         if self.cfg.reference_image:
-            sample["ref_image"] = _rgb_tensor(_decode_image(self.index.read(ref, IMAGE), self.cfg.resolution)) * 2 - 1
+            ref_image = _decode_image(self.index.read(ref, IMAGE), self.cfg.resolution)
+            sample["ref_image"] = _rgb_tensor(ref_image) * 2 - 1
         sample["caption"], sample["id_span"] = make_caption(meta, rng, self.cfg)
         return sample
 

@@ -4,8 +4,8 @@
   fed the pose image; its features are added to the UNet's skip connections, no zero-convolution;
 * identity MLP (Eq. 4): c' = lambda * MLP(c_id) + c_face, appended to the text context as extra tokens;
 * PC-adapter (Eq. 6): residual q/k/v projections on every UNet cross-attention, only in
-  face-generation mode; k/v residuals act on the identity tokens (``pc_scope: identity``) or on
-  the whole context (``all``);
+  face-generation mode (the context carries identity tokens); k/v residuals act on the identity
+  tokens (``pc_scope: identity``) or on the whole context (``all``);
 * annotation head (Eq. 7): the UNet decoder's block outputs, upsampled and concatenated, into
   three conv blocks predicting landmark heatmaps, pseudo-mask logits and depth.
 
@@ -67,11 +67,13 @@ class OptimConfig:
     total_steps: int = 100_000
 
 
-@dataclass
-class Mode:
-    """Shared switch read by every PC-adapter processor."""
+@dataclass(frozen=True)
+class Gate:
+    """When the PC-adapter acts: a context longer than the text (identity tokens appended) means
+    face-generation mode. Read from the inputs, not from a flag, so that gradient-checkpointing
+    recomputation in the backward pass takes the same path as the forward pass."""
 
-    face: bool = False
+    text_tokens: int
     id_tokens: int = 1
     scope: str = "identity"
 
@@ -89,9 +91,9 @@ def _residual(n_in: int, n_out: int, rank: int) -> nn.Module:
 class PCAdapterProcessor(nn.Module):
     """Cross-attention with residual q/k/v weights (Eq. 6), active only in face-generation mode."""
 
-    def __init__(self, attn: Attention, mode: Mode, rank: int = 0):
+    def __init__(self, attn: Attention, gate: Gate, rank: int = 0):
         super().__init__()
-        self.mode, self.base = mode, AttnProcessor2_0()
+        self.gate, self.base = gate, AttnProcessor2_0()
         self.to_q_res = _residual(attn.to_q.in_features, attn.to_q.out_features, rank)
         self.to_k_res = _residual(attn.to_k.in_features, attn.to_k.out_features, rank)
         self.to_v_res = _residual(attn.to_v.in_features, attn.to_v.out_features, rank)
@@ -101,9 +103,10 @@ class PCAdapterProcessor(nn.Module):
         weight = next(layer.parameters())
         return layer(x.to(weight.dtype)).to(x.dtype)
 
-    def forward(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **_: object) -> torch.Tensor:
-        if not self.mode.face or encoder_hidden_states is None:
+    def forward(self, attn: Attention, hidden_states: torch.Tensor,
+                encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                temb: torch.Tensor | None = None, **_: object) -> torch.Tensor:
+        if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.gate.text_tokens:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         residual, shape = hidden_states, hidden_states.shape
         if attn.spatial_norm is not None:
@@ -115,7 +118,7 @@ class PCAdapterProcessor(nn.Module):
         ctx = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
         b, n_ctx = ctx.shape[0], ctx.shape[1]
         q = attn.to_q(hidden_states) + self._res(self.to_q_res, hidden_states)
-        n = min(self.mode.id_tokens, n_ctx) if self.mode.scope == "identity" else n_ctx
+        n = n_ctx - self.gate.text_tokens if self.gate.scope == "identity" else n_ctx
         k, v = attn.to_k(ctx), attn.to_v(ctx)
         k = torch.cat([k[:, : n_ctx - n], k[:, n_ctx - n:] + self._res(self.to_k_res, ctx[:, n_ctx - n:])], 1)
         v = torch.cat([v[:, : n_ctx - n], v[:, n_ctx - n:] + self._res(self.to_v_res, ctx[:, n_ctx - n:])], 1)
@@ -135,13 +138,13 @@ class PCAdapterProcessor(nn.Module):
         return out / attn.rescale_output_factor
 
 
-def install_pc_adapter(unet: nn.Module, mode: Mode, rank: int) -> nn.ModuleList:
+def install_pc_adapter(unet: nn.Module, gate: Gate, rank: int) -> nn.ModuleList:
     """Give every cross-attention a PC-adapter processor; returns them in name order."""
     processors, adapters = {}, []
     for name, proc in unet.attn_processors.items():
         attn = unet.get_submodule(name.removesuffix(".processor"))
         if attn.is_cross_attention:
-            proc = PCAdapterProcessor(attn, mode, rank)
+            proc = PCAdapterProcessor(attn, gate, rank)
             adapters.append(proc)
         processors[name] = proc
     unet.set_attn_processor(processors)
@@ -229,8 +232,11 @@ class DenseFace(L.LightningModule):
             if m.dtype != frozen:
                 m.to(frozen)
         self.tokenizer, self.scheduler, self.vae_factor = sd.tokenizer, sd.scheduler, sd.vae_factor
-        self.mode = Mode(id_tokens=cfg.id_tokens, scope=cfg.pc_scope)
-        self.pc_adapter = install_pc_adapter(self.unet, self.mode, cfg.pc_rank)
+        if cfg.pc_scope not in ("identity", "all"):
+            raise ValueError(f"pc_scope must be identity or all, got {cfg.pc_scope!r}")
+        n_text = min(sd.tokenizer.model_max_length, sd.text_encoder.config.max_position_embeddings)
+        self.gate = Gate(n_text, cfg.id_tokens, cfg.pc_scope)
+        self.pc_adapter = install_pc_adapter(self.unet, self.gate, cfg.pc_rank)
         self.id_mlp = IdentityMLP(cfg.id_dim, self.unet.config.cross_attention_dim, cfg.id_hidden, cfg.id_tokens)
         channels = sum(block.resnets[-1].out_channels for block in self.unet.up_blocks)
         self.register_buffer("subset", torch.from_numpy(landmark_subset(cfg.landmark_subset)), persistent=False)
@@ -282,7 +288,7 @@ class DenseFace(L.LightningModule):
         """Frozen text context (B, L, D) and c_face (B, D): the identity word's contextual embedding,
         or the word encoded alone when a caption has none."""
         tok = self.tokenizer(captions + [self.cfg.identity_word], padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length, return_offsets_mapping=True,
+                             max_length=self.gate.text_tokens, return_offsets_mapping=True,
                              return_tensors="pt")
         hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
         spans = torch.cat([spans.cpu(), torch.tensor([[0, len(self.cfg.identity_word)]])])
@@ -299,20 +305,23 @@ class DenseFace(L.LightningModule):
 
     def denoise(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pose: torch.Tensor | None = None,
                 face_mode: bool = True, pose_scale: float = 1.0) -> torch.Tensor:
-        """The UNet's prediction; in face-generation mode with the pose branch and PC-adapter on."""
+        """The UNet's prediction; in face-generation mode with the pose branch and PC-adapter on
+        (``context`` then carries the identity tokens), else plain SD on the text tokens."""
         extra = {}
+        if not face_mode:
+            context = context[:, : self.gate.text_tokens]
+        elif context.shape[1] != self.gate.text_tokens + self.gate.id_tokens:
+            raise ValueError(f"face-generation mode needs text + {self.gate.id_tokens} identity tokens, "
+                             f"got a context of {context.shape[1]}")
         if face_mode and pose is not None:
             down, mid = self.pose_branch(noisy.float(), t, encoder_hidden_states=context.float(),
-                                         controlnet_cond=pose.float(), conditioning_scale=pose_scale, return_dict=False)
+                                         controlnet_cond=pose.float(), conditioning_scale=pose_scale,
+                                         return_dict=False)
             dtype = self.unet.dtype
             extra = {"down_block_additional_residuals": [d.to(dtype) for d in down],
                      "mid_block_additional_residual": mid.to(dtype)}
-        self.mode.face = face_mode
-        try:
-            return self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=context.to(self.unet.dtype),
-                             **extra).sample.float()
-        finally:
-            self.mode.face = False
+        return self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=context.to(self.unet.dtype),
+                         **extra).sample.float()
 
     def predict_dense(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pose: torch.Tensor
                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -338,7 +347,8 @@ class DenseFace(L.LightningModule):
         gen = self._generator(batch_idx)
         latents = self.encode_images(batch["image"], gen)
         noise = torch.randn(latents.shape, generator=gen).to(latents)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=gen).to(self.device)
+        n_steps = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, n_steps, (len(latents),), generator=gen).to(self.device)  # also for the dense loss
         noisy = self.scheduler.add_noise(latents, noise, t)
         text, face = self.encode_text(batch["caption"], batch["id_span"])
         context = self.identity_context(text, face, batch["ref_embedding"])
@@ -363,7 +373,8 @@ class DenseFace(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         o = self.optim
-        opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
+                                weight_decay=o.weight_decay)
         sched = get_scheduler(o.scheduler, opt, num_warmup_steps=o.warmup_steps, num_training_steps=o.total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

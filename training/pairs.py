@@ -89,7 +89,8 @@ def _facts_from_manifests(manifests: Path, keys: set[str]) -> dict[str, dict] | 
     facts: dict[str, dict] = {}
     for row in pq.read_table(manifests / "source", columns=["key", "status", "identity", "sha256"]).to_pylist():
         if row["key"] in keys:
-            facts[row["key"]] = {"identity": row["identity"], "sha256": row["sha256"], "embedding": None, "yaw": None}
+            facts[row["key"]] = {"identity": row["identity"], "sha256": row["sha256"],
+                                 "embedding": None, "yaw": None}
     if (manifests / "identity").is_dir():
         for row in pq.read_table(manifests / "identity", columns=["key", "status", "embedding"]).to_pylist():
             if row["key"] in facts and row["status"] == "ok":

@@ -35,7 +35,8 @@ def config_path(name_or_path: str | Path) -> Path:
     shipped = CONFIG_DIR / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"no config {name_or_path!r} (not a file, nor one of {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))})")
+    shipped_names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"no config {name_or_path!r}: not a file, nor one of {shipped_names}")
 
 
 def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict[str, dict]:
@@ -109,10 +110,12 @@ def train(model_name: str, shards: str | Path, base: str, config: str | Path, ov
     root = Path(tcfg["root_dir"])
     ckpt = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=root / "checkpoints", every_n_train_steps=tcfg["checkpoint_every_n_steps"],
-        save_top_k=tcfg["keep_checkpoints"], save_last=True, filename="step{step:07d}", auto_insert_metric_name=False,
+        save_top_k=tcfg["keep_checkpoints"], save_last=True, filename="step{step:07d}",
+        auto_insert_metric_name=False,
     )
     trainer = L.Trainer(
-        max_steps=tcfg["max_steps"], precision=tcfg["precision"], accumulate_grad_batches=tcfg["accumulate_grad_batches"],
+        max_steps=tcfg["max_steps"], precision=tcfg["precision"],
+        accumulate_grad_batches=tcfg["accumulate_grad_batches"],
         gradient_clip_val=tcfg["gradient_clip_val"], log_every_n_steps=tcfg["log_every_n_steps"],
         accelerator=tcfg["accelerator"], devices=tcfg["devices"], strategy=tcfg["strategy"],
         default_root_dir=root, callbacks=[ckpt], logger=L.pytorch.loggers.CSVLogger(root, name="logs"),
