@@ -15,6 +15,7 @@ from tests.test_kill import assert_same_outputs, cli, env
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.fault("native crash inside a model call", injection="a stage calls os.abort() on one chosen sample (Ray executor)", behaviour="worker replaced, batch retried one by one, the sample becomes an error row worker_crashed, everything else ok", compared="every key once per manifest; only the victim is an error; its dependants are skipped upstream_failed")
 def test_native_crash_costs_one_row(casia_tree, tmp_path):
     out = tmp_path / "out"
     victim = "0000002_002"
@@ -37,6 +38,7 @@ def _ray_workers() -> list[int]:
     return [int(line.split()[0]) for line in ps.splitlines() if "ray::GroupWorker" in line]
 
 
+@pytest.mark.fault("SIGKILL of a worker process mid-stage", injection="kill -9 of a ray::GroupWorker process while it sleeps in a batch", behaviour="the executor replaces the worker and retries the shard; the run completes", compared="manifests (minus duration_s), payloads, shards vs an uninterrupted run")
 def test_sigkill_of_a_worker_is_retried(casia_tree, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     subprocess.run(cli(casia_tree, ref, "--executor", "local"), env=env(), check=True, timeout=300)

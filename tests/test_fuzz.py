@@ -52,6 +52,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.fault("fuzzed image files", injection="2000 seeded mutations (bit flips, truncation, header edits, splices, wrong extensions) of real JPEG/PNG/WebP", behaviour="run finishes; each input is exactly one row per stage with a reason when bad", compared="keys per manifest = inputs; status/error consistency")
 @pytest.mark.slow
 def test_fuzzed_inputs_each_become_exactly_one_row(tmp_path):
     rng = random.Random(SEED)

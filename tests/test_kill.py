@@ -43,6 +43,7 @@ def assert_same_outputs(out: Path, ref: Path) -> None:
                 assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
 
 
+@pytest.mark.fault("SIGKILL of the driver mid-stage", injection="killpg(SIGKILL) once the first shard of the stage is done", behaviour="rerun completes the stage, packs, no temp files left", compared="manifests row by row (minus duration_s), payloads and shards byte for byte vs an uninterrupted run")
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_sigkill_during_stage_then_rerun(casia_tree, tmp_path, executor):
     ref, out = tmp_path / "ref", tmp_path / "out"
@@ -62,3 +63,21 @@ def test_sigkill_during_stage_then_rerun(casia_tree, tmp_path, executor):
                    timeout=300)
     assert_same_outputs(out, ref)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.fault("SIGKILL of the driver at random moments, several times", injection="three kills at seeded random delays (0.5-6 s) across source, stage and pack", behaviour="each rerun resumes; the last one completes", compared="manifests (minus duration_s), payloads and shards vs an uninterrupted run; no duplicate keys")
+def test_repeated_random_kills(casia_tree, tmp_path):
+    import random
+
+    rng = random.Random(7)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    subprocess.run(cli(casia_tree, ref, "--executor", "local"), env=env(), check=True, timeout=300)
+    for _ in range(3):
+        proc = subprocess.Popen(cli(casia_tree, out, "--executor", "local"), env=env(sleep=0.15),
+                                start_new_session=True)
+        time.sleep(rng.uniform(0.5, 6.0))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    subprocess.run(cli(casia_tree, out, "--executor", "local"), env=env(), check=True, timeout=300)
+    assert_same_outputs(out, ref)

@@ -6,12 +6,14 @@ import shutil
 import tarfile
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.runner import run
 from tests.conftest import lfw_people
 from tests.test_runner import cfg_for
 
 
+@pytest.mark.fault("hostile file names", injection="unicode, spaces, dots, 200-char names, leading dashes, hidden files, case/extension twins, symlink loop, dangling and escaping symlinks", behaviour="keys dot-free, unique, <=120 chars; a collision is an error row; hidden and escaping files skipped", compared="plan keys, manifests, tar member names, every output path inside OUT")
 def test_hostile_names(tmp_path):
     photo = lfw_people(1, 1)[0][1][0]
     tree = tmp_path / "tree"

@@ -68,6 +68,7 @@ def test_missing_file_names_file_and_url(root):
         models.load("arcface_irse50")
 
 
+@pytest.mark.fault("weights file with a wrong sha256", injection="a registry entry pointing at a file with another hash", behaviour="refused before torch.load is called", compared="torch.load never invoked")
 def test_wrong_sha_refused_before_torch_load(root):
     torch.save({"w": torch.zeros(2)}, root / "detection_Resnet50_Final.pth")
     with mock.patch("torch.load", side_effect=AssertionError("torch.load called")) as load:
@@ -88,6 +89,7 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
+@pytest.mark.fault("checkpoint pickle carrying code", injection="a crafted pickle whose __reduce__ runs code", behaviour="weights_only loading refuses it; the code never runs", compared="side effect absent")
 def test_pickle_with_code_is_never_executed(root, monkeypatch):
     marker = root / "pwned"
     path = root / "test.pth"

@@ -25,6 +25,7 @@ def mtimes(out):
     return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix in (".parquet", ".tar")}
 
 
+@pytest.mark.fault("truncated shard, corrupted manifest, broken done marker", injection="cut a shard tar to 1000 bytes, flip one byte of a manifest, write garbage into a marker", behaviour="pipeline verify lists exactly those three and exits 1; the next run redoes only those stage-shards and their packs", compared="verify output; mtimes of untouched files; final outputs vs an uninterrupted run")
 def test_verify_names_exactly_the_bad_files_and_the_rerun_redoes_only_them(casia_tree, reference, tmp_path):
     out = tmp_path / "out"
     run(cfg_for(casia_tree, out), quiet=True)
@@ -52,6 +53,7 @@ def test_verify_names_exactly_the_bad_files_and_the_rerun_redoes_only_them(casia
     assert_same_outputs(out, reference)
 
 
+@pytest.mark.fault("truncated payload without verify", injection="cut a payload tar to 512 bytes", behaviour="the size recorded in the done marker fails, the stage-shard is redone", compared="outputs vs an uninterrupted run")
 def test_truncation_is_caught_by_the_next_run_even_without_verify(casia_tree, reference, tmp_path):
     out = tmp_path / "out"
     run(cfg_for(casia_tree, out), quiet=True)
@@ -67,6 +69,7 @@ def _mount_tmpfs(path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+@pytest.mark.fault("disk full while writing", injection="OUT on a 400 KiB tmpfs (injected ENOSPC where mounting is not permitted)", behaviour="DiskFullError naming the folder; nothing half-written marked done; after growing the tmpfs the rerun completes", compared="verify finds no bad file; outputs vs an uninterrupted run")
 def test_disk_full_fails_clearly_and_the_rerun_completes(casia_tree, reference, tmp_path, monkeypatch):
     mnt = tmp_path / "small"
     if _mount_tmpfs(mnt, "400k"):
@@ -104,6 +107,7 @@ def test_disk_full_fails_clearly_and_the_rerun_completes(casia_tree, reference, 
     assert_same_outputs(out, reference)
 
 
+@pytest.mark.fault("transient per-sample failure, then --retry-errors", injection="a stage raises for one key (env switch), later healed", behaviour="plain rerun recomputes nothing; --retry-errors center recomputes only that row and its dependants", compared="ok rows identical incl. timings; counts exact; outputs vs an uninterrupted run")
 def test_retry_errors_recomputes_only_error_rows(casia_tree, reference, tmp_path, monkeypatch):
     """A transient failure (FACEWEAVE_TEST_FAIL_KEY raises for one key) heals with --retry-errors."""
     import pyarrow.parquet as pq
@@ -132,6 +136,7 @@ def test_retry_errors_recomputes_only_error_rows(casia_tree, reference, tmp_path
     assert_same_outputs(out, reference)
 
 
+@pytest.mark.fault("weights directory must stay read-only", injection="runs with --weights-dir (missing weights, and random-weight stages)", behaviour="the directory is never written", compared="names, sizes and mtimes before and after")
 def test_a_run_never_writes_the_weights_directory(casia_tree, tmp_path):
     from pipeline.config import resolve
     from pipeline.runner import MissingWeightsError

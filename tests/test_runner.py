@@ -153,6 +153,7 @@ def test_bad_requests_fail_before_work(casia_tree, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.fault("two runs on one output folder", injection="a lock file held by a live pid, then by a dead one", behaviour="refused with a message naming pid and host; a stale lock is taken over with a warning", compared="error message, lock removed at the end")
 def test_second_run_is_refused_and_stale_lock_taken_over(casia_tree, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

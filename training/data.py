@@ -158,8 +158,10 @@ class PairedShardStream(IterableDataset):
 
     def __init__(self, index: PairIndex, cfg: DataConfig, start_batch: int = 0):
         self.index, self.cfg, self.start_batch = index, cfg, start_batch
-        ref_required = (EMBEDDING, IMAGE) if cfg.reference_image else (EMBEDDING,)
-        self.target_ok, self.ref_ok = index.usable(REQUIRED, ref_required)
+        self.required = REQUIRED + ((POSE_IMAGE,) if cfg.require_pose else ())
+        self.ref_required = (EMBEDDING, IMAGE) if cfg.reference_image else (EMBEDDING,)
+        self.target_ok, self.ref_ok = index.usable(self.required, self.ref_required)
+        self.rank, self.world = _rank_world()  # here, in the main process, where the process group lives
         self.shard_counts = np.bincount(index.shard_of[self.target_ok], minlength=len(index.shard_names))
         self.wanted = set(REQUIRED + OPTIONAL)
 
@@ -205,8 +207,7 @@ class PairedShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        rank, world = _rank_world()
-        unit, n_units = rank * n_workers + worker, world * n_workers
+        unit, n_units = self.rank * n_workers + worker, self.world * n_workers
         skip = worker_batches(self.start_batch, worker, n_workers) * self.cfg.batch_size
         epoch, empty = 0, 0
         while True:  # whole epochs are skipped by count, without reading them
@@ -250,7 +251,8 @@ class FaceShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         stream = self.stream()
         if not stream.target_ok.any():
-            raise RuntimeError(f"no sample in {self.shards} has a usable reference: {self.index.stats}")
+            raise RuntimeError(f"no usable sample in {self.shards}: a target needs members {stream.required} and "
+                               f"a same-identity reference with {stream.ref_required}; pairing: {self.index.stats}")
         n = self.cfg.num_workers
         return DataLoader(stream, batch_size=None, num_workers=n, worker_init_fn=_worker_init if n else None,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)

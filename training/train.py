@@ -64,6 +64,9 @@ def make(cls: type, values: dict | None, section: str) -> Any:
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown keys in {section}: {sorted(unknown)} (known: {sorted(names)})")
+    for f in fields(cls):  # YAML 1.1 reads 1e-5 as a string; ints are fine floats
+        if f.type in ("float", float) and isinstance(values.get(f.name), (str, int)):
+            values[f.name] = float(values[f.name])
     return cls(**values)
 
 

@@ -29,6 +29,7 @@ table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 th{color:var(--mute);font-weight:600;background:#fafbfc}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.fails{color:var(--bad)}
 tr.random td{background:#fff3f3}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
 pre{background:#f7f8fa;border:1px solid var(--line);border-radius:6px;padding:10px;max-height:420px;overflow:auto;font-size:12px}
@@ -39,14 +40,14 @@ background:#8a93a6;margin:1px 2px 1px 0;white-space:nowrap}
 .b-flag{background:#7b5bd6}.b-error{background:var(--bad)}.b-skipped{background:#8a93a6}
 .muted{color:var(--mute)}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(390px,1fr));gap:12px}
-.chart{background:#fcfcfd;border:1px solid var(--line);border-radius:8px;max-width:100%;height:auto}
+.chart{background:#fcfcfd;border:1px solid var(--line);border-radius:8px;width:100%;height:auto}
 .chart .ct{font-weight:650;font-size:13px;fill:var(--ink)}
 .chart .cm{font-size:10px;fill:var(--mute)}
 .chart .cl{font-size:10px;fill:var(--ink)}
 .chart .ax{stroke:#9aa3b5;stroke-width:1}
 .chart .thr{stroke:var(--bad);stroke-width:1.5;stroke-dasharray:4 3}
 .chart .thr-t{fill:var(--bad)}
-.worst{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:14px}
+.worst{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:14px}
 .worst img{width:40px;height:40px;border-radius:4px;display:block}
 .controls{display:flex;gap:12px;flex-wrap:wrap;align-items:center;margin-bottom:10px;position:sticky;top:52px;
 background:var(--card);z-index:10;padding:8px 0;border-bottom:1px solid var(--line)}
@@ -60,7 +61,7 @@ background:var(--card);z-index:10;padding:8px 0;border-bottom:1px solid var(--li
 .card.q-good{border-left:5px solid var(--good)}
 .strip{display:flex;gap:6px;flex-wrap:wrap}
 .strip figure{margin:0;text-align:center}
-.strip img{width:118px;height:118px;object-fit:contain;background:#111;border-radius:6px;display:block;
+.strip img{width:136px;height:136px;object-fit:contain;background:#111;border-radius:6px;display:block;
 transition:transform .12s;position:relative}
 .strip img:hover{transform:scale(1.9);z-index:5;box-shadow:0 6px 24px rgba(0,0,0,.45)}
 .strip figcaption{font-size:11px;color:var(--mute)}

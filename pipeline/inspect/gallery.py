@@ -105,9 +105,9 @@ def _card(key: str, identity: str, files: dict[str, bytes], img_dir: Path) -> Ca
 
     frame = images.decode(files["jpg"]) if "jpg" in files else None
     if frame is not None:
-        save("restored" if "raw.jpg" in files else "frame", images.fit(frame))
         if "raw.jpg" in files and (raw := images.decode(files["raw.jpg"])) is not None:
             save("raw", images.fit(raw))
+        save("restored" if "raw.jpg" in files else "frame", images.fit(frame))
         if "lmk.npy" in files and (lmk := images.load_npy(files["lmk.npy"])) is not None and lmk.ndim == 2:
             save("landmarks", images.landmarks_over(frame, lmk))
         if "pose.png" in files and (pose := images.decode(files["pose.png"])) is not None:

@@ -110,7 +110,9 @@ def landmarks_over(frame: np.ndarray, lmk: np.ndarray) -> np.ndarray:
 def axes_over(frame: np.ndarray, pose_rgb: np.ndarray) -> np.ndarray:
     """Thumbnail of ``frame`` with the pose image's axes drawn over it."""
     base = fit(frame).astype(np.float32) * 0.6
-    axes = cv2.resize(pose_rgb, (base.shape[1], base.shape[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
+    # thicken the lines first so they survive the downscale
+    thick = cv2.dilate(pose_rgb, np.ones((5, 5), np.uint8))
+    axes = cv2.resize(thick, (base.shape[1], base.shape[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
     strength = axes.max(axis=2, keepdims=True) / 255.0
     return (base * (1 - strength) + axes * strength).clip(0, 255).astype(np.uint8)
 

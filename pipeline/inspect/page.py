@@ -50,7 +50,7 @@ def run_section(data: RunData, cards: list[Card]) -> str:
     packed = data.shard_index.get("samples", summary.get("packed", "–"))
     facts = [("samples", n), ("packed", packed), ("error rows", errors),
              ("identities", len(set(data.identity_of.values()))), ("shards", len(data.shard_index.get("shards", {}))),
-             ("run seconds", summary.get("seconds", "–")), ("preset", cfg.get("preset") or "–"),
+             ("last run seconds", summary.get("seconds", "–")), ("preset", cfg.get("preset") or "–"),
              ("source", cfg.get("source") or "–")]
     grid = "".join(f'<div class="fact"><div class="v">{e(v)}</div><div class="k">{e(k)}</div></div>' for k, v in facts)
     started = data.run.get("started")
@@ -114,14 +114,16 @@ def charts_section(sid: str, title: str, charts: list[str], extra: str = "") -> 
     return f'<section id="{sid}"><h2>{e(title)}</h2><div class="charts">{"".join(charts)}</div>{extra}</section>'
 
 
-def worst_table(title: str, rows: list[dict[str, Any]], cards: dict[str, Card]) -> str:
+def worst_table(title: str, rows: list[dict[str, Any]], cards: dict[str, Card], limit: float | None = None,
+                higher_is_worse: bool = True) -> str:
     body = []
     for i, r in enumerate(rows, 1):
         card = cards.get(r["key"])
         thumb = f'<img src="{e(card.layers[0][1])}" alt="">' if card and card.layers else ""
         link = f'<a href="#c-{e(r["key"])}">{e(r["key"])}</a>' if card else e(r["key"])
+        fails = limit is not None and (r["value"] > limit if higher_is_worse else r["value"] < limit)
         body.append(f'<tr><td class="n">{i}</td><td>{thumb}</td><td><code>{link}</code><div class="muted">'
-                    f'{e(r["identity"])}</div></td><td class="n"><b>{r["value"]:.3f}</b></td>'
+                    f'{e(r["identity"])}</div></td><td class="n {"fails" if fails else ""}"><b>{r["value"]:.3f}</b></td>'
                     f'<td>{badge(r["quality"]) if r.get("quality") else ""}</td></tr>')
     table = "".join(body) or '<tr><td colspan="5" class="muted">no values</td></tr>'
     return f'<div><h3>{e(title)}</h3><table>{table}</table></div>'
@@ -147,8 +149,13 @@ def gallery_section(cards: list[Card], total_packed: int) -> str:
                 f'problem</option><option value="__none">no problem</option>{fopt}</select></label>'
                 f'<label>key <input id="f-key" type="search" placeholder="substring"></label>'
                 f'<span id="f-count" class="muted"></span></div>')
-    legends = (f'<div class="legends">{_legend("mask.png (landmark pseudo mask)", images.MASK_NAMES)}'
-               f'{_legend("parsing.png", images.PARSING_NAMES)}</div>')
+    layers = {label for c in ok for label, _ in c.layers}
+    legends = ""
+    if "mask" in layers:
+        legends += _legend("mask (landmark pseudo mask)", images.MASK_NAMES)
+    if "parsing" in layers:
+        legends += _legend("parsing (face parsing)", images.PARSING_NAMES)
+    legends = f'<div class="legends">{legends}</div>' if legends else ""
     note = (f'<p class="muted">{len(ok)} of {total_packed} packed samples, spread across identities; hover a '
             f"thumbnail to enlarge. Failed samples (no shard entry) follow.</p>")
     return (f'<section id="gallery"><h2>Gallery</h2>{note}{controls}{legends}<div class="cards">'
@@ -162,7 +169,7 @@ def _attrs(c: Card) -> str:
 
 
 def card_html(c: Card) -> str:
-    strip = "".join(f'<figure><img src="{e(path)}" alt="{e(label)}" width="118" height="118">'
+    strip = "".join(f'<figure><img src="{e(path)}" alt="{e(label)}" width="136" height="136">'
                     f"<figcaption>{e(label)}</figcaption></figure>" for label, path in c.layers)
     badges = badge(c.quality) if c.quality else ""
     badges += "".join(badge(r, "flag") for r in c.reasons if r != "random_weights")

@@ -1,6 +1,7 @@
 """Inline SVG charts (no plotting library): histograms with several series, and bar lists."""
 from __future__ import annotations
 
+import math
 from html import escape
 
 import numpy as np
@@ -10,21 +11,20 @@ W, H = 380, 210
 LEFT, RIGHT, TOP, BOTTOM = 42, 12, 34, 38
 
 
-def _num(v: float) -> str:
-    if v == 0:
-        return "0"
+def _num(v: float, step: float | None = None) -> str:
+    """Compact number; with ``step`` (tick spacing) just enough decimals to tell ticks apart."""
+    if step is not None and step > 0:
+        decimals = int(min(4, max(0, -math.floor(math.log10(step)) + 1)))
+        return f"{v:.{decimals}f}"
     a = abs(v)
-    if a >= 1000:
+    if a >= 100 or float(v).is_integer():
         return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.0f}" if float(v).is_integer() or a >= 100 else f"{v:.1f}"
-    return f"{v:.2f}".rstrip("0").rstrip(".")
+    return f"{v:.4g}"
 
 
-def _frame(title: str, body: str, legend: str = "") -> str:
-    return (f'<svg class="chart" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
-            f'aria-label="{escape(title)}"><text x="{LEFT}" y="18" class="ct">{escape(title)}</text>'
-            f"{legend}{body}</svg>")
+def _frame(title: str, body: str, height: int = H) -> str:
+    return (f'<svg class="chart" viewBox="0 0 {W} {height}" width="{W}" height="{height}" role="img" '
+            f'aria-label="{escape(title)}"><text x="10" y="17" class="ct">{escape(title)}</text>{body}</svg>')
 
 
 def empty(title: str, why: str = "no data") -> str:
@@ -33,60 +33,67 @@ def empty(title: str, why: str = "no data") -> str:
 
 def histogram(series: dict[str, np.ndarray], title: str, unit: str = "", bins: int = 24,
               lo: float | None = None, hi: float | None = None, threshold: float | None = None) -> str:
-    """Overlaid histograms of the series (values outside [lo, hi] land in the end bins)."""
+    """Overlaid histograms of the series (values outside [lo, hi] land in the end bins); a dashed
+    line marks ``threshold`` (the range grows to show it)."""
     series = {k: np.asarray(v, np.float64) for k, v in series.items() if len(v)}
     if not series:
         return empty(title)
     everything = np.concatenate(list(series.values()))
     lo = float(everything.min()) if lo is None else lo
     hi = float(everything.max()) if hi is None else hi
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
     counts = {k: np.histogram(np.clip(v, lo, hi), edges)[0] for k, v in series.items()}
-    top = max(int(c.max()) for c in counts.values()) or 1
+    peak = max(int(c.max()) for c in counts.values()) or 1
+    legend, top = [], 26
+    for i, (name, v) in enumerate(series.items()):
+        y = 31 + i * 13
+        label = f"n={len(v)} · median {_num(float(np.median(v)))} · range {_num(float(v.min()))} to {_num(float(v.max()))}"
+        label = f"{name}: {label}" if len(series) > 1 else label
+        legend.append(f'<rect x="10" y="{y - 8}" width="9" height="9" fill="{COLOURS[i % len(COLOURS)]}"/>'
+                      f'<text x="23" y="{y}" class="cl">{escape(label)}</text>')
+        top = y + 12
+    height = top + (H - TOP - BOTTOM) + BOTTOM
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
     bw = pw / bins
     opacity = 0.85 if len(series) == 1 else 0.5
-    parts = []
+    parts = legend
     for (name, c), colour in zip(counts.items(), COLOURS):
         for i, n in enumerate(c):
             if n:
-                h = ph * n / top
-                parts.append(f'<rect x="{LEFT + i * bw + 0.5:.1f}" y="{TOP + ph - h:.1f}" width="{max(bw - 1, 1):.1f}" '
+                h = ph * n / peak
+                parts.append(f'<rect x="{LEFT + i * bw + 0.5:.1f}" y="{top + ph - h:.1f}" width="{max(bw - 1, 1):.1f}" '
                              f'height="{h:.1f}" fill="{colour}" fill-opacity="{opacity}">'
                              f"<title>{escape(name)}: {n} in [{_num(edges[i])}, {_num(edges[i + 1])})</title></rect>")
-    parts.append(_axes(lo, hi, top, unit))
-    if threshold is not None and lo <= threshold <= hi:
+    parts.append(_axes(lo, hi, peak, unit, top, height))
+    if threshold is not None:
         x = LEFT + pw * (threshold - lo) / (hi - lo)
-        parts.append(f'<line x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{TOP + ph}" class="thr"/>'
-                     f'<text x="{x + 3:.1f}" y="{TOP + 6}" class="cm thr-t">threshold {_num(threshold)}</text>')
-    legend = []
-    for i, (name, v) in enumerate(series.items()):
-        y = 18 + i * 13 if len(series) > 1 else 18
-        label = f"{name}: n={len(v)}, median {_num(float(np.median(v)))}" if len(series) > 1 else \
-            f"n={len(v)} · median {_num(float(np.median(v)))}"
-        legend.append(f'<rect x="{W - RIGHT - 178}" y="{y - 8}" width="9" height="9" fill="{COLOURS[i % len(COLOURS)]}"/>'
-                      f'<text x="{W - RIGHT - 165}" y="{y}" class="cl">{escape(label)}</text>')
-    top_pad = 13 * (len(series) - 1) if len(series) > 1 else 0
-    body = f'<g transform="translate(0,{top_pad})">{"".join(parts)}</g>' if top_pad else "".join(parts)
-    return _frame(title, body, "".join(legend)).replace(f'height="{H}"', f'height="{H + top_pad}"', 1) \
-        .replace(f'viewBox="0 0 {W} {H}"', f'viewBox="0 0 {W} {H + top_pad}"', 1)
+        anchor = "end" if x > LEFT + pw * 0.6 else "start"
+        tx = x - 3 if anchor == "end" else x + 3
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 2}" x2="{x:.1f}" y2="{top + ph}" class="thr"/>'
+                     f'<text x="{tx:.1f}" y="{top + 8}" text-anchor="{anchor}" class="cm thr-t">'
+                     f"threshold {_num(threshold)}</text>")
+    return _frame(title, "".join(parts), height)
 
 
-def _axes(lo: float, hi: float, top: int, unit: str) -> str:
+def _axes(lo: float, hi: float, peak: int, unit: str, top: float, height: float) -> str:
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
-    y0 = TOP + ph
+    y0 = top + ph
     out = [f'<line x1="{LEFT}" y1="{y0}" x2="{LEFT + pw}" y2="{y0}" class="ax"/>',
-           f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{y0}" class="ax"/>',
-           f'<text x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end" class="cm">{top}</text>',
+           f'<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{y0}" class="ax"/>',
+           f'<text x="{LEFT - 4}" y="{top + 4}" text-anchor="end" class="cm">{peak}</text>',
            f'<text x="{LEFT - 4}" y="{y0}" text-anchor="end" class="cm">0</text>']
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = LEFT + pw * frac
+        anchor = "end" if frac == 1.0 else "middle"  # the last label would overflow the right edge
         out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" class="ax"/>'
-                   f'<text x="{x:.1f}" y="{y0 + 15}" text-anchor="middle" class="cm">{_num(lo + (hi - lo) * frac)}</text>')
+                   f'<text x="{x + (3 if frac == 1.0 else 0):.1f}" y="{y0 + 15}" text-anchor="{anchor}" class="cm">'
+                   f"{_num(lo + (hi - lo) * frac, (hi - lo) / 4)}</text>")
     if unit:
-        out.append(f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle" class="cm">{escape(unit)}</text>')
+        out.append(f'<text x="{LEFT + pw / 2}" y="{height - 6}" text-anchor="middle" class="cm">{escape(unit)}</text>')
     return "".join(out)
 
 
