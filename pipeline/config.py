@@ -59,6 +59,8 @@ class RunConfig:
     """CPU cap for the embedded Ray (None: all cores)."""
     num_gpus: float | None = None
     """GPU cap for the embedded Ray (None: all GPUs)."""
+    fuse: bool = True
+    """Run consecutive stages of one kind (CPU or GPU) in one worker, frames kept in memory."""
     retry_errors: list[str] = field(default_factory=list)
     """Stages whose error rows are recomputed (``all`` for every stage); ok rows stay untouched."""
     stage_config: dict[str, dict[str, Any]] = field(default_factory=dict)

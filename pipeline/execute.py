@@ -155,14 +155,15 @@ class UpstreamStore:
         """The stored payload members of ``key`` as (suffix, bytes), in their stored order."""
         return [(n.partition(".")[2], self.tar.get(n)) for n in self._members.get(key, [])]
 
-    def result(self, key: str) -> Result | None:
+    def result(self, key: str, frame: bool = True) -> Result | None:
+        """The stored result of ``key``; ``frame=False`` skips decoding the frame PNG."""
         row = self.rows.get(key)
         if row is None:
             return None
         res = Result(status=row["status"], error=row["error"], columns=row)
         if res.status == OK and self.tar is not None:
             res.files = {s: d for s in self.files if (d := self.tar.get(f"{key}.{s}")) is not None}
-            if self.frame_name:
+            if self.frame_name and frame:
                 data = self.tar.get(f"{key}.{self.frame_name}.png")
                 res.frame = decode_png(data) if data is not None else None
         return res
@@ -172,11 +173,37 @@ class UpstreamStore:
             self.tar.close()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, without importing torch here."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()[:300]
+
+
+def _free_accelerator_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def process_isolated(stage: Stage, samples: list[Sample]) -> list[Result]:
-    """Run a batch; if it raises, run its samples one by one so one bad sample costs one row."""
+    """Run a batch, degrading instead of failing.
+
+    Out of memory: halve the batch and retry both halves, and keep the smaller batch size for the
+    rest of the run (one sample that still does not fit becomes an ``out_of_memory`` row). Any
+    other exception: run the samples one by one so one bad sample costs one row.
+    """
     try:
         results = stage.process(samples)
     except Exception as exc:  # noqa: BLE001 - a model failure on data becomes error rows
+        if is_out_of_memory(exc):
+            _free_accelerator_cache()
+            if len(samples) == 1:
+                return [Result.fail(f"out_of_memory: {type(exc).__name__}")]
+            half = (len(samples) + 1) // 2
+            if getattr(stage, "batch_size", 0) > half:
+                stage.batch_size = half  # later batches start small enough
+            return process_isolated(stage, samples[:half]) + process_isolated(stage, samples[half:])
         if len(samples) == 1:
             return [Result.fail(f"stage_exception: {type(exc).__name__}: {exc}"[:500])]
         return [r for s in samples for r in process_isolated(stage, [s])]

@@ -111,10 +111,10 @@ class GroupWorker:
         results: dict[str, dict[str, Result]] = {}  # stage -> key -> result, for this chunk only
         images: dict[str, tuple[np.ndarray | None, str]] = {}
 
-        def lookup(stage: str, key: str) -> Result | None:
+        def lookup(stage: str, key: str, frame: bool = False) -> Result | None:
             if stage in results:
                 return results[stage].get(key)
-            return stores[stage].result(key) if stage in stores else None
+            return stores[stage].result(key, frame) if stage in stores else None
 
         def source_image(row: dict) -> tuple[np.ndarray | None, str]:
             if row["key"] not in images:
@@ -142,8 +142,9 @@ class GroupWorker:
                     continue
                 blocked = SOURCE if row["status"] != OK else ""
                 upstream = {}
-                for dep in (*run.reads, *( [run.frame_from] if run.frame_from else [])):
-                    res = lookup(dep, key)
+                for dep in (*run.reads, *([run.frame_from] if run.frame_from else [])):
+                    # frames of `reads` too: identity compares detect's crop with restore's
+                    res = lookup(dep, key, frame=p.stage.needs_image)
                     if res is None or res.status != OK:
                         blocked = blocked or dep
                     else:
@@ -155,7 +156,9 @@ class GroupWorker:
                 if blocked:
                     out[key] = Result(status=SKIPPED, error=f"{UPSTREAM_FAILED}{blocked}")
                     continue
-                if run.frame_from:
+                if not p.stage.needs_image:
+                    image, err = None, ""
+                elif run.frame_from:
                     image, err = upstream[run.frame_from].frame, ""
                     if image is None:
                         image, err = None, f"missing_frame: {run.frame_from}"

@@ -78,7 +78,7 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
         progress = Progress(quiet=quiet, total_samples=len(plan))
         with Executor(cfg) as ex:
             ex.map(SourceWorker, (ctx,), shards, progress.step(SOURCE, len(shards)), gpus=0.0)
-            for group in groups_of(ctx, names):
+            for group in groups_of(ctx, names, cfg.fuse):
                 gpus = max(ctx.stage_runs[n].gpus for n in group)
                 label = "+".join(group)
                 ex.map(GroupWorker, (ctx, group), shards, progress.step(label, len(shards)), gpus=gpus)

@@ -116,12 +116,12 @@ def _gpu_available(cfg: RunConfig) -> bool:
         return False
 
 
-def groups_of(ctx: RunContext, names: list[str]) -> list[list[str]]:
+def groups_of(ctx: RunContext, names: list[str], fuse: bool = True) -> list[list[str]]:
     """Consecutive stages with the same kind of resource run fused in one worker."""
     groups: list[list[str]] = []
     for name in names:
         gpu = ctx.stage_runs[name].gpus > 0
-        if groups and (ctx.stage_runs[groups[-1][0]].gpus > 0) == gpu:
+        if fuse and groups and (ctx.stage_runs[groups[-1][0]].gpus > 0) == gpu:
             groups[-1].append(name)
         else:
             groups.append([name])

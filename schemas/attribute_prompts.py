@@ -5,37 +5,22 @@ more sentences; their CLIP text embeddings are averaged and re-normalised (promp
 and an image's class probabilities are the softmax of CLIP's logit scale times the cosine to
 each class. So:
 
-* ``AGE_PROMPTS``: five classes, one softmax. The bins are words, not calibrated years; the
-  rough ranges in ``AGE_RANGES`` say what the words are meant to cover.
+* ``AGE_PROMPTS``: five classes, one softmax. The bins are words, not calibrated years.
 * ``GENDER_PROMPTS``: two classes (``female``, ``male``), as CelebA's ``Male`` attribute and
   most captioners see it; it is a visual guess about presentation, not a person's identity.
 * ``CELEBA_PROMPTS``: per attribute a positive and a negative description, each pair its own
   two-way softmax; the stored probability is that of the positive side. Negatives name the
   visible opposite ("a full head of hair") rather than "not bald", because CLIP's text encoder
-  is poor at negation. ``CELEBA_ATTRIBUTES`` is the column order of ``list_attr_celeba.txt``
-  (and of CelebA-HQ's annotation file), the order of every ``celeba_*`` list column.
+  is poor at negation.
+
+The class orders (``AGE_BINS``, ``GENDERS``, ``CELEBA_ATTRIBUTES``) and the rough years each age
+word covers (``AGE_RANGES``) live with the columns in ``schemas/attributes.py``; every class
+there has an entry here (tests check it).
 
 Subjective CelebA attributes (``Attractive``, ``Oval_Face``, ``Big_Nose`` ...) are kept for
 comparability with the dataset; their zero-shot accuracy is low and says little.
 """
 from __future__ import annotations
-
-CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones",
-    "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin",
-    "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
-    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
-    "Wearing_Necktie", "Young",
-)
-
-AGE_BINS: tuple[str, ...] = ("child", "teenager", "young_adult", "middle_aged", "elderly")
-AGE_RANGES: dict[str, tuple[int, int]] = {
-    "child": (0, 12), "teenager": (13, 19), "young_adult": (20, 35), "middle_aged": (36, 59),
-    "elderly": (60, 120),
-}
-GENDERS: tuple[str, ...] = ("female", "male")
 
 Prompts = tuple[str, ...]
 """The sentences describing one class; their embeddings are averaged."""

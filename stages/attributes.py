@@ -1,4 +1,5 @@
-"""attributes: per-face attribute groups; for now facial emotion (FER2013 mini-Xception).
+"""attributes: per-face attribute groups: emotion (FER2013 mini-Xception), and age, gender and
+the 40 CelebA attributes by CLIP zero-shot.
 
 Emotion crop: the square face ROI of the ``expression`` stage (detect's points or box, or a
 centred square without detect) shrunk to ``emotion_crop`` of its side around the same
@@ -7,28 +8,69 @@ widths). It is converted to grayscale (ITU-R 601 luma), area-resized to 64x64 an
 [-1, 1]. The label is the arg-max class when its probability reaches ``emotion_threshold``,
 else ``uncertain`` (``schemas/attributes.py``).
 
-Attribute groups are listed in ``groups``; each is a small head with its own model. Planned
-groups (age, gender, CelebA attributes via CLIP zero-shot) are named in ``PLANNED`` and refused
-by ``check()`` until written.
+CLIP groups (``age``, ``gender``, ``celeba``; ``clip_attributes`` names all three) see the
+whole frame: the aligned crop holds hair, ears, neck and hat, which several CelebA attributes
+are about. On a source frame with detect's box the view is a square of ``clip_context`` box
+sides around the box, else the whole image. The CLIP model is the caption stage's, located the
+same way (local snapshot or offline HF id: ``stages/clip_zeroshot.py``); prompts are in
+``schemas/attribute_prompts.py``. Probabilities are stored with the thresholded labels and the
+threshold, so readers can re-threshold. A CelebA source's ground truth
+(``Sample.meta["meta"]["celeba_attributes"]``) is copied next to the predictions.
+
+Dedicated age/gender classifiers (FairFace) have a registry slot (``age_gender_model``) but no
+loader yet: ``check()`` names the missing file and its URL, then refuses.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
 
+import schemas.attribute_prompts as prompts
 import schemas.attributes as aschema
+from stages import clip_zeroshot as zs
 from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
 from stages.expression import MIN_ROI, face_roi
 from stages.models import common, emotion, registry, tddfa
+from stages.models.registry import WeightsSpec
 
-GROUPS = ("emotion",)
-PLANNED = ("age", "gender", "celeba")
+CLIP_GROUPS = ("age", "gender", "celeba")
+GROUPS = ("emotion", *CLIP_GROUPS)
+ALIASES = {"clip_attributes": CLIP_GROUPS}
 EMOTION_SIZE = 64
+CLIP = "clip"
+FAIRFACE = "fairface_res34"
+
+registry.register(WeightsSpec(
+    name=FAIRFACE,
+    family="fairface",
+    filename="res34_fair_align_multi_7_20190809.pt",
+    sha256="",  # not published upstream; pin after a trusted download
+    urls=("https://github.com/dchen236/FairFace (README: pretrained models, Google Drive)",),
+    license="CC BY 4.0 (dchen236/FairFace; check upstream)",
+    input="224x224 RGB dlib-aligned face, ImageNet mean/std",
+    extra={"outputs": "18 logits: 7 race, 2 gender, 9 age bins (0-2 ... 70+)",
+           "status": "registry slot only: no loader yet"},
+))
+
+
+def expand_groups(groups: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Groups with aliases expanded, in ``GROUPS`` order; ValueError for unknown names."""
+    wanted: set[str] = set()
+    for g in groups:
+        if g in ALIASES:
+            wanted.update(ALIASES[g])
+        elif g in GROUPS:
+            wanted.add(g)
+        else:
+            raise ValueError(f"unknown attribute group {g!r}; known: {', '.join([*GROUPS, *ALIASES])}")
+    return tuple(g for g in GROUPS if g in wanted)
 
 
 class EmotionHead:
@@ -57,18 +99,48 @@ def emotion_columns(probs: np.ndarray, threshold: float) -> dict:
             "emotion_threshold": float(threshold)}
 
 
+def class_columns(prefix: str, classes: tuple[str, ...], probs: np.ndarray, threshold: float) -> dict:
+    """``<prefix>_label`` / ``_probs`` / ``_threshold`` of one face's class probabilities."""
+    top = int(np.argmax(probs))
+    return {f"{prefix}_label": classes[top] if probs[top] >= threshold else aschema.UNCERTAIN,
+            f"{prefix}_probs": probs.astype(np.float32).tolist(), f"{prefix}_threshold": float(threshold)}
+
+
+def celeba_ground_truth(meta: dict[str, Any]) -> list[bool | None] | None:
+    """The source's CelebA attributes in ``CELEBA_ATTRIBUTES`` order (None where unknown)."""
+    raw = meta.get("meta")
+    try:
+        entry = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    except ValueError:
+        return None
+    gt = entry.get("celeba_attributes") if isinstance(entry, dict) else None
+    if not isinstance(gt, dict) or not gt:
+        return None
+    return [bool(gt[n]) if isinstance(gt.get(n), (bool, int)) else None for n in aschema.CELEBA_ATTRIBUTES]
+
+
+def celeba_columns(probs: np.ndarray, threshold: float, gt: list[bool | None] | None) -> dict:
+    """CelebA columns: positive-side probabilities, labels, threshold, ground truth, agreement."""
+    labels = [bool(p >= threshold) for p in probs]
+    known = [(label, g) for label, g in zip(labels, gt or []) if g is not None]
+    return {"celeba_probs": probs.astype(np.float32).tolist(), "celeba_labels": labels,
+            "celeba_threshold": float(threshold), "celeba_gt": gt,
+            "celeba_gt_agreement": float(np.mean([a == b for a, b in known])) if known else None}
+
+
 @dataclass
 class Attributes(Stage):
     name: ClassVar[str] = "attributes"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     reads: ClassVar[tuple[str, ...]] = ()
     optional_reads: ClassVar[tuple[str, ...]] = ("detect",)
     """Used when its row is in ``Sample.upstream`` (face ROI); never required."""
     schema: ClassVar = aschema.SCHEMA
     gpus: ClassVar[float] = 0.1
 
-    groups: tuple[str, ...] = ("emotion",)
-    """Attribute groups to predict: emotion. Planned: age, gender, celeba (CLIP zero-shot)."""
+    groups: list[str] = field(default_factory=lambda: ["emotion"])
+    """Attribute groups: emotion, age, gender, celeba (CLIP zero-shot); clip_attributes = the
+    three CLIP groups."""
     emotion_model: str = emotion.FER_MINI_XCEPTION
     """Registry name of the emotion classifier (fer2013_mini_xception, bundled)."""
     emotion_threshold: float = 0.5
@@ -78,29 +150,57 @@ class Attributes(Stage):
     """Side of the emotion crop relative to the 3DDFA-style face ROI (0.3-1.5)."""
     no_detect_roi: float = 0.71
     """Without detect: face ROI side over the shorter image side (as the expression stage)."""
+    clip_model: str = zs.CLIP_DEFAULT
+    """CLIP for the age/gender/celeba groups: HF model id or local snapshot directory."""
+    age_gender_model: str = CLIP
+    """clip (zero-shot), or a dedicated classifier's registry name (fairface_res34: slot only)."""
+    age_threshold: float = 0.35
+    """Top age-bin probability needed for ``age_label`` (5 bins; not calibrated on real CLIP)."""
+    gender_threshold: float = 0.6
+    """Top probability needed for ``gender_label`` (2 classes; not calibrated on real CLIP)."""
+    celeba_threshold: float = 0.5
+    """Positive-side probability at which a CelebA attribute's label is true."""
+    clip_context: float = 2.0
+    """On a source frame with detect's box: side of the CLIP view in box sides (1-4)."""
+    allow_download: bool = False
+    """Let a missing CLIP download from the Hugging Face hub; off: local files only."""
+    weights_dir: str | None = None
+    """Weights directory: ``<weights_dir>/<hf id>`` is tried for a copied CLIP snapshot."""
     weights: str = "pretrained"
     """pretrained (verified file) or random (real architecture, random init; for tests only)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: str = "fp32"
-    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
+    """fp32, bf16 or fp16 (autocast; weights stay fp32). CLIP runs fp32 on the CPU."""
     batch_size: int = 256
     """Faces per forward pass."""
 
+    def active(self) -> tuple[str, ...]:
+        return expand_groups(self.groups)
+
     def check(self) -> None:
         common.check_common(self.device, self.dtype, self.weights, self.batch_size)
-        groups = tuple(self.groups)
-        if not groups:
+        if not self.groups:
             raise ValueError("attributes needs at least one group")
-        for g in groups:
-            if g in PLANNED:
-                raise ValueError(f"attribute group {g!r} is planned but not implemented yet")
-            if g not in GROUPS:
-                raise ValueError(f"unknown attribute group {g!r}; known: {', '.join(GROUPS)}")
-        if not 0.0 <= self.emotion_threshold < 1.0:
-            raise ValueError(f"emotion_threshold must be in [0, 1), got {self.emotion_threshold}")
+        groups = self.active()
+        for name in ("emotion_threshold", "age_threshold", "gender_threshold", "celeba_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.3 <= self.emotion_crop <= 1.5 or not 0.1 <= self.no_detect_roi <= 2.0:
             raise ValueError("emotion_crop must be in [0.3, 1.5] and no_detect_roi in [0.1, 2]")
+        if not 1.0 <= self.clip_context <= 4.0:
+            raise ValueError(f"clip_context must be in [1, 4], got {self.clip_context}")
+        if "emotion" in groups:
+            self._check_emotion()
+        if any(g in groups for g in ("age", "gender")) and self.age_gender_model != CLIP:
+            if registry.get(self.age_gender_model).family != "fairface":
+                raise ValueError(f"age_gender_model {self.age_gender_model!r} is not an age/gender classifier")
+            registry.resolve(self.age_gender_model, self.weights_dir, check=False)  # names the URL
+            raise NotImplementedError(f"{self.age_gender_model!r} has no loader yet; use {CLIP!r}")
+        if any(g in groups for g in CLIP_GROUPS):
+            self._clip_dir()
+
+    def _check_emotion(self) -> None:
         spec = registry.get(self.emotion_model)
         if spec.family != "emotion":
             raise ValueError(f"model {self.emotion_model!r} is not an emotion classifier")
@@ -110,13 +210,43 @@ class Attributes(Stage):
                                       f"{emotion.FER_MINI_XCEPTION!r}")
         common.check_weights(self.emotion_model, self.weights)
 
+    def _clip_dir(self):
+        if getattr(self, "_clip_path", None) is None:
+            self._clip_path = zs.resolve_clip(self.clip_model, self.allow_download, self.weights_dir)
+        return self._clip_path
+
     def setup(self) -> None:
+        groups = self.active()
         self._device = common.torch_device(self.device)
-        self._emotion = EmotionHead(self.emotion_model, self._device, self.dtype,
-                                    self.weights == "random")
+        self._emotion = None
+        if "emotion" in groups:
+            self._emotion = EmotionHead(self.emotion_model, self._device, self.dtype, self.weights == "random")
+        self._clip = None
+        if any(g in groups for g in CLIP_GROUPS):
+            dtype = common.torch_dtype(self.dtype) if self._device.type == "cuda" else torch.float32
+            self._clip = zs.ZeroShotClip(self._clip_dir(), self._device, dtype)
+            if "age" in groups:
+                self._clip.add_set("age", [prompts.AGE_PROMPTS[c] for c in aschema.AGE_BINS])
+            if "gender" in groups:
+                self._clip.add_set("gender", [prompts.GENDER_PROMPTS[c] for c in aschema.GENDERS])
+            if "celeba" in groups:
+                for name in aschema.CELEBA_ATTRIBUTES:
+                    self._clip.add_set(name, list(prompts.CELEBA_PROMPTS[name]))
+        self._ready = True
 
     def provenance(self) -> Provenance:
-        return common.provenance(self.emotion_model, self.weights == "random")
+        groups = self.active()
+        parts = []
+        if "emotion" in groups:
+            parts.append(common.provenance(self.emotion_model, self.weights == "random"))
+        if any(g in groups for g in CLIP_GROUPS):
+            parts.append(zs.clip_provenance(self.clip_model, self._clip_dir()))
+        if len(parts) == 1:
+            return parts[0]
+        lines = "".join(f"{p.model}:{p.weights_sha256}\n" for p in parts)
+        return Provenance(model="+".join(p.model for p in parts), weights=",".join(p.weights for p in parts),
+                          weights_sha256=hashlib.sha256(lines.encode()).hexdigest(),
+                          weights_random=any(p.weights_random for p in parts))
 
     def emotion_crop_of(self, sample: Sample) -> tuple[np.ndarray | None, str]:
         """(64x64 uint8 grayscale face crop, failure reason)."""
@@ -130,23 +260,59 @@ class Attributes(Stage):
         gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
         return tddfa.crop_roi(gray, (cx, cy, side), EMOTION_SIZE, cv2.BORDER_REPLICATE), ""
 
+    def clip_view(self, sample: Sample) -> np.ndarray:
+        """The RGB image CLIP sees: the frame, or a context square around detect's box."""
+        img = np.ascontiguousarray(sample.image)
+        det = sample.upstream.get("detect")
+        box = det.columns.get("box") if det is not None and sample.frame == "source" else None
+        if box is None or len(box) != 4 or not np.all(np.isfinite(box)):
+            return img
+        x1, y1, x2, y2 = (float(v) for v in box)
+        side = max(x2 - x1, y2 - y1) * self.clip_context
+        if side < MIN_ROI:
+            return img
+        size = int(min(max(round(side), 64), 1024))
+        return tddfa.crop_roi(img, ((x1 + x2) / 2, (y1 + y2) / 2, side), size, cv2.BORDER_CONSTANT)
+
+    def _clip_columns(self, views: list[np.ndarray], metas: list[dict]) -> list[dict]:
+        groups, out = self.active(), [dict(attributes_clip_model=self.clip_model) for _ in views]
+        feats = self._clip.image_features(views)
+        if "age" in groups:
+            for cols, p in zip(out, self._clip.probs(feats, "age")):
+                cols.update(class_columns("age", aschema.AGE_BINS, p, self.age_threshold))
+        if "gender" in groups:
+            for cols, p in zip(out, self._clip.probs(feats, "gender")):
+                cols.update(class_columns("gender", aschema.GENDERS, p, self.gender_threshold))
+        if "celeba" in groups:
+            positive = np.stack([self._clip.probs(feats, n)[:, 0] for n in aschema.CELEBA_ATTRIBUTES], axis=1)
+            for cols, p, meta in zip(out, positive, metas):
+                cols.update(celeba_columns(p, self.celeba_threshold, celeba_ground_truth(meta)))
+        return out
+
     def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_emotion", None) is None:
+        if not getattr(self, "_ready", False):
             self.setup()
         results: list[Result | None] = [None] * len(batch)
-        crops, idx = [], []
+        crops, idx = {}, []
         for i, sample in enumerate(batch):
-            crop, reason = self.emotion_crop_of(sample)
-            if crop is None:
+            crops[i], reason = self.emotion_crop_of(sample)
+            if crops[i] is None and (reason == "bad_image" or self._emotion is not None):
                 results[i] = Result.fail(reason, ERROR if reason == "bad_image" else SKIPPED)
             else:
-                crops.append(crop)
                 idx.append(i)
-        for part in common.chunks(range(len(idx)), self.batch_size):
-            probs = self._emotion.probs([crops[j] for j in part])
-            for j, p in zip(part, probs):
-                if not np.all(np.isfinite(p)):
-                    results[idx[j]] = Result.fail("non_finite_output")
-                else:
-                    results[idx[j]] = Result(columns=emotion_columns(p, self.emotion_threshold))
+        columns: dict[int, dict] = {i: {} for i in idx}
+        for part in common.chunks(idx, self.batch_size):
+            if self._emotion is not None:
+                probs = self._emotion.probs([crops[i] for i in part])
+                for i, p in zip(part, probs):
+                    columns[i].update(emotion_columns(p, self.emotion_threshold) if np.all(np.isfinite(p))
+                                      else {"__bad": True})
+            if self._clip is not None:
+                extra = self._clip_columns([self.clip_view(batch[i]) for i in part], [batch[i].meta for i in part])
+                for i, cols in zip(part, extra):
+                    columns[i].update(cols)
+        for i, cols in columns.items():
+            bad = cols.pop("__bad", False) or not all(
+                np.all(np.isfinite(cols[k])) for k in cols if k.endswith("_probs"))
+            results[i] = Result.fail("non_finite_output") if bad else Result(columns=cols)
         return results  # type: ignore[return-value]

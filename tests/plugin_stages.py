@@ -18,6 +18,10 @@ import pyarrow as pa
 from stages.base import Provenance, Result, Sample, Stage
 
 
+class OutOfMemoryError(RuntimeError):
+    """Named like torch's, which is what the runner recognises."""
+
+
 @dataclass
 class CenterStage(Stage):
     """Centre crop as a stand-in frame producer."""
@@ -70,6 +74,9 @@ class ColourStage(Stage):
     """Samples per process() call."""
 
     def process(self, batch: list[Sample]) -> list[Result]:
+        cap = int(os.environ.get("FACEWEAVE_TEST_OOM_ABOVE", "0"))
+        if cap and len(batch) > cap:  # an artificial memory cap, as a CUDA OOM would look
+            raise OutOfMemoryError(f"CUDA out of memory: batch {len(batch)} > {cap} (test cap)")
         out = []
         for s in batch:
             mean = s.image.reshape(-1, 3).mean(0).astype(np.float32)

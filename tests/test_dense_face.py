@@ -61,8 +61,9 @@ def test_text_editing_mode_is_the_frozen_sd():
         text, face = model.encode_text(["a photo of a face"], torch.tensor([[13, 17]]))
         ctx = model.identity_context(text, face, torch.randn(1, 128))
         expected = plain(z, t, encoder_hidden_states=text).sample
-        assert torch.allclose(model.denoise(z, t, ctx, torch.rand(1, 3, 64, 64), face_mode=False), expected, atol=1e-5)
-        assert not torch.allclose(model.denoise(z, t, ctx, torch.rand(1, 3, 64, 64)), expected, atol=1e-3)
+        pose = torch.rand(1, 3, 64, 64)
+        assert torch.allclose(model.denoise(z, t, ctx, pose, face_mode=False), expected, atol=1e-5)
+        assert not torch.allclose(model.denoise(z, t, ctx, pose), expected, atol=1e-3)
 
 
 def test_identity_token_located_in_captions():
@@ -89,13 +90,16 @@ def test_gradient_checkpointing_matches(batch):
 
 def test_train_resume_restores_exact_step_and_weights(shards, tmp_path):
     fresh = tiny_sd_components()
-    unbroken = train("dense-face", shards, "tiny", "tiny", [f"trainer.root_dir={tmp_path / 'a'}", "trainer.max_steps=3"])
-    train("dense-face", shards, "tiny", "tiny", [f"trainer.root_dir={tmp_path / 'b'}", "trainer.max_steps=2"])
+    def run(root: str, steps: int, resume: str | None = None) -> dict:
+        sets = [f"trainer.root_dir={tmp_path / root}", f"trainer.max_steps={steps}"]
+        return train("dense-face", shards, "tiny", "tiny", sets, resume=resume)
+
+    unbroken = run("a", 3)
+    run("b", 2)
     ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["FaceShardDataModule"]["consumed_batches"] == 2
     assert {k.split(".")[0] for k in ckpt["state_dict"]} == set(TRAINABLE)  # no frozen SD weights
-    resumed = train("dense-face", shards, "tiny", "tiny", [f"trainer.root_dir={tmp_path / 'b'}", "trainer.max_steps=3"],
-                    resume="last")
+    resumed = run("b", 3, resume="last")
     assert resumed["steps"] == unbroken["steps"] == 3 and resumed["consumed_batches"] == 3
     a = torch.load(unbroken["checkpoint"], weights_only=False)["state_dict"]
     b = torch.load(resumed["checkpoint"], weights_only=False)["state_dict"]
@@ -169,8 +173,8 @@ def test_latent_blending_keeps_unmasked_latents():
                            torch.Generator().manual_seed(1))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        roundtrip = model.decode_latents(model.encode_images(torch.from_numpy(face).permute(2, 0, 1)[None] / 127.5 - 1,
-                                                             gen))
+        x = torch.from_numpy(face).permute(2, 0, 1)[None] / 127.5 - 1
+        roundtrip = model.decode_latents(model.encode_images(x, gen))
     expected = ((roundtrip[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     assert np.array_equal(kept, expected)  # mask 0: the result is the (VAE round-trip of the) crop
     repainted = face_generation(model, face, *args, np.ones((64, 64)), "a photo of a face", (13, 17), cfg,
@@ -194,3 +198,12 @@ def test_bench_smoke(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["train_dense_face.py", "--smoke"])
     train_dense_face.main()
     assert "| 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_train_bf16_on_gpu(shards, tmp_path):
+    sets = [f"trainer.root_dir={tmp_path}", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
+            "model.frozen_dtype=bf16", "model.gradient_checkpointing=true", "data.num_workers=2"]
+    summary = train("dense-face", shards, "tiny", "tiny", sets)
+    state = torch.load(summary["checkpoint"], weights_only=False)["state_dict"]
+    assert summary["steps"] == 2 and all(torch.isfinite(v.float()).all() for v in state.values())

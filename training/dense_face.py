@@ -292,10 +292,9 @@ class DenseFace(L.LightningModule):
                              return_tensors="pt")
         hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
         spans = torch.cat([spans.cpu(), torch.tensor([[0, len(self.cfg.identity_word)]])])
-        pos = identity_positions(tok.offset_mapping, spans)
-        rows = torch.arange(len(pos))
-        face = hidden[rows, pos.clamp(min=0).to(hidden.device)]
-        face = torch.where((pos[:-1] >= 0).to(face.device)[:, None], face[:-1], face[-1:])
+        pos = identity_positions(tok.offset_mapping, spans).to(hidden.device)
+        face = hidden[torch.arange(len(pos), device=hidden.device), pos.clamp(min=0)]
+        face = torch.where((pos[:-1] >= 0)[:, None], face[:-1], face[-1:])
         return hidden[:-1], face
 
     def identity_context(self, text: torch.Tensor, face: torch.Tensor, id_embedding: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from training.dense_face import DTYPES, DenseFace, DenseFaceConfig
+from training.dense_face import DenseFace, DenseFaceConfig
 from training.sd import load_sd
 
 Box = tuple[int, int, int, int]
@@ -47,7 +47,7 @@ def load_model(base: str, checkpoint: str | Path, config: str | Path = "dense_fa
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     cfg = make(DenseFaceConfig, load_config(config, overrides).get("model"), "model")
     cfg.id_dim = int(state["id_mlp.net.0.weight"].shape[1])
-    model = DenseFace(load_sd(base, DTYPES[cfg.frozen_dtype]), cfg)
+    model = DenseFace(load_sd(base), cfg)  # fp32 load, DenseFace casts the frozen parts
     model.load_trainable(state)
     return model.eval()
 

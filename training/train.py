@@ -77,7 +77,7 @@ def data_config(cfg: dict, identity_word: str) -> DataConfig:
 
 
 def _dense_face(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, FaceShardDataModule]:
-    from training.dense_face import DTYPES, DenseFace, DenseFaceConfig, OptimConfig
+    from training.dense_face import DenseFace, DenseFaceConfig, OptimConfig
     from training.sd import load_sd
 
     model_cfg = make(DenseFaceConfig, cfg.get("model"), "model")
@@ -86,10 +86,11 @@ def _dense_face(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, 
     dm.prepare_data()
     dm.setup()
     if model_cfg.id_dim <= 0:
-        stream = dm.stream()
-        row = int(np.flatnonzero(stream.ref_ok & dm.index.has(EMBEDDING))[0])
-        model_cfg.id_dim = int(np.load(io.BytesIO(dm.index.read(row, EMBEDDING))).shape[0])
-    sd = load_sd(base, dtype=DTYPES[model_cfg.frozen_dtype])
+        rows = np.flatnonzero(dm.index.has(EMBEDDING))
+        if not len(rows):
+            raise ValueError(f"no identity embeddings ({EMBEDDING}) in {shards}: run the identity stage")
+        model_cfg.id_dim = int(np.load(io.BytesIO(dm.index.read(int(rows[0]), EMBEDDING))).shape[0])
+    sd = load_sd(base)  # fp32: the pose branch copies full-precision UNet weights; DenseFace casts the rest
     return DenseFace(sd, model_cfg, optim), dm
 
 
