@@ -15,6 +15,10 @@ only copied snapshots are read, once per process). Random weights are declared b
 file, ``captioners.RANDOM_MARKER``, in the model directory (tests/fixtures/tiny_hf.py and the
 benchmark write it): such runs report ``weights_random=True``. Sampling is seeded from ``seed``
 and the batch's keys: reruns of the same batches give the same captions.
+
+When the ``attributes`` stage ran, each kept caption's emotion word is compared with its
+emotion label (``schemas.attributes.caption_emotion_columns``); ``emotion_word`` optionally
+inserts the label's word before the subject word of captions naming no emotion.
 """
 from __future__ import annotations
 
@@ -26,8 +30,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+import schemas.attributes as aschema
 import schemas.caption as cs
 from stages import captioners as caps
 from stages import text
@@ -119,9 +125,11 @@ def caption_columns(raw: Sequence[str], cleaned: Sequence[str], scores: Sequence
 @dataclass
 class Caption(Stage):
     name: ClassVar[str] = "caption"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     reads: ClassVar[tuple[str, ...]] = ()
-    schema: ClassVar = cs.SCHEMA
+    optional_reads: ClassVar[tuple[str, ...]] = ("attributes",)
+    """Its emotion label, when attributes ran: agreement columns and ``emotion_word``."""
+    schema: ClassVar = pa.schema([*cs.SCHEMA, *aschema.CAPTION_EMOTION_FIELDS])
     files: ClassVar[tuple[str, ...]] = ()
     gpus: ClassVar[float] = 0.5
 
@@ -154,6 +162,9 @@ class Caption(Stage):
     capitalised words) by the caption's class word."""
     names: list[str] = field(default_factory=list)
     """Extra person names to remove ("_" reads as a space)."""
+    emotion_word: bool = False
+    """Insert the attributes emotion word ("a happy man") into kept captions that name no emotion
+    (needs attributes in the run; scores stay those of the caption before the insertion)."""
     allow_download: bool = False
     """Let missing models download from the Hugging Face hub; off: local files only."""
     device: str = "auto"
@@ -262,6 +273,10 @@ class Caption(Stage):
                        for i, per_image in zip(chunk, raw)]
             scores = self._scorer.score(images, cleaned)
             for i, r, c, s in zip(chunk, raw, cleaned, scores):
-                results[i] = Result(columns=caption_columns(r, c, s, sources, self.clip_model, self.k,
-                                                            self.min_score))
+                cols = caption_columns(r, c, s, sources, self.clip_model, self.k, self.min_score)
+                attrs = batch[i].upstream.get("attributes")
+                label = attrs.columns.get("emotion") if attrs is not None else None
+                cols["captions"], cols["subject_spans"], agreement = aschema.caption_emotion_columns(
+                    cols["captions"], cols["subject_spans"], label, self.emotion_word)
+                results[i] = Result(columns={**cols, **agreement})
         return results  # type: ignore[return-value]

@@ -1,7 +1,10 @@
 """Performance features checked on the CPU: fusion changes nothing, OOM halves the batch."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.runner import run
 from tests.test_kill import assert_same_outputs
@@ -23,3 +26,27 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(casia_tree, tmp_path, 
     assert_same_outputs(out, ref)
     rows = pq.read_table(out / "manifests" / "colour").to_pylist()
     assert not any(r["error"].startswith("out_of_memory") for r in rows)
+
+
+@pytest.mark.slow
+def test_multi_node_ray_cluster_gives_identical_outputs(casia_tree, tmp_path, monkeypatch):
+    """A head and two worker nodes (ray.cluster_utils), joined through --ray-address."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run(cfg_for(casia_tree, ref), quiet=True)
+    monkeypatch.setenv("FACEWEAVE_PLUGINS", "tests.plugin_stages")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        run(cfg_for(casia_tree, out, executor="ray", ray_address=cluster.address), quiet=True)
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert len(nodes) == 3
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert_same_outputs(out, ref)
