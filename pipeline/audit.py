@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.manifest import validate_columns, write_json, write_table
@@ -37,28 +38,35 @@ class Samples:
 
 
 def load_samples(out: Path) -> Samples:
-    """Ok source rows joined with their identity-stage embeddings."""
+    """Ok source rows joined with their identity-stage embeddings (Arrow to numpy, no Python lists)."""
     source = pq.read_table(out / "manifests" / "source", columns=["key", "status", "identity", "sha256"])
-    rows = sorted((r for r in source.to_pylist() if r["status"] == "ok"), key=lambda r: r["key"])
+    source = source.filter(pc.equal(source.column("status"), "ok")).sort_by("key")
+    keys = source.column("key").to_pylist()
     ident_dir = out / "manifests" / "identity"
     if not ident_dir.is_dir():
         raise FileNotFoundError(f"{ident_dir} not found: run the identity stage before the audit")
     ident = pq.read_table(ident_dir, columns=["key", "status", "embedding", "model", "weights_random"])
-    by_key = {r["key"]: r for r in ident.to_pylist() if r["status"] == "ok" and r["embedding"]}
-    models = sorted({r["model"] for r in by_key.values()})
+    ident = ident.filter(pc.and_(pc.equal(ident.column("status"), "ok"),
+                                 pc.greater(pc.fill_null(pc.list_value_length(ident.column("embedding")), 0), 0)))
+    models = sorted(set(ident.column("model").to_pylist()))
     if len(models) > 1:
         raise ValueError(f"identity manifests mix embedding models {models}: rerun identity with one model")
-    if any(r["weights_random"] for r in by_key.values()):
+    if pc.any(pc.fill_null(ident.column("weights_random"), False)).as_py():
         raise ValueError("identity embeddings were made with random weights: an audit of them means nothing")
-    dim = len(next(iter(by_key.values()))["embedding"]) if by_key else 0
-    emb = np.zeros((len(rows), dim), np.float32)
-    has = np.zeros(len(rows), bool)
-    for i, r in enumerate(rows):
-        if (e := by_key.get(r["key"])) is not None:
-            emb[i], has[i] = e["embedding"], True
+    lengths = set(pc.list_value_length(ident.column("embedding")).to_pylist())
+    if len(lengths) > 1:
+        raise ValueError(f"identity embeddings of different sizes {sorted(lengths)}")
+    dim = lengths.pop() if lengths else 0
+    flat = ident.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = flat.astype(np.float32).reshape(-1, dim) if dim else np.zeros((0, 0), np.float32)
+    row_of = {k: i for i, k in enumerate(ident.column("key").to_pylist())}
+    emb = np.zeros((len(keys), dim), np.float32)
+    has = np.array([k in row_of for k in keys], bool)
+    if has.any():
+        emb[has] = vectors[[row_of[k] for k in keys if k in row_of]]
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     emb = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
-    return Samples([r["key"] for r in rows], [r["identity"] for r in rows], [r["sha256"] for r in rows],
+    return Samples(keys, source.column("identity").to_pylist(), source.column("sha256").to_pylist(),
                    emb, has, models[0] if models else None)
 
 

@@ -91,7 +91,10 @@ def list_stages() -> None:
     for name in registry.available():
         cls = registry.stage_class(name)
         kind = f"GPU {cls.gpus}" if cls.gpus else "CPU"
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc = (cls.__doc__ or "").strip()
+        if not doc or doc.startswith(f"{cls.__name__}("):  # a dataclass without a docstring
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+        doc = doc.splitlines()[0] if doc else ""
         reads = f" (reads {', '.join(cls.reads)})" if cls.reads else ""
         typer.echo(f"{name:<12} {kind:<8} {doc}{reads}")
 
@@ -104,6 +107,87 @@ def list_presets() -> None:
     for name, path in presets().items():
         data = load_yaml(path)
         typer.echo(f"{name:<8} stages: {', '.join(data.get('stages', []))}  ({path})")
+
+
+@app.command("inspect")
+def inspect_out(
+    out: str = typer.Argument(..., help="Output folder of a run."),
+    max_samples: int = typer.Option(200, help="Most packed samples in the gallery, spread over identities."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the report's path."),
+) -> None:
+    """Write OUT/report/index.html: run, provenance, errors, plots, consistency checks, gallery."""
+    from pipeline.inspect import build_report, print_summary
+
+    try:
+        report = build_report(out, max_samples=max_samples)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        _fail(exc)
+    if quiet:
+        typer.echo(str(report.path))
+    else:
+        print_summary(report)
+
+
+@app.command("audit")
+def audit(
+    out: str = typer.Argument(..., help="Output folder of a run (needs the identity stage)."),
+    threshold: Optional[float] = typer.Option(
+        None, help="Outlier cosine; default: the embedding model's same-identity threshold (registry)."),
+    near_duplicate: float = typer.Option(0.95, help="Cosine at which two images of one identity are near-duplicates."),
+) -> None:
+    """Identity purity: outliers, duplicates, candidate merges (writes OUT/audit/ only)."""
+    from pipeline.audit import run_audit
+
+    try:
+        s = run_audit(out, threshold=threshold, near_duplicate=near_duplicate)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"{s['samples']} samples, {s['identities']} identities: {s['outliers']} outliers, "
+               f"{s['duplicates']} duplicates, {s['near_duplicates']} near-duplicates, "
+               f"{s['candidate_merges']} candidate merges (threshold {s['threshold']:.3f}, "
+               f"{s['threshold_source']}) -> {out}/audit/", err=True)
+
+
+@app.command("sql")
+def sql_query(
+    out: str = typer.Argument(..., help="Output folder of a run."),
+    query: str = typer.Argument(..., help="SELECT over the views: samples, <stage>, audit, audit_merges."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | parquet."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to FILE (needed for parquet)."),
+) -> None:
+    """Query the manifests with DuckDB (in memory, read-only)."""
+    import duckdb
+
+    from pipeline import sql
+
+    try:
+        sql.write_result(sql.query(out, query), fmt, output, out=out)
+    except (ValueError, FileNotFoundError, duckdb.Error) as exc:
+        _fail(exc)
+
+
+@app.command("export")
+def export(
+    out: str = typer.Argument(..., help="Output folder of a run."),
+    fmt: str = typer.Option(..., "--format", help="hf | dense-face | pairs | f2d | ip-adapter-faceid | instantid."),
+    to: str = typer.Option(..., "--to", help="Destination folder: new or empty, outside OUT."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL condition on the samples view."),
+    copy: bool = typer.Option(False, "--copy", help="Copy source images instead of hard-linking them."),
+) -> None:
+    """Export samples in a trainer's layout (writes only under --to)."""
+    import duckdb
+
+    from pipeline.export import export as run_export
+
+    try:
+        s = run_export(out, fmt, to, where=where, copy=copy)
+    except (ValueError, KeyError, FileNotFoundError, duckdb.Error) as exc:
+        _fail(exc)
+    for warning in s["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    files = s["files"]
+    typer.echo(f"exported {s.get('samples', 0)} samples as {fmt} to {to} ({files['linked']} linked, "
+               f"{files['extracted']} images extracted, {files['written']} files written)", err=True)
 
 
 @weights_app.command("list")

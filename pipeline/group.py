@@ -252,6 +252,8 @@ class GroupWorker:
                    weights_sha256=prov.weights_sha256, weights_random=prov.weights_random,
                    config_hash=p.run.lineage)
         p.rows.append(row)
+        if res.status == OK:  # later stages of this group see what a stored row would give them
+            res.columns = dict(row)
 
     def _finish(self, p: _Pending) -> dict:
         table = validate_columns(p.rows, manifest_schema(p.stage.schema))

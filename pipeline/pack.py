@@ -22,7 +22,7 @@ from pipeline.manifest import sha256_file
 from pipeline.manifest import stable_hash, write_done, write_json
 from pipeline.sources import get_source
 from schemas.common import COMMON
-from schemas.shard import IMAGE, META
+from schemas.shard import IMAGE, META, meta_section
 
 PACK = "pack"
 JPEG_QUALITY = 95
@@ -98,7 +98,7 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
             meta["source"]["meta"] = json.loads(src["meta"] or "{}")
             for n in names:
                 row = manifests[n][key]
-                meta[n] = {k: _clean(v) for k, v in row.items() if k not in COMMON.names or k in PROVENANCE}
+                meta[meta_section(n)] = {k: _clean(v) for k, v in row.items() if k not in COMMON.names or k in PROVENANCE}
             members = {META: json.dumps(meta, sort_keys=True).encode()}
             for n, name in members_of.get(key, []):
                 members[name.partition(".")[2]] = payloads[n].get(name)

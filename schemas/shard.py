@@ -7,7 +7,16 @@ member is written by the stage named here.
 from __future__ import annotations
 
 IMAGE = "jpg"  # the annotated frame: source JPEG bytes, or the aligned/restored crop re-encoded
-META = "json"  # {"key", "identity", "source": {...}, "<stage>": {columns...}}
+META = "json"  # {"key", "identity": label, "source": {...}, "<section>": {columns...}} per stage
+
+# The top-level "identity" is the sample's identity label; the identity *stage's* columns
+# (embedding, dim, ...) therefore live under this section name instead of the stage name.
+IDENTITY_SECTION = "identity_embedding"
+
+
+def meta_section(stage: str) -> str:
+    """The key of a stage's columns in ``<key>.json``."""
+    return IDENTITY_SECTION if stage == "identity" else stage
 
 # suffix -> (stage, description)
 MEMBERS: dict[str, tuple[str, str]] = {

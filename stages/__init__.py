@@ -22,6 +22,7 @@ ORDER: list[str] = [
     "attributes",
     "quality",
     "caption",
+    "detail_caption",
     "consistency",
 ]
 

@@ -1,5 +1,4 @@
-"""attributes: per-face attribute groups: emotion (FER2013 mini-Xception), and age, gender and
-the 40 CelebA attributes by CLIP zero-shot.
+"""attributes: emotion (FER2013 mini-Xception); age, gender and CelebA's 40 by CLIP zero-shot.
 
 Emotion crop: the square face ROI of the ``expression`` stage (detect's points or box, or a
 centred square without detect) shrunk to ``emotion_crop`` of its side around the same

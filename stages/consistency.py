@@ -27,6 +27,8 @@ CROP_FRAMES = ("aligned",)
 
 @dataclass
 class Consistency(Stage):
+    """Cross-checks of pose, mask, landmarks, box and identity drift; a good/suspect/bad verdict."""
+
     name: ClassVar[str] = "consistency"
     version: ClassVar[str] = "1"
     reads: ClassVar[tuple[str, ...]] = ()

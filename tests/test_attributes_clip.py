@@ -195,3 +195,28 @@ def test_caption_stage_reads_attributes_emotion(tmp_path, clip_dir):
             assert start < 0 or caption[start:end] == word
     validate_columns(rows_of(stage, [Sample(key="a", identity="x", image=img)], [with_attr]),
                      manifest_schema(stage.schema))
+
+
+def test_runner_writes_clip_attributes_and_quality(casia_tree, clip_dir, tmp_path):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    import schemas.quality as qs
+    from pipeline.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "run", "--source", "casia-webface", "--input", str(casia_tree), "--out", str(out),
+        "--preset", "lite", "--stages", "detect,attributes,quality", "--executor", "local", "--shard-size", "8",
+        "--set", "attributes.groups=[emotion, clip_attributes]", "--set", f"attributes.clip_model={clip_dir}",
+        "--set", "attributes.device=cpu", "--set", "detect.device=cpu"])
+    assert result.exit_code == 0, result.output
+    for stage, schema in (("attributes", aschema.SCHEMA), ("quality", qs.SCHEMA)):
+        table = pq.read_table(out / "manifests" / stage)
+        assert table.schema.equals(manifest_schema(schema)), stage
+        ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+        assert len(ok) == 9, stage  # the 3 x 3 real photos
+    rows = [r for r in pq.read_table(out / "manifests" / "attributes").to_pylist() if r["status"] == "ok"]
+    assert all(len(r["celeba_probs"]) == N_ATTR and r["weights_random"] for r in rows)
+    rows = [r for r in pq.read_table(out / "manifests" / "quality").to_pylist() if r["status"] == "ok"]
+    assert all(r["frame"] == "aligned" and r["interocular_px"] > 8 and r["n_faces"] >= 1 for r in rows)

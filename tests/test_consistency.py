@@ -213,8 +213,6 @@ def test_consistency_on_a_real_run(lite_out):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="pipeline/group.py hands results of stages fused in one group over "
-                   "without their provenance, so weights_random is unseen (fix in group.py, then drop this)")
 def test_random_weights_seen_when_fused(lite_out):
     ok = [r for r in _rows(lite_out, "consistency") if r["status"] == "ok"]
     assert all(r["random_stages"] == ["parsing"] and r["quality"] == schema.BAD for r in ok)

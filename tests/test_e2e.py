@@ -129,4 +129,5 @@ def test_restore_frame_flows_to_identity_with_drift(casia_tree, tmp_path):
     samples = list(wds.WebDataset(sorted(map(str, (out / "shards").glob("*.tar"))), shardshuffle=False))
     assert samples and all("raw.jpg" in s and "id.npy" in s for s in samples)
     meta = json.loads(samples[0]["json"])
-    assert meta["restore"]["weights_random"] is True and meta["identity"]["frame"] == "restored"
+    assert meta["restore"]["weights_random"] is True and meta["identity_embedding"]["frame"] == "restored"
+    assert meta["identity"] == meta["source"]["identity"]  # the label, not the stage's columns

@@ -216,5 +216,9 @@ def test_caption_choice():
     assert caption_of(ran) == ("a man smiling", True)
     assert caption_of(Sample("k", "i", {"caption": {"captions": []}}, {})) == (FALLBACK_CAPTION, False)
     assert caption_of(Sample("k", "i", {}, {})) == (FALLBACK_CAPTION, False)
+    cap = {"captions": ["a man smiling"], "caption_scores": [0.31], "candidates": ["a man smiling", "a man"],
+           "candidate_sources": ["blip-large:beam", "git:sample"], "model": "openai/clip-vit-large-patch14"}
+    assert dense_face.captions_json(Sample("k", "i", {"caption": cap}, {}), "a man smiling", True) == {
+        "a man smiling": {"model": "blip-large", "CLIP_score": 0.31}}
     assert dense_face.loader_caption("a person in a suit") == dense_face.DENSE_FACE_FALLBACK
     assert dense_face.loader_caption("a woman in a suit") == "a woman in a suit"

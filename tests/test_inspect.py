@@ -122,7 +122,8 @@ def test_report_renders_in_chromium(lite_out, tmp_path):
     assert broken.group(1) == "0"
     for sid in SECTION_IDS:
         assert f'id="{sid}"' in dom
-    assert 'id="f-count"' in dom and "of" in dom  # the filter script ran
+    count = re.search(r'id="f-count"[^>]*>(\d+) of (\d+) shown', dom)  # the filter script ran
+    assert count and count.group(1) == count.group(2) == str(len(report.cards))
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
@@ -161,3 +162,38 @@ def test_spread_round_robin():
     picked = gallery._spread({"a": ["a2", "a1", "a3"], "b": ["b1"], "c": ["c1", "c2"]}, 4)
     assert sorted(picked[:3]) == ["a1", "b1", "c1"] and len(picked) == 4
     assert gallery._spread({"a": ["a1"]}, 10) == ["a1"]
+
+
+def test_card_shows_captions_and_flags(tmp_path):
+    import json
+
+    import cv2
+
+    frame = np.full((64, 64, 3), 120, np.uint8)
+    meta = {"identity": "p", "caption": {"captions": ["a man in a suit", "a person"], "caption_scores": [0.31, 0.27],
+                                         "weights_random": False},
+            "consistency": {"quality": "suspect", "quality_reasons": ["pose_disagreement"]},
+            "pose": {"yaw": 1.0, "pitch": 2.0, "roll": 3.0, "weights_random": True}}
+    files = {"jpg": cv2.imencode(".jpg", frame)[1].tobytes(), "json": json.dumps(meta).encode()}
+    (tmp_path / "img").mkdir()
+    card = gallery._card("k_1", "p", files, tmp_path / "img")
+    assert card.captions == [("a man in a suit", 0.31), ("a person", 0.27)]
+    assert card.flags == ["quality:suspect", "pose_disagreement", "random_weights"]
+    assert [label for label, _ in card.layers] == ["frame"] and (tmp_path / card.layers[0][1]).is_file()
+    from pipeline.inspect import page
+
+    html = page.card_html(card)
+    assert "CLIP 0.310" in html and "a man in a suit" in html and "random weights: pose" in html
+
+
+def test_caption_charts_from_the_manifest(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.inspect.load import RunData, StageData
+    from pipeline.inspect.report import _general_charts
+
+    table = pa.table({"key": ["a", "b"], "status": ["ok", "error"], "error": ["", "x"],
+                      "captions": [["a man smiling", "a man"], None], "caption_scores": [[0.3, 0.25], None]})
+    data = RunData(out=tmp_path, stage_names=["caption"], stages={"caption": StageData("caption", table)})
+    charts = "".join(_general_charts(data))
+    assert "caption CLIP score" in charts and "caption length" in charts and "n=2" in charts

@@ -255,3 +255,15 @@ def test_heatmaps_peak_at_landmarks():
     assert 100 < len(landmark_subset("mask_loops")) < 200
     with pytest.raises(ValueError):
         landmark_subset("eyes")
+
+
+def test_loader_with_workers_resumes(out_dir):
+    cfg = small_config(num_workers=2, batch_size=1)
+    dm = FaceShardDataModule(out_dir / "shards", cfg)
+    it = iter(dm.train_dataloader())
+    unbroken = keys_of(next(it) for _ in range(7))
+    del it
+    assert len({k for b in unbroken for k in b[0]}) > 1
+    dm.consumed = 4
+    it = iter(dm.train_dataloader())
+    assert keys_of(next(it) for _ in range(3)) == unbroken[4:]

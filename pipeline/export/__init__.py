@@ -18,11 +18,11 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from schemas.shard import IMAGE, META
+from schemas.shard import IMAGE, META, meta_section
 
 FORMATS: dict[str, str] = {
     "hf": "pipeline.export.hf",
@@ -47,7 +47,7 @@ class Sample:
     source_file: Path | None = None  # the input file, when the shard's jpg is its exact bytes
 
     def stage(self, name: str) -> dict[str, Any]:
-        value = self.meta.get(name)
+        value = self.meta.get(meta_section(name))
         return value if isinstance(value, dict) else {}
 
 
@@ -187,7 +187,11 @@ def _source_file(meta: dict, files: dict[str, bytes], root: Path | None) -> Path
     if hashlib.sha256(files[IMAGE]).hexdigest() != src.get("sha256"):
         return None  # a crop or a re-encoded image: only the tar has it
     path = root / src["location"]
-    return path if path.is_file() and path.stat().st_size == len(files[IMAGE]) else None
+    try:
+        same = path.stat().st_size == len(files[IMAGE]) and path.read_bytes() == files[IMAGE]
+    except OSError:
+        return None
+    return path if same else None  # the input changed since the run: use the shard's bytes
 
 
 def caption_of(sample: Sample) -> tuple[str, bool]:
@@ -283,6 +287,3 @@ def export(out: Path | str, fmt: str, to: Path | str, where: str | None = None,
                "selected": len(keys), **result, "files": ctx.writer.counts, "warnings": ctx.warnings}
     ctx.writer.json(MARKER, summary)
     return summary
-
-
-ExportFn = Callable[[Context], dict[str, Any]]

@@ -15,11 +15,12 @@ import json
 import math
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipeline.export import Context, caption_of
 from pipeline.manifest import TarWriter
 from schemas.shard import META
-
-import pyarrow as pa
 
 _FLOAT_COLUMNS: dict[str, set[str]] = {}
 
@@ -66,51 +67,40 @@ def annotations(meta: dict[str, Any], caption: str, audit_row: dict[str, Any] | 
 
 
 def export(ctx: Context) -> dict[str, Any]:
-    """Write ``train-<shard>.tar`` files; the number of samples and fallback captions."""
-    writers: dict[str, TarWriter] = {}
-    members_seen: set[str] | None = None
+    """Write ``train-<shard>.tar`` files (OUT's sharding); counts."""
+    plan = pq.read_table(ctx.out / "plan" / "plan.parquet", columns=["key", "shard"])
+    shard_of = dict(zip(plan.column("key").to_pylist(), plan.column("shard").to_pylist()))
+    writer: TarWriter | None = None
+    shard, members_seen = None, None
     counts = {"samples": 0, "fallback_captions": 0, "tars": 0}
     identities: set[str] = set()
     try:
-        for sample in ctx.samples():
-            shard = _shard_of(ctx, sample.key)
-            if shard not in writers:
-                writers[shard] = TarWriter(ctx.to / f"train-{shard}.tar")
+        for sample in ctx.samples():  # shard order: one tar open at a time
+            if shard_of[sample.key] != shard:
+                if writer is not None:
+                    writer.close()
+                shard = shard_of[sample.key]
+                writer = TarWriter(ctx.to / f"train-{shard}.tar")
+                counts["tars"] += 1
             caption, real = caption_of(sample)
             counts["fallback_captions"] += not real
             audit_row = ctx.audit.get(sample.key) if ctx.audit is not None else None
-            doc = annotations(sample.meta, caption, audit_row)
-            members = {**sample.files, META: json.dumps(doc, sort_keys=True).encode()}
+            members = {**sample.files, META: json.dumps(annotations(sample.meta, caption, audit_row),
+                                                        sort_keys=True).encode()}
             if members_seen is None:
                 members_seen = set(members)
             elif set(members) != members_seen:
                 ctx.warn("samples do not all have the same members: datasets fills the missing ones with None")
             for suffix in sorted(members):
-                writers[shard].add(f"{sample.key}.{suffix}", members[suffix])
+                writer.add(f"{sample.key}.{suffix}", members[suffix])
             counts["samples"] += 1
             identities.add(sample.identity)
-        for w in writers.values():
-            w.close()
-            ctx.writer.counts["written"] += 1
+        if writer is not None:
+            writer.close()
     except BaseException:
-        for w in writers.values():
-            w.abort()
+        if writer is not None:
+            writer.abort()
         raise
-    counts["tars"] = len(writers)
+    ctx.writer.counts["written"] += counts["tars"]
     counts["identities"] = len(identities)
     return counts
-
-
-_SHARD_OF: dict[str, dict[str, str]] = {}
-
-
-def _shard_of(ctx: Context, key: str) -> str:
-    """The OUT shard holding ``key`` (from the plan), so the export keeps OUT's sharding."""
-    table = _SHARD_OF.get(str(ctx.out))
-    if table is None:
-        import pyarrow.parquet as pq
-
-        plan = pq.read_table(ctx.out / "plan" / "plan.parquet", columns=["key", "shard"])
-        table = dict(zip(plan.column("key").to_pylist(), plan.column("shard").to_pylist()))
-        _SHARD_OF[str(ctx.out)] = table
-    return table[key]

@@ -29,10 +29,11 @@ table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 th{color:var(--mute);font-weight:600;background:#fafbfc}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
-td.fails{color:var(--bad)}
+td.over{color:var(--bad)}
 tr.random td{background:#fff3f3}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
-pre{background:#f7f8fa;border:1px solid var(--line);border-radius:6px;padding:10px;max-height:420px;overflow:auto;font-size:12px}
+pre{background:#f7f8fa;border:1px solid var(--line);border-radius:6px;padding:10px;max-height:420px;
+overflow:auto;font-size:12px}
 details summary{cursor:pointer;color:var(--accent);margin:8px 0}
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;font-size:11px;font-weight:600;color:#fff;
 background:#8a93a6;margin:1px 2px 1px 0;white-space:nowrap}
@@ -52,7 +53,8 @@ background:#8a93a6;margin:1px 2px 1px 0;white-space:nowrap}
 .controls{display:flex;gap:12px;flex-wrap:wrap;align-items:center;margin-bottom:10px;position:sticky;top:52px;
 background:var(--card);z-index:10;padding:8px 0;border-bottom:1px solid var(--line)}
 .controls label{font-size:12px;color:var(--mute)}
-.controls select,.controls input{font:inherit;padding:4px 8px;border:1px solid var(--line);border-radius:6px;background:#fff}
+.controls select,.controls input{font:inherit;padding:4px 8px;border:1px solid var(--line);border-radius:6px;
+background:#fff}
 .legends{display:flex;gap:22px;flex-wrap:wrap;margin:6px 0 12px;font-size:12px}
 .legend span.sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin:0 3px 0 8px;vertical-align:-1px}
 .cards{display:flex;flex-direction:column;gap:10px}

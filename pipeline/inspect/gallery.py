@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from pipeline.inspect import images
 from pipeline.inspect.load import SOURCE, RunData
+from schemas.shard import meta_section
 
 MAX_ERROR_CARDS = 60
 
@@ -93,6 +94,12 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _stage(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    """A stage's columns in a shard's json ({} when absent)."""
+    value = meta.get(meta_section(name))
+    return value if isinstance(value, dict) else {}
+
+
 def _card(key: str, identity: str, files: dict[str, bytes], img_dir: Path) -> Card:
     meta = json.loads(files.get("json", b"{}") or b"{}")
     card = Card(key=key, identity=identity)
@@ -118,20 +125,20 @@ def _card(key: str, identity: str, files: dict[str, bytes], img_dir: Path) -> Ca
             save("mask", images.labels_over(frame, mask, images.MASK_PALETTE))
         if "parsing.png" in files and (lab := images.decode(files["parsing.png"], unchanged=True)) is not None:
             save("parsing", images.labels_over(frame, lab, images.PARSING_PALETTE))
-    det, pose = meta.get("detect", {}), meta.get("pose") or meta.get("landmarks") or {}
+    det, pose = _stage(meta, "detect"), _stage(meta, "pose") or _stage(meta, "landmarks")
     if det:
         card.facts.append(("det", f"{_fmt(det.get('score'), 3)} · {_fmt(det.get('face_size'), 0)} px"))
     if pose:
         card.facts.append(("ypr", " / ".join(_fmt(pose.get(a)) for a in ("yaw", "pitch", "roll"))))
-    if (emotion := meta.get("attributes", {}).get("emotion")) is not None:
+    if (emotion := _stage(meta, "attributes").get("emotion")) is not None:
         card.facts.append(("emotion", str(emotion)))
-    if (cos := meta.get("identity", {}).get("restore_cosine")) is not None:
+    if (cos := _stage(meta, "identity").get("restore_cosine")) is not None:
         card.facts.append(("id cos", _fmt(cos, 3)))
-    cons = meta.get("consistency", {})
+    cons = _stage(meta, "consistency")
     card.quality, card.reasons = cons.get("quality"), list(cons.get("quality_reasons") or [])
     card.random_stages = sorted(n for n, cols in meta.items()
                                 if isinstance(cols, dict) and cols.get("weights_random"))
-    cap = meta.get("caption", {})
+    cap = _stage(meta, "caption")
     scores = list(cap.get("caption_scores") or [])
     for i, text in enumerate(cap.get("captions") or []):
         card.captions.append((str(text), scores[i] if i < len(scores) else None))

@@ -6,6 +6,8 @@ from collections import Counter
 from html import escape
 from typing import Any
 
+import pyarrow.compute as pc
+
 from pipeline.inspect import images
 from pipeline.inspect.assets import CSS, JS
 from pipeline.inspect.gallery import Card
@@ -74,8 +76,8 @@ def stages_section(data: RunData) -> str:
         models = "<br>".join(
             f"{e(c.get('model') or '–')}{' ' + badge('RANDOM', 'random') if c.get('weights_random') else ''}"
             for c in combos) or "–"
-        shas = "<br>".join(f'<code title="{e(c.get("weights_sha256"))}">{e((c.get("weights_sha256") or "–")[:16])}</code>'
-                           for c in combos) or "–"
+        shas = "<br>".join(f'<code title="{e(c.get("weights_sha256"))}">'
+                           f'{e((c.get("weights_sha256") or "–")[:16])}</code>' for c in combos) or "–"
         weights_file = prov.get(name, {}).get("weights") or ""
         speed = f"{st.img_per_s:.1f}" if st.img_per_s else "–"
         rows.append(f'<tr class="{"random" if random else ""}"><td><b>{e(name)}</b></td><td>{models}</td>'
@@ -85,29 +87,32 @@ def stages_section(data: RunData) -> str:
     return ('<section id="stages"><h2>Stages and provenance</h2><table><tr><th>stage</th><th>model</th>'
             '<th>weights file</th><th>weights sha256</th><th>ok</th><th>skipped</th><th>error</th>'
             f'<th>img/s</th><th>seconds</th></tr>{"".join(rows)}</table>'
-            '<p class="muted">img/s: samples per second of stage compute, summed over shards (OUT/stats).</p></section>')
+            '<p class="muted">img/s: samples per second of stage compute, summed over shards (OUT/stats).'
+            "</p></section>")
 
 
 def errors_section(data: RunData, examples: int = 4) -> str:
-    rows = []
+    causes, follow = [], []
     for name in data.stage_names:
         table = data.stages[name].table
-        bad = [r for r in table.select(["key", "status", "error"]).to_pylist() if r["status"] != "ok"]
+        bad = table.filter(pc.not_equal(table["status"], "ok")).select(["key", "status", "error"]).to_pylist()
         groups: dict[tuple[str, str], list[dict]] = {}
         for r in bad:
             groups.setdefault((r["status"], (r["error"] or "").split(":", 1)[0]), []).append(r)
-        for (status, reason), items in sorted(groups.items(), key=lambda kv: (kv[0][1] == "upstream_failed", -len(kv[1]))):
+        for (status, reason), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             keys = ", ".join(f"<code>{e(r['key'])}</code>" for r in items[:examples])
             detail = next((r["error"] for r in items if ":" in (r["error"] or "")), "")
-            rows.append(f"<tr><td>{e(name)}</td><td>{badge(status)}</td><td><b>{e(reason or '(none)')}</b>"
-                        f'<div class="muted mono">{e(detail[:160])}</div></td><td class="n">{len(items)}</td>'
-                        f"<td>{keys}{' …' if len(items) > examples else ''}</td></tr>")
-    if not rows:
+            row = (f"<tr><td>{e(name)}</td><td>{badge(status)}</td><td><b>{e(reason or '(none)')}</b>"
+                   f'<div class="muted mono">{e(detail[:160])}</div></td><td class="n">{len(items)}</td>'
+                   f"<td>{keys}{' …' if len(items) > examples else ''}</td></tr>")
+            (follow if reason == "upstream_failed" else causes).append(row)
+    if not causes and not follow:
         return '<section id="errors"><h2>Errors</h2><p>No failed or skipped rows.</p></section>'
-    return ('<section id="errors"><h2>Errors and skips by stage and reason</h2><table><tr><th>stage</th>'
-            '<th>status</th><th>reason</th><th>count</th><th>example keys</th></tr>'
-            f'{"".join(rows)}</table><p class="muted">upstream_failed rows follow from the stage named in their '
-            "reason; the root cause is listed under that stage.</p></section>")
+    head = ("<table><tr><th>stage</th><th>status</th><th>reason</th><th>count</th><th>example keys</th></tr>")
+    rest = (f"<details><summary>{len(follow)} stage(s) with upstream_failed rows (consequences of the causes "
+            f"above)</summary>{head}{''.join(follow)}</table></details>") if follow else ""
+    return (f'<section id="errors"><h2>Errors and skips by stage and reason</h2>{head}'
+            f'{"".join(causes) or "<tr><td colspan=5>none</td></tr>"}</table>{rest}</section>')
 
 
 def charts_section(sid: str, title: str, charts: list[str], extra: str = "") -> str:
@@ -123,7 +128,7 @@ def worst_table(title: str, rows: list[dict[str, Any]], cards: dict[str, Card], 
         link = f'<a href="#c-{e(r["key"])}">{e(r["key"])}</a>' if card else e(r["key"])
         fails = limit is not None and (r["value"] > limit if higher_is_worse else r["value"] < limit)
         body.append(f'<tr><td class="n">{i}</td><td>{thumb}</td><td><code>{link}</code><div class="muted">'
-                    f'{e(r["identity"])}</div></td><td class="n {"fails" if fails else ""}"><b>{r["value"]:.3f}</b></td>'
+                    f'{e(r["identity"])}</div></td><td class="n {"over" if fails else ""}"><b>{r["value"]:.3f}</b></td>'
                     f'<td>{badge(r["quality"]) if r.get("quality") else ""}</td></tr>')
     table = "".join(body) or '<tr><td colspan="5" class="muted">no values</td></tr>'
     return f'<div><h3>{e(title)}</h3><table>{table}</table></div>'
@@ -185,4 +190,5 @@ def card_html(c: Card) -> str:
 
 def fail_html(c: Card) -> str:
     return (f'<div class="fail" {_attrs(c)}><div><b>{e(c.key)}</b> {badge(c.status)}</div><div class="muted">'
-            f'identity {e(c.identity)} · stage <b>{e(c.stage)}</b></div><div class="why mono">{e(c.error)}</div></div>')
+            f'identity {e(c.identity)} · stage <b>{e(c.stage)}</b></div>'
+            f'<div class="why mono">{e(c.error)}</div></div>')

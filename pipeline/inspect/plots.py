@@ -51,7 +51,8 @@ def histogram(series: dict[str, np.ndarray], title: str, unit: str = "", bins: i
     legend, top = [], 26
     for i, (name, v) in enumerate(series.items()):
         y = 31 + i * 13
-        label = f"n={len(v)} · median {_num(float(np.median(v)))} · range {_num(float(v.min()))} to {_num(float(v.max()))}"
+        label = (f"n={len(v)} · median {_num(float(np.median(v)))} · range {_num(float(v.min()))} "
+                 f"to {_num(float(v.max()))}")
         label = f"{name}: {label}" if len(series) > 1 else label
         legend.append(f'<rect x="10" y="{y - 8}" width="9" height="9" fill="{COLOURS[i % len(COLOURS)]}"/>'
                       f'<text x="23" y="{y}" class="cl">{escape(label)}</text>')

@@ -67,8 +67,8 @@ def _general_charts(data: RunData) -> list[str]:
         if series:
             charts.append(plots.histogram(series, f"{angle} by estimator", "degrees", lo=-90, hi=90, bins=36))
     if "detect" in st:
-        charts.append(plots.histogram({"face": st["detect"].values("face_size")}, "face size (detect box, shorter side)",
-                                      "source pixels"))
+        charts.append(plots.histogram({"face": st["detect"].values("face_size")},
+                                      "face size (detect box, shorter side)", "source pixels"))
         charts.append(plots.histogram({"score": st["detect"].values("score")}, "detection score", "confidence"))
     if "identity" in st and len(drift := st["identity"].values("restore_cosine")):
         charts.append(plots.histogram({"cos": drift}, "identity drift after restore", "cosine before/after",
@@ -121,6 +121,8 @@ def _consistency_html(data: RunData, cards: list[gallery.Card]) -> str:
 
 def build_report(out: Path, max_samples: int = 200) -> Report:
     """Write OUT/report/index.html (+ img/) from an output folder; returns what was written."""
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0, got {max_samples}")
     out = Path(out)
     data = load(out)
     report_dir = out / "report"
