@@ -13,7 +13,7 @@ from pipeline.manifest import stable_hash
 from pipeline.sources import get_source
 from stages.models.registry import MissingWeights
 
-RUNTIME_FIELDS = ("device", "batch_size", "weights_dir", "num_workers")
+RUNTIME_FIELDS = ("device", "batch_size", "weights_dir", "num_workers", "compile")
 """Stage fields that change speed, not results: excluded from the lineage hash."""
 
 
@@ -50,7 +50,7 @@ def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
         stage = build_stage(name, values)
         try:
             stage.check()
-        except MissingWeights as exc:
+        except FileNotFoundError as exc:  # MissingWeights, or a model directory (captioners)
             missing.append((name, exc))
         instances[name] = stage
     if missing:
@@ -61,14 +61,18 @@ def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
 class MissingWeightsError(FileNotFoundError):
     """Every missing weights file of the run, with what to fetch and where to put it."""
 
-    def __init__(self, missing: list[tuple[str, MissingWeights]]):
-        names = " ".join(sorted({exc.spec.name for _, exc in missing}))
-        lines = [f"missing weights for {len(missing)} stage(s); nothing was run.",
-                 f"  where internet exists: pipeline weights fetch {names}",
-                 "  or download by hand:"]
-        for stage, exc in missing:
+    def __init__(self, missing: list[tuple[str, FileNotFoundError]]):
+        specs = [(stage, exc) for stage, exc in missing if isinstance(exc, MissingWeights)]
+        others = [(stage, exc) for stage, exc in missing if not isinstance(exc, MissingWeights)]
+        names = " ".join(sorted({exc.spec.name for _, exc in specs}))
+        lines = [f"missing weights for {len(missing)} stage(s); nothing was run."]
+        if specs:
+            lines += [f"  where internet exists: pipeline weights fetch {names}", "  or download by hand:"]
+        for stage, exc in specs:
             urls = " | ".join(exc.spec.urls) or "(no public URL)"
             lines.append(f"    [{stage}] {urls}\n        -> {exc.path}  (sha256 {exc.spec.sha256 or 'not pinned'})")
+        for stage, exc in others:
+            lines.append(f"    [{stage}] {exc}")
         lines.append("  or run the bundled models offline: --preset lite")
         super().__init__("\n".join(lines))
 

@@ -166,7 +166,8 @@ class Attributes(Stage):
     weights_dir: str | None = None
     """Weights directory: ``<weights_dir>/<hf id>`` is tried for a copied CLIP snapshot."""
     weights: str = "pretrained"
-    """pretrained (verified file) or random (real architecture, random init; for tests only)."""
+    """Emotion model: pretrained (verified file) or random (tests only). A CLIP directory's
+    randomness is declared by its marker file instead."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: str = "fp32"

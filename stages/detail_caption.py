@@ -40,6 +40,7 @@ DETAIL_PROMPT = (
     "Describe this person's face in detail, one sentence per feature: eyes, eyebrows, nose, mouth and "
     "lips, skin, hair, facial hair, ears, chin and jaw, cheeks, forehead. Describe only what is visible. "
     "Do not name the person.")
+_HEADING = re.compile(r"(?m)^(\s*(?:[-*\u2022]+|\d+[.)])?\s*\**)([A-Z][A-Za-z' -]{0,40}?)(\**\s*:)")
 
 
 def limit_words(caption: str, max_words: int) -> tuple[str, bool]:
@@ -154,8 +155,12 @@ class DetailCaption(Stage):
                           weights_sha256=caps.weights_sha256(path), weights_random=caps.is_random(path))
 
     def _clean(self, raw: str, names: list[str]) -> str:
-        cleaned = re.sub(r"\s+", " ", text.strip_tokens(raw)).strip()
-        return text.remove_person_names(cleaned, names) if self.remove_names else cleaned
+        cleaned = re.sub(r"[ \t]+", " ", text.strip_tokens(raw)).strip()
+        if not self.remove_names:
+            return cleaned
+        # list headings ("**Facial Hair:**") would read as capitalised names: lowercase them first
+        cleaned = _HEADING.sub(lambda m: m.group(1) + m.group(2).lower() + m.group(3), cleaned)
+        return text.remove_person_names(cleaned, names)
 
     def _view(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
@@ -166,7 +171,7 @@ class DetailCaption(Stage):
 
     def columns(self, short_raw: str, detail_raw: str, names: list[str]) -> dict[str, Any]:
         """The manifest columns of one image's two answers."""
-        short, truncated = limit_words(self._clean(short_raw, names), self.max_words)
+        short, truncated = limit_words(" ".join(self._clean(short_raw, names).split()), self.max_words)
         detail = self._clean(detail_raw, names)
         sentences, tags, parsing = regions.tag_paragraph(detail)
         return {"short_caption": short, "short_caption_raw": short_raw, "short_truncated": truncated,

@@ -50,6 +50,8 @@ class Restore(Stage):
     """Crops per forward pass."""
     jpeg_quality: int = 95
     """JPEG quality of raw.jpg, the un-restored crop."""
+    compile: bool = False
+    """torch.compile the network on CUDA (batches padded to batch_size so shapes stay static)."""
     weights_dir: str | None = None
     """Weights directory (the runner fills it from --weights-dir)."""
 
@@ -73,6 +75,9 @@ class Restore(Stage):
         self._dtype = common.torch_dtype(self.dtype)
         self._net = codeformer.load_codeformer(self.model, self.weights_dir, self._device, self.dtype,
                                                random_init=self.weights == "random", arch=self.arch)
+        self._compiled = self.compile and self._device.type == "cuda"
+        if self._compiled:
+            self._net = torch.compile(self._net, dynamic=False)
 
     def provenance(self) -> Provenance:
         random_init = self.weights == "random"
@@ -101,12 +106,15 @@ class Restore(Stage):
         """Restored crops at each input's own size (None where the output is not finite)."""
         size = codeformer.INPUT_SIZE
         x = np.stack([drawing.resize_to(im, size, size) for im in images])
+        n = len(x)
+        if getattr(self, "_compiled", False) and n < self.batch_size:  # static shapes: no recompiles
+            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
         t = torch.from_numpy(x).to(self._device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         if self._device.type == "cuda":
             t = t.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), common.autocast(self._device, self._dtype):
             y = codeformer.restore(self._net, t, self.fidelity_w)
-        y = y.float()
+        y = y[:n].float()
         finite = torch.isfinite(y).flatten(1).all(dim=1).tolist()
         y = ((y.nan_to_num(0.0) + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)
         arrays = y.permute(0, 2, 3, 1).cpu().numpy()

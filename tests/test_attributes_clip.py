@@ -220,3 +220,15 @@ def test_runner_writes_clip_attributes_and_quality(casia_tree, clip_dir, tmp_pat
     assert all(len(r["celeba_probs"]) == N_ATTR and r["weights_random"] for r in rows)
     rows = [r for r in pq.read_table(out / "manifests" / "quality").to_pylist() if r["status"] == "ok"]
     assert all(r["frame"] == "aligned" and r["interocular_px"] > 8 and r["n_faces"] >= 1 for r in rows)
+    assert all(0 < r["face_area_ratio"] < 1 and r["jpeg_quality"] is None for r in rows)  # aligned: no grid
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_clip_matches_cpu(clip_dir):
+    batch = [Sample(key=f"k{i}", identity="x", image=im, frame="aligned") for i, im in enumerate(faces(4))]
+    probs = {}
+    for device, dtype in (("cpu", "fp32"), ("cuda", "bf16")):
+        stage = Attributes(groups=["clip_attributes"], clip_model=str(clip_dir), device=device, dtype=dtype)
+        probs[device] = np.array([r.columns["celeba_probs"] for r in stage.process(batch)])
+    assert np.abs(probs["cuda"] - probs["cpu"]).max() < 0.05

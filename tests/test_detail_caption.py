@@ -99,11 +99,13 @@ def test_tiny_vlm_end_to_end(vlm_dir):
 
 def test_columns_clean_names_and_tag_sentences(vlm_dir):
     stage = tiny_stage(vlm_dir)
-    cols = stage.columns("Colin Powell smiles warmly. " + "word " * 80,
-                         "Colin Powell has brown eyes. His gray hair is short.\nNo beard.", ["Colin Powell"])
+    cols = stage.columns("Colin Powell smiles warmly.\n" + "word " * 80,
+                         "Colin Powell has brown eyes. His gray hair is short.\n- **Facial Hair:** none.",
+                         ["Colin Powell"])
     assert "Powell" not in cols["short_caption"] and cols["short_truncated"]
     assert cols["short_caption"].endswith("warmly.") and len(cols["short_caption"].split()) <= 70
     assert "Powell" not in cols["detail"] and cols["detail_raw"].startswith("Colin Powell")
+    assert cols["detail_sentences"][-1] == "facial hair: none."  # a heading, not a name
     assert cols["detail_regions"] == [["eyes"], ["hair"], ["beard"]]
     assert cols["detail_parsing"] == [["l_eye", "r_eye"], ["hair"], ["skin"]]
 
