@@ -128,6 +128,25 @@ def inspect_out(
         print_summary(report)
 
 
+@app.command("train")
+def train_cmd(
+    model: str = typer.Argument(..., help="Model to train: dense-face or portraitbooth."),
+    shards: str = typer.Option(..., help="Shards folder (OUT/shards)."),
+    base: str = typer.Option(..., help="Stable Diffusion: diffusers folder, hub id, or 'tiny'."),
+    config: str = typer.Option(..., "--config", help="Training YAML (path or shipped name, e.g. dense_face, tiny)."),
+    set_: list[str] = typer.Option([], "--set", help="SECTION.FIELD=VALUE override (repeatable)."),
+    resume: Optional[str] = typer.Option(None, help="Checkpoint to resume from, or 'last'."),
+) -> None:
+    """Train a model on the shards (training/ depends only on schemas/ and stages/models/)."""
+    from training.train import train
+
+    try:
+        summary = train(model, shards, base, config, set_, resume=resume)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
+    typer.echo(f"done: {summary['steps']} steps, checkpoint {summary['checkpoint']}", err=True)
+
+
 @app.command("audit")
 def audit(
     out: str = typer.Argument(..., help="Output folder of a run (needs the identity stage)."),

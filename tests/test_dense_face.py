@@ -52,6 +52,16 @@ def test_every_loss_term_finite_with_gradients_into_trainable_only(batch):
     assert all(p.grad is None for p in frozen)
 
 
+def test_low_rank_adapter_on_all_tokens_with_two_identity_tokens(batch):
+    model = tiny_model(pc_rank=2, pc_scope="all", id_tokens=2)
+    loss = model.training_step(batch, 0)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for proc in model.pc_adapter for p in proc.to_k_res[1].parameters())
+    with pytest.raises(ValueError):
+        model.denoise(torch.randn(1, 4, 8, 8), torch.tensor([1]), torch.randn(1, 78, 32))  # one token short
+
+
 def test_text_editing_mode_is_the_frozen_sd():
     model, plain = tiny_model(), tiny_sd_components().unet
     with torch.no_grad():

@@ -216,16 +216,12 @@ class PairedShardStream(IterableDataset):
                 break
             skip, epoch, empty = skip - count, epoch + 1, empty + (count == 0)
             if empty > 100:
-                raise RuntimeError(f"reader {unit} of {n_units} gets no usable samples: add shards or readers fewer")
+                raise RuntimeError(f"reader {unit} of {n_units} gets no usable samples: "
+                                   "use more shards or fewer readers")
         samples = itertools.chain.from_iterable(self._epoch(e, unit, n_units) for e in itertools.count(epoch))
         decoded = map(self._decode, itertools.islice(samples, skip, None))
         while batch := list(itertools.islice(decoded, self.cfg.batch_size)):
             yield collate(batch)
-
-
-def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 class FaceShardDataModule(L.LightningDataModule):
@@ -253,8 +249,9 @@ class FaceShardDataModule(L.LightningDataModule):
         if not stream.target_ok.any():
             raise RuntimeError(f"no usable sample in {self.shards}: a target needs members {stream.required} and "
                                f"a same-identity reference with {stream.ref_required}; pairing: {self.index.stats}")
-        n = self.cfg.num_workers
-        return DataLoader(stream, batch_size=None, num_workers=n, worker_init_fn=_worker_init if n else None,
+        # no cv2.setNumThreads in the workers: it blocks in a child forked from a process whose
+        # OpenCV pool was busy (e.g. the pipeline ran in-process); torch already uses 1 thread there
+        return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
