@@ -76,7 +76,8 @@ def reason_code(error: str) -> str:
     return error.split(":", 1)[0].strip() if error else ""
 
 
-def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seconds: float) -> dict:
+def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seconds: float,
+                extra: dict | None = None) -> dict:
     stats = {
         "stage": outs.stage,
         "shard": outs.shard,
@@ -86,6 +87,8 @@ def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seco
         "seconds": round(seconds, 3),
         "img_per_s": round(len(statuses) / seconds, 2) if seconds > 0 else None,
     }
+    if extra:
+        stats["extra"] = extra
     write_json(stats, outs.stats)
     return stats
 

@@ -262,7 +262,8 @@ class GroupWorker:
         statuses = [r["status"] for r in p.rows]
         write_marker(p.outs, p.run.lineage, dict(Counter(statuses)))
         p.journal.close()
-        return write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds)
+        extra = p.stage.stats([r for r in p.rows if r["status"] == OK])
+        return write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra)
 
 
 def _files_of(name: str) -> tuple[str, ...]:

@@ -38,5 +38,6 @@ SCHEMA = pa.schema(
         pa.field("face_mask_fraction", pa.float32()),  # share of pixels in facemask.png
         pa.field("model_classes", pa.string()),  # label set of parsing.png: celebamask19
         pa.field("gt_miou", pa.float32()),  # mean IoU vs the source's gtparsing.png; null without
+        pa.field("gt_iou", pa.list_(pa.float32())),  # IoU per class (CLASSES order), NaN if absent; null without ground truth
     ]
 )

@@ -94,6 +94,10 @@ class Stage:
         """The model and weights behind this stage's columns (after setup)."""
         return Provenance()
 
+    def stats(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Extra shard-level figures for the stats JSON (e.g. accuracy against ground truth)."""
+        return {}
+
     def config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

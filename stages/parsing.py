@@ -63,6 +63,10 @@ class Parsing(Stage):
         self._net = parsing.load_parsing(MODELS[self.model], self.weights_dir, self._device, self.dtype,
                                          random_init=self.weights == "random")
 
+    def stats(self, rows: list[dict]) -> dict:
+        """Ground-truth scores over the shard (celeba-hq): mean IoU per class."""
+        return parsing_eval.summarize([r["gt_iou"] for r in rows if r.get("gt_iou") is not None])
+
     def provenance(self) -> Provenance:
         return common.provenance(MODELS[self.model], self.weights == "random")
 
@@ -104,19 +108,20 @@ class Parsing(Stage):
         return out
 
 
-def _gt_miou(sample: Sample, labels: np.ndarray | None) -> float | None:
-    """Mean IoU against the source's ground truth; None without one or when it cannot be placed."""
+def _gt_miou(sample: Sample, labels: np.ndarray | None) -> tuple[float | None, list[float] | None]:
+    """IoU against the source's ground truth (mean, per class); None without one or when misplaced."""
     gt_png = (sample.meta.get("files") or {}).get(GT_PARSING)
     if gt_png is None or labels is None:
-        return None
+        return None, None
     det = sample.upstream.get("detect")
     try:
-        return parsing_eval.score(labels, gt_png, sample.frame, det.columns.get("affine") if det else None)
+        return parsing_eval.score_per_class(labels, gt_png, sample.frame,
+                                            det.columns.get("affine") if det else None)
     except ValueError:  # unreadable or out-of-range ground truth is no score, not a failed sample
-        return None
+        return None, None
 
 
-def _result(labels: np.ndarray | None, gt_miou: float | None = None) -> Result:
+def _result(labels: np.ndarray | None, gt: tuple[float | None, list[float] | None] = (None, None)) -> Result:
     if labels is None:
         return Result.fail("non_finite_output", ERROR)
     fraction = np.bincount(labels.ravel(), minlength=len(sp.CLASSES)) / labels.size
@@ -126,7 +131,8 @@ def _result(labels: np.ndarray | None, gt_miou: float | None = None) -> Result:
             "class_fraction": fraction.astype(np.float32).tolist(),
             "face_mask_fraction": float((mask > 0).mean()),
             "model_classes": sp.MODEL_CLASSES,
-            "gt_miou": gt_miou,
+            "gt_miou": gt[0],
+            "gt_iou": gt[1],
         },
         files={sp.PARSING_IMAGE: drawing.encode_png(labels), sp.FACE_MASK_IMAGE: drawing.encode_png(mask)},
     )

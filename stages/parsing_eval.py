@@ -104,3 +104,26 @@ def score(pred: np.ndarray, gt_png: bytes, frame: str, affine: Any = None) -> fl
     """Mean IoU of ``pred`` (in ``frame``) against ``gtparsing.png`` bytes; None if not comparable."""
     gt = gt_in_frame(decode_labels(gt_png), frame, (pred.shape[1], pred.shape[0]), affine)
     return None if gt is None else mean_iou(pred, gt)
+
+
+def score_per_class(pred: np.ndarray, gt_png: bytes, frame: str,
+                    affine: Any = None) -> tuple[float | None, list[float] | None]:
+    """(mean IoU, IoU per class with NaN for absent classes), or (None, None) if not comparable."""
+    gt = gt_in_frame(decode_labels(gt_png), frame, (pred.shape[1], pred.shape[0]), affine)
+    if gt is None:
+        return None, None
+    ious = iou_per_class(pred, gt)
+    present = ious[~np.isnan(ious)]
+    return (float(present.mean()) if present.size else None), ious.astype(np.float32).tolist()
+
+
+def summarize(per_class: list[list[float]]) -> dict[str, Any]:
+    """Dataset-level scores from per-sample per-class IoUs: mean IoU per class and overall."""
+    if not per_class:
+        return {}
+    arr = np.array(per_class, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        means = np.nanmean(np.where(np.isfinite(arr), arr, np.nan), axis=0)
+    per = {CLASSES[i]: round(float(v), 4) for i, v in enumerate(means) if np.isfinite(v)}
+    return {"gt_samples": len(per_class), "gt_mean_iou": round(float(np.mean(list(per.values()))), 4) if per else None,
+            "gt_iou_per_class": per}

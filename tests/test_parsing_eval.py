@@ -154,3 +154,10 @@ def test_run_scores_celebahq_ground_truth(tmp_path) -> None:
     assert rows["hq00000"]["status"] == "ok" and rows["hq00000"]["frame"] == "source"
     assert 0.0 <= rows["hq00000"]["gt_miou"] <= 1.0
     assert rows["hq00001"]["status"] == "ok" and rows["hq00001"]["gt_miou"] is None
+    assert len(rows["hq00000"]["gt_iou"]) == len(sp.CLASSES) and rows["hq00001"]["gt_iou"] is None
+    import json
+
+    stats = json.loads((tmp_path / "out" / "stats" / "parsing" / "00000.json").read_text())
+    extra = stats["extra"]  # the shard's mean IoU per class, next to the counts
+    assert extra["gt_samples"] == 1 and set(extra["gt_iou_per_class"]) <= set(sp.CLASSES)
+    assert extra["gt_mean_iou"] == pytest.approx(np.mean(list(extra["gt_iou_per_class"].values())), abs=1e-3)

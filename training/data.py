@@ -2,7 +2,9 @@
 
 Per epoch the shards are permuted (seeded), cut among (node, worker) units and read as tar
 streams; samples without a usable reference are dropped; a shuffle buffer mixes the rest.
-References come from ``training.pairs`` (their embedding, and optionally image, read by offset).
+References come from ``training.pairs`` (their embedding, and optionally image or aligned face
+crop, read by offset). Each batch also carries the caption's identity-word and first expression-word
+spans and detect's five face points.
 The stream is endless and deterministic for a given seed, so a resumed run skips exactly the
 batches it consumed before: whole epochs are skipped by count, the rest is replayed undecoded.
 """
@@ -24,9 +26,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from schemas.attributes import EMOTION_SYNONYMS
 from schemas.parsing import FACE_MASK_IMAGE
 from schemas.pose import POSE_IMAGE
 from schemas.shard import IMAGE, MEMBERS, META
+from stages import align
 from training.heatmaps import N_MESH
 from training.pairs import EMBEDDING, PairConfig, PairIndex, load_index
 
@@ -35,6 +39,8 @@ assert {LANDMARKS, DEPTH, MASK, EMBEDDING, POSE_IMAGE, FACE_MASK_IMAGE} <= set(M
 REQUIRED = (IMAGE, META, LANDMARKS, DEPTH, MASK)
 OPTIONAL = (POSE_IMAGE, FACE_MASK_IMAGE)
 NO_SPAN = (-1, -1)
+EXPRESSION_WORDS: tuple[str, ...] = tuple(EMOTION_SYNONYMS)  # words naming a facial expression
+REF_FACE_SIZE = 112  # the ArcFace-template crop face recognisers take
 
 
 @dataclass
@@ -50,13 +56,16 @@ class DataConfig:
     fallback_caption: str = "a photo of a person"
     fallback_subject: str = "person"
     reference_image: bool = False
+    reference_face: bool = False  # adds ref_face: the reference's 112 ArcFace-aligned face crop
+    keep_subject: bool = False  # keep the caption's subject word (id_span points at it) instead of identity_word
     require_pose: bool = False
     seed: int = 0
     pairs: PairConfig = field(default_factory=PairConfig)
 
 
 def make_caption(meta: dict, rng: random.Random, cfg: DataConfig) -> tuple[str, tuple[int, int]]:
-    """One kept caption (or the fallback) with its subject word replaced by the identity word.
+    """One kept caption (or the fallback) with its subject word replaced by the identity word
+    (kept as written with ``cfg.keep_subject``).
 
     Returns the caption and the identity word's [start, end) span, (-1, -1) when it has none.
     """
@@ -75,7 +84,38 @@ def make_caption(meta: dict, rng: random.Random, cfg: DataConfig) -> tuple[str, 
     s, e = span
     if not 0 <= s < e <= len(text):
         return text, NO_SPAN
+    if cfg.keep_subject:
+        return text, (s, e)
     return text[:s] + cfg.identity_word + text[e:], (s, s + len(cfg.identity_word))
+
+
+def word_span(text: str, words: tuple[str, ...] = EXPRESSION_WORDS) -> tuple[int, int]:
+    """[start, end) of the first whole word of ``text`` in ``words`` (any case), (-1, -1) without one."""
+    wanted = {w.lower() for w in words}
+    for m in re.finditer(r"[A-Za-z]+", text):
+        if m.group().lower() in wanted:
+            return m.start(), m.end()
+    return NO_SPAN
+
+
+def face_points(meta: dict) -> np.ndarray | None:
+    """detect's five points in the shard image (the aligned crop), (5, 2); None without them."""
+    points = (meta.get("detect") or {}).get("points5_crop")
+    if points is None or len(points) != 10 or not np.all(np.isfinite(points)):
+        return None
+    return np.asarray(points, np.float32).reshape(5, 2)
+
+
+def reference_face(image: np.ndarray, meta: dict) -> np.ndarray:
+    """The reference's face aligned to the ArcFace template, as the identity stage crops it.
+
+    Without detect's points the shard image is taken to be an aligned FFHQ-style crop.
+    """
+    points = face_points(meta)
+    if points is None:
+        points = align.ffhq_template(image.shape[1])
+    face, _ = align.align(np.ascontiguousarray(image), points, align.ARCFACE_112, REF_FACE_SIZE)
+    return face
 
 
 def _imdecode(data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
@@ -122,6 +162,8 @@ def decode_sample(raw: dict[str, Any], size: int, require_pose: bool = False) ->
         face = _decode_image(raw[FACE_MASK_IMAGE], size, cv2.IMREAD_UNCHANGED, cv2.INTER_NEAREST) > 127
     else:
         face = mask > 0
+    points = face_points(meta)
+    points = np.full((5, 2), np.nan, np.float32) if points is None else points * np.float32([size / w, size / h])
     return {
         "key": meta["key"], "meta": meta,
         "image": _rgb_tensor(image) * 2.0 - 1.0,
@@ -130,6 +172,7 @@ def decode_sample(raw: dict[str, Any], size: int, require_pose: bool = False) ->
         "depth": torch.from_numpy(depth)[None],
         "mask": torch.from_numpy(mask.astype(np.int64)),
         "face_mask": torch.from_numpy(face.astype(np.float32))[None],
+        "points5": torch.from_numpy(points),  # detect's five points in pixels of the resized image, NaN unknown
     }
 
 
@@ -139,6 +182,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         values = [s[name] for s in samples]
         out[name] = torch.stack(values) if isinstance(value, torch.Tensor) else values
     out["id_span"] = torch.tensor(out["id_span"], dtype=torch.long)
+    if "emotion_span" in out:
+        out["emotion_span"] = torch.tensor(out["emotion_span"], dtype=torch.long)
     return out
 
 
@@ -159,7 +204,8 @@ class PairedShardStream(IterableDataset):
     def __init__(self, index: PairIndex, cfg: DataConfig, start_batch: int = 0):
         self.index, self.cfg, self.start_batch = index, cfg, start_batch
         self.required = REQUIRED + ((POSE_IMAGE,) if cfg.require_pose else ())
-        self.ref_required = (EMBEDDING, IMAGE) if cfg.reference_image else (EMBEDDING,)
+        self.ref_required = (EMBEDDING,) + ((IMAGE,) if cfg.reference_image or cfg.reference_face else ()) \
+            + ((META,) if cfg.reference_face else ())
         self.target_ok, self.ref_ok = index.usable(self.required, self.ref_required)
         self.rank, self.world = _rank_world()  # here, in the main process, where the process group lives
         self.shard_counts = np.bincount(index.shard_of[self.target_ok], minlength=len(index.shard_names))
@@ -201,7 +247,11 @@ class PairedShardStream(IterableDataset):
         if self.cfg.reference_image:
             ref_image = _decode_image(self.index.read(ref, IMAGE), self.cfg.resolution)
             sample["ref_image"] = _rgb_tensor(ref_image) * 2 - 1
+        if self.cfg.reference_face:
+            face = reference_face(_imdecode(self.index.read(ref, IMAGE)), json.loads(self.index.read(ref, META)))
+            sample["ref_face"] = _rgb_tensor(face) * 2 - 1
         sample["caption"], sample["id_span"] = make_caption(meta, rng, self.cfg)
+        sample["emotion_span"] = word_span(sample["caption"])
         return sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -113,8 +113,7 @@ def _facts_from_shards(rows: list[dict], paths: dict[str, Path]) -> dict[str, di
             emb = np.load(io.BytesIO(_read_member(paths[r["shard"]], *members[EMBEDDING])))
         yaw = (meta.get("landmarks") or {}).get("yaw", (meta.get("pose") or {}).get("yaw"))
         source = meta.get("source") or {}
-        # the top-level "identity" field is shadowed by the identity stage's columns when it ran
-        ident = source.get("identity", meta.get("identity") if isinstance(meta.get("identity"), str) else None)
+        ident = meta.get("identity") if isinstance(meta.get("identity"), str) else source.get("identity")
         facts[r["key"]] = {"identity": ident, "sha256": source.get("sha256"), "embedding": emb, "yaw": yaw}
     return facts
 
