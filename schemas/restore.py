@@ -2,7 +2,8 @@
 
 The stage's frame output is the restored 512x512 RGB crop (downstream stages see
 ``frame = restored``); ``raw.jpg`` keeps the crop it was given, so the annotation frame and the
-un-restored pixels stay side by side in a shard.
+un-restored pixels stay side by side in a shard. The identity drift of restoration is measured
+by the identity stage, which embeds both crops: ``identity.restore_cosine``.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ RAW_IMAGE = "raw.jpg"
 SCHEMA = pa.schema(
     [
         pa.field("fidelity_w", pa.float32()),  # CodeFormer w: 0 = most restoration, 1 = most faithful
-        # identity distance raw.jpg -> restored frame; null until the identity stage fills it
-        pa.field("identity_drift", pa.float32(), nullable=True),
         pa.field("input_frame", pa.string()),  # frame restored: aligned | source | ...
     ]
 )

@@ -26,7 +26,7 @@ ARCHS = ("full", "tiny")
 @dataclass
 class Restore(Stage):
     name: ClassVar[str] = "restore"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     reads: ClassVar[tuple[str, ...]] = ("detect",)
     schema: ClassVar[pa.Schema] = schemas.restore.SCHEMA
     files: ClassVar[tuple[str, ...]] = (schemas.restore.RAW_IMAGE,)
@@ -125,7 +125,7 @@ class Restore(Stage):
         if restored is None:
             return Result.fail("non_finite_output", ERROR)
         return Result(
-            columns={"fidelity_w": float(self.fidelity_w), "identity_drift": None,
+            columns={"fidelity_w": float(self.fidelity_w),
                      "input_frame": sample.frame},
             files={schemas.restore.RAW_IMAGE: drawing.encode_jpeg(sample.image, self.jpeg_quality)},
             frame=restored,

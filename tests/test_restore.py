@@ -38,10 +38,10 @@ def test_tiny_random_codeformer_restores_a_512_crop():
                        cv2.COLOR_BGR2RGB)
     assert raw.shape == crop.shape
     assert np.abs(raw.astype(int) - crop.astype(int)).mean() < 3  # the un-restored input, as JPEG
-    assert res.columns == {"fidelity_w": pytest.approx(0.7), "identity_drift": None, "input_frame": "aligned"}
+    assert res.columns == {"fidelity_w": pytest.approx(0.7), "input_frame": "aligned"}
     assert (bad.status, bad.error) == ("error", "bad_image")
     table = pa.Table.from_pylist([res.columns], schema=schemas.restore.SCHEMA)
-    assert table.column("identity_drift").null_count == 1
+    assert table.column("fidelity_w").null_count == 0
     manifest_schema(schemas.restore.SCHEMA)
     prov = stage.provenance()
     assert prov.weights_random and prov.model == "codeformer:tiny" and prov.weights_sha256 == ""

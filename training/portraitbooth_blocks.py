@@ -131,7 +131,7 @@ def localization_term(maps: list[torch.Tensor], mask: torch.Tensor, floor: float
     return torch.stack(terms).mean(0)
 
 
-def _crop_matrix(points: np.ndarray, size: int, height: int, width: int) -> tuple[np.ndarray, float]:
+def _crop_matrix(points: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Source -> crop similarity for ``points`` and the area shrink factor to apply first (1: none)."""
     matrix = align.umeyama(points, align.ARCFACE_112 * (size / FACE_SIZE))
     scale = align.scale_of(matrix)
@@ -147,7 +147,7 @@ def align_faces(images: torch.Tensor, points: torch.Tensor, size: int = FACE_SIZ
     out = []
     height, width = images.shape[-2:]
     for image, pts in zip(images, points.detach().cpu().double().numpy()):
-        matrix, shrink = _crop_matrix(pts, size, height, width)
+        matrix, shrink = _crop_matrix(pts, size)
         h, w = height, width
         if shrink < 1.0:
             h, w = max(1, round(height * shrink)), max(1, round(width * shrink))
