@@ -73,18 +73,8 @@ class Parsing(Stage):
     def process(self, batch: list[Sample]) -> list[Result]:
         if getattr(self, "_net", None) is None:
             self.setup()
-        results: list[Result | None] = [None] * len(batch)
-        valid = []
-        for i, sample in enumerate(batch):
-            if drawing.valid_image(sample.image):
-                valid.append(i)
-            else:
-                results[i] = Result.fail("bad_image", ERROR)
-        for idx in common.chunks(valid, self.batch_size):
-            labels = self.labels([batch[i].image for i in idx])
-            for i, lab in zip(idx, labels):
-                results[i] = _result(lab, _gt_miou(batch[i], lab))
-        return results  # type: ignore[return-value]
+        return drawing.map_images(batch, self.batch_size, self.labels,
+                                  lambda sample, lab: _result(lab, _gt_miou(sample, lab)))
 
     def labels(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
         """uint8 label maps the size of each image (None where the scores are not finite)."""

@@ -109,18 +109,7 @@ class Pose(Stage):
     def process(self, batch: list[Sample]) -> list[Result]:
         if getattr(self, "_net", None) is None:
             self.setup()
-        results: list[Result | None] = [None] * len(batch)
-        valid = []
-        for i, sample in enumerate(batch):
-            if drawing.valid_image(sample.image):
-                valid.append(i)
-            else:
-                results[i] = Result.fail("bad_image", ERROR)
-        for idx in common.chunks(valid, self.batch_size):
-            angles = self.angles([batch[i].image for i in idx])
-            for i, ypr in zip(idx, angles):
-                results[i] = self._result(batch[i], ypr)
-        return results  # type: ignore[return-value]
+        return drawing.map_images(batch, self.batch_size, self.angles, self._result)
 
     def angles(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) float32 yaw, pitch, roll in degrees for RGB uint8 images."""

@@ -89,18 +89,7 @@ class Restore(Stage):
     def process(self, batch: list[Sample]) -> list[Result]:
         if getattr(self, "_net", None) is None:
             self.setup()
-        results: list[Result | None] = [None] * len(batch)
-        valid = []
-        for i, sample in enumerate(batch):
-            if drawing.valid_image(sample.image):
-                valid.append(i)
-            else:
-                results[i] = Result.fail("bad_image", ERROR)
-        for idx in common.chunks(valid, self.batch_size):
-            restored = self._restore([batch[i].image for i in idx])
-            for i, out in zip(idx, restored):
-                results[i] = self._result(batch[i], out)
-        return results  # type: ignore[return-value]
+        return drawing.map_images(batch, self.batch_size, self._restore, self._result)
 
     def _restore(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
         """Restored crops at each input's own size (None where the output is not finite)."""

@@ -1,9 +1,9 @@
-"""Training entry point: ``train("dense-face", shards, base, config, overrides)``.
+"""Training entry point: ``train("dense-face" | "portraitbooth", shards, base, config, overrides)``.
 
 The config is a YAML with sections ``model``, ``optim``, ``data`` (with ``pairs``) and ``trainer``;
 ``overrides`` are ``SECTION.FIELD=VALUE`` strings (values parsed as YAML). ``config`` is a path or
-the name of a shipped config (``dense_face``, ``tiny``). ``base`` is a diffusers folder, a hub
-id or ``tiny`` (random miniature SD, for smoke runs).
+the name of a shipped config (``dense_face``, ``tiny``, ``portraitbooth``, ``portraitbooth_tiny``).
+``base`` is a diffusers folder, a hub id or ``tiny`` (random miniature SD, for smoke runs).
 """
 from __future__ import annotations
 
@@ -94,8 +94,15 @@ def _dense_face(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, 
     return DenseFace(sd, model_cfg, optim), dm
 
 
+def _portraitbooth(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, FaceShardDataModule]:
+    from training.portraitbooth import build
+
+    return build(cfg, shards, base)
+
+
 MODELS: dict[str, Callable[[dict, Path, str], tuple[L.LightningModule, FaceShardDataModule]]] = {
     "dense-face": _dense_face,
+    "portraitbooth": _portraitbooth,
 }
 
 
