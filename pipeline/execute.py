@@ -77,7 +77,7 @@ def reason_code(error: str) -> str:
 
 
 def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seconds: float,
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, started: float | None = None) -> dict:
     stats = {
         "stage": outs.stage,
         "shard": outs.shard,
@@ -86,6 +86,9 @@ def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seco
         "reasons": dict(sorted(Counter(reason_code(e) for e in errors if e).items())),
         "seconds": round(seconds, 3),
         "img_per_s": round(len(statuses) / seconds, 2) if seconds > 0 else None,
+        # wall-clock span of the shard's work in this step (shows how steps overlap)
+        "started": round(started, 3) if started is not None else None,
+        "finished": round(time.time(), 3),
     }
     if extra:
         stats["extra"] = extra
@@ -98,7 +101,7 @@ def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], s
     outs = ShardOutputs(ctx.out, SOURCE, shard)
     if outs.is_done(ctx.source_lineage):
         return {"stage": SOURCE, "shard": shard, "skipped": True}
-    start, records = time.perf_counter(), []
+    start, wall_start, records = time.perf_counter(), time.time(), []
     tar = TarWriter(outs.payload) if source.files else None
     for row in rows:
         t0 = time.perf_counter()
@@ -138,7 +141,7 @@ def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], s
     counts = dict(Counter(r["status"] for r in records))
     write_marker(outs, ctx.source_lineage, counts)
     return write_stats(outs, [r["status"] for r in records], [r["error"] for r in records],
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, started=wall_start)
 
 
 class UpstreamStore:

@@ -38,6 +38,7 @@ class _Pending:
     """The stage's finished outputs when only some rows are redone (--retry-errors)."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    started: float = field(default_factory=time.time)
 
 
 class GroupWorker:
@@ -60,7 +61,10 @@ class GroupWorker:
 
     def _setup(self, name: str) -> Stage:
         if name not in self._ready:  # lazily: a resumed run whose stage is done loads no weights
-            self.stages[name].setup()
+            stage = self.stages[name]
+            stage.setup()
+            if getattr(stage, "batch_size", None) == 0:  # 0 = choose from free accelerator memory
+                stage.batch_size = auto_batch_size(getattr(stage, "device", "cpu"), stage.mem_per_sample_mb)
             self._ready.add(name)
         return self.stages[name]
 
@@ -263,7 +267,21 @@ class GroupWorker:
         write_marker(p.outs, p.run.lineage, dict(Counter(statuses)))
         p.journal.close()
         extra = p.stage.stats([r for r in p.rows if r["status"] == OK])
-        return write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra)
+        return write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra, p.started)
+
+
+def auto_batch_size(device: str, mem_per_sample_mb: float, cap: int = 512, floor: int = 1) -> int:
+    """A batch that fits in ~70% of the free memory of ``device`` (CUDA), else a CPU default.
+
+    An estimate only: an out-of-memory error still halves the batch (execute.process_isolated).
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not str(device).startswith(("cuda", "auto")) or not torch.cuda.is_available():
+        return DEFAULT_BATCH
+    free, _ = torch.cuda.mem_get_info(torch.device(device if device != "auto" else "cuda"))
+    return int(max(floor, min(cap, 0.7 * free / 2**20 / max(mem_per_sample_mb, 1e-3))))
 
 
 def _files_of(name: str) -> tuple[str, ...]:

@@ -83,6 +83,8 @@ class Stage:
     produces_frame: ClassVar[str | None] = None
     """Set to ``aligned``/``restored`` when ``Result.frame`` replaces the image downstream."""
     needs_image: ClassVar[bool] = True
+    mem_per_sample_mb: ClassVar[float] = 64.0
+    """Accelerator memory one sample needs in a batch (for ``batch_size: 0`` = automatic)."""
 
     def setup(self) -> None:
         """Load weights once per worker."""

@@ -29,11 +29,14 @@ class CenterStage(Stage):
     name: ClassVar[str] = "center"
     schema: ClassVar[pa.Schema] = pa.schema([pa.field("crop_side", pa.int32())])
     produces_frame: ClassVar[str] = "aligned"
+    gpus: ClassVar[float] = 0.5  # requested only with device=cuda: lets tests fake a GPU stage
 
     fraction: float = 0.8
     """Side of the crop as a fraction of the shorter image side."""
     batch_size: int = 4
     """Samples per process() call."""
+    device: str = "cpu"
+    """cuda makes the runner schedule it as a GPU stage (it still computes on the CPU)."""
     fail_key: str = ""
     """A key whose processing raises (to test error isolation)."""
     abort_key: str = ""

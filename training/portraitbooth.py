@@ -106,7 +106,9 @@ class PortraitBooth(L.LightningModule):
         torch.manual_seed(cfg.seed)
         self.unet, self.vae, self.text_encoder = sd.unet.float(), sd.vae, sd.text_encoder
         for m in (self.vae, self.text_encoder):
-            m.requires_grad_(False).eval().to(DTYPES[cfg.frozen_dtype])
+            m.requires_grad_(False).eval()
+            if m.dtype != DTYPES[cfg.frozen_dtype]:
+                m.to(DTYPES[cfg.frozen_dtype])
         self.tokenizer, self.scheduler = sd.tokenizer, sd.scheduler
         self.n_text = min(sd.tokenizer.model_max_length, sd.text_encoder.config.max_position_embeddings)
         self.id_net = FaceEmbedder(cfg.id_net, cfg.id_net_weights, cfg.weights_dir or None)
