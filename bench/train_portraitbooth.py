@@ -141,7 +141,8 @@ def main() -> None:
         except torch.cuda.OutOfMemoryError:
             rows.append(f"| {n} | OOM | | | |")
         print(rows[-1], flush=True)
-    body = (f"PortraitBooth training step at {res}x{res}: SD 1.5 architecture with random weights, bf16 autocast, "
+    arch = "tiny SD components (smoke run, CPU)" if args.smoke else "SD 1.5 architecture with random weights"
+    body = (f"PortraitBooth training step at {res}x{res}: {arch}, bf16 autocast, "
             f"VAE and text encoder in bf16, gradient checkpointing {'on' if ckpt else 'off'} (UNet and VAE), "
             f"{trainable:.0f} M trainable parameters (UNet + subject MLP, AdamW), {model.n_cross} recorded "
             f"cross-attention layers, identity loss through the VAE decoder and MobileFaceNet, "

@@ -59,6 +59,9 @@ class RunConfig:
     """CPU cap for the embedded Ray (None: all cores)."""
     num_gpus: float | None = None
     """GPU cap for the embedded Ray (None: all GPUs)."""
+    decode: str = "auto"
+    """Where source JPEGs are decoded: cpu, cuda (nvJPEG, batched), or auto = cuda when every
+    stage that sees the source image runs on a GPU."""
     fuse: bool = True
     """Run consecutive stages of one kind (CPU or GPU) in one worker, frames kept in memory."""
     retry_errors: list[str] = field(default_factory=list)

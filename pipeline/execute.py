@@ -59,6 +59,8 @@ class RunContext:
     stage_runs: dict[str, StageRun] = field(default_factory=dict)
     retry: tuple[str, ...] = ()
     """Stages whose error rows this run recomputes (--retry-errors)."""
+    decode_device: str = "cpu"
+    """Where source JPEGs are decoded for stages that see the source frame."""
 
 
 def encode_png(image: np.ndarray) -> bytes:

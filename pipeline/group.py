@@ -131,6 +131,8 @@ class GroupWorker:
                     images[row["key"]] = (img, f"decode_failed: {reason}" if img is None else "")
             return images[row["key"]]
 
+        if self.ctx.decode_device != "cpu":
+            self._decode_on_device(rows, pending, images)
         for run in self.runs:
             if run.name not in pending:
                 continue
@@ -228,6 +230,21 @@ class GroupWorker:
                 normal.append(s)
         bs = getattr(p.stage, "batch_size", DEFAULT_BATCH)
         return batches + [normal[i:i + bs] for i in range(0, len(normal), bs)]
+
+    def _decode_on_device(self, rows: list[dict], pending: dict, images: dict) -> None:
+        """Batch-decode the chunk's clean JPEGs on the GPU; anything it cannot do falls to PIL."""
+        if not any(p.run.frame_from is None and p.stage.needs_image for p in pending.values()):
+            return
+        todo = [r for r in rows if r["status"] == OK and r["format"] == "JPEG" and not r["note"]]
+        if not todo:
+            return
+        try:
+            datas = [self.source.read(r["location"]) for r in todo]
+        except OSError:
+            return
+        for row, image in zip(todo, imaging.decode_jpeg_batch(datas, self.ctx.decode_device)):
+            if image is not None:
+                images[row["key"]] = (image, "")
 
     def _extra_files(self, key: str) -> dict[str, bytes]:
         """Files the source carried for this sample (e.g. a ground-truth label map)."""

@@ -170,3 +170,21 @@ def decode_rgb(
         return rgb, info, ""
     finally:
         im.close()
+
+
+def decode_jpeg_batch(datas: list[bytes], device: str = "cuda") -> list[np.ndarray | None]:
+    """Decode already-validated baseline RGB/gray JPEGs in one batched call (nvJPEG on CUDA).
+
+    For files the source step found clean (format JPEG, no conversion or EXIF note): the caller
+    falls back to ``decode_rgb`` for any None. Pixels can differ from PIL's by an IDCT rounding
+    step, so the decode device is part of the lineage of stages that see the source frame.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    try:
+        images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    except (RuntimeError, ValueError):
+        return [None] * len(datas)
+    return [np.ascontiguousarray(im.permute(1, 2, 0).cpu().numpy()) for im in images]

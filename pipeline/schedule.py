@@ -86,6 +86,7 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         raise ConfigError(f"--retry-errors names stages not in this run: {sorted(unknown)}")
     ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage,
                      retry=retry)
+    ctx.decode_device = _decode_device(cfg, names, instances)
     frame_from = None
     for name in names:
         stage = instances[name]
@@ -94,7 +95,7 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         upstream = [ctx.stage_runs[r].lineage for r in (*stage.reads, *optional)]
         lineage = stable_hash({
             "stage": name, "version": type(stage).version, "source": source_lineage, "upstream": upstream,
-            "frame_from": ctx.stage_runs[frame_from].lineage if frame_from else None,
+            "frame_from": ctx.stage_runs[frame_from].lineage if frame_from else ctx.decode_device,
             "config": {k: v for k, v in values.items() if k not in RUNTIME_FIELDS},
         })
         device = str(values.get("device", "cpu"))
@@ -107,6 +108,25 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         if type(stage).produces_frame:
             frame_from = name
     return ctx
+
+
+def _decode_device(cfg: RunConfig, names: list[str], instances: dict) -> str:
+    """cuda only when every stage that sees the source image is a GPU stage (it decodes there)."""
+    if cfg.decode not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"decode must be auto, cpu or cuda, got {cfg.decode!r}")
+    if cfg.decode == "cpu" or not _gpu_available(cfg):
+        return "cpu"
+    source_seers, frame = [], False
+    for name in names:
+        stage = instances[name]
+        if not frame and stage.needs_image:
+            source_seers.append(stage)
+        frame = frame or bool(type(stage).produces_frame)
+    on_gpu = all(str(getattr(s, "device", "cpu")) in ("cuda", "auto") or str(getattr(s, "device", "")).startswith("cuda")
+                 for s in source_seers)
+    if cfg.decode == "cuda" or (source_seers and on_gpu and all(type(s).gpus > 0 for s in source_seers)):
+        return "cuda"
+    return "cpu"
 
 
 def _gpu_available(cfg: RunConfig) -> bool:
