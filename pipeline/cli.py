@@ -266,8 +266,12 @@ def weights_fetch(names: list[str] = typer.Argument(None), weights_dir: Optional
 
 
 def _load_families() -> None:
-    """Import the model family modules so their weights are registered."""
+    """Import the model families and the stages so every weights entry is registered."""
+    import stages
     import stages.models  # noqa: F401  (the package imports its families)
+
+    for name in stages.available():
+        stages.stage_class(name)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pipeline.manifest import write_json, write_marker, write_table
 from schemas import source as source_schema
 from schemas.common import manifest_schema
 from stages.base import ERROR, OK, Result, Sample, Stage
+from stages.jpeg import jpeg_quality_from_bytes
 
 SOURCE = "source"
 
@@ -109,7 +110,8 @@ def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], s
         t0 = time.perf_counter()
         rec = {"key": row["key"], "identity": row["identity"], "location": row["location"],
                "meta": row["meta"], "sha256": None, "bytes": None, "width": None, "height": None,
-               "format": None, "mode": None, "note": None, "status": OK, "error": row["error"]}
+               "format": None, "mode": None, "note": None, "jpeg_quality": None, "status": OK,
+               "error": row["error"]}
         if not rec["error"]:
             try:
                 data = source.read(row["location"])
@@ -123,6 +125,8 @@ def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], s
                 if probe is not None:
                     rec.update(width=probe.width, height=probe.height, format=probe.format,
                                mode=probe.mode, note=probe.note)
+                    if probe.format == "JPEG":
+                        rec["jpeg_quality"] = jpeg_quality_from_bytes(data)
                 rec["error"] = reason
             if tar is not None and not rec["error"]:
                 try:

@@ -13,7 +13,8 @@ SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("format", pa.string()),  # JPEG, PNG, WEBP, ...
         pa.field("mode", pa.string()),  # PIL mode before conversion to RGB
-        pa.field("note", pa.string()),  # conversions applied, e.g. 'converted:RGBA->RGB'
+        pa.field("note", pa.string()),
+        pa.field("jpeg_quality", pa.int32()),  # estimated from the quantisation tables (JPEG only)  # conversions applied, e.g. 'converted:RGBA->RGB'
         pa.field("meta", pa.string()),  # JSON of source-specific metadata (e.g. CelebA attributes)
     ]
 )

@@ -2,15 +2,13 @@
 
 What each column measures, and the default skip thresholds, are documented in
 ``schemas/quality.py``. The stage reads detect's row when it ran (face ROI, eye points, box,
-face count) and the source row in ``Sample.meta`` (width, height, format). It never sees the
-source file's bytes through the runner today: ``jpeg_quality`` comes from a ``jpeg_quality``
-or ``source_bytes`` entry in ``Sample.meta`` when one is there (the DQT), else from
-re-compressing the source frame; see the schema module. An optional learned FIQA model
+face count) and the source row in ``Sample.meta`` (width, height, format, and ``jpeg_quality``,
+which the source step reads from the file's quantisation tables). Without it (a non-JPEG
+source) the JPEG quality is estimated by re-compressing the source frame; see the schema module. An optional learned FIQA model
 (``fiqa_model``) scores the ArcFace-aligned 112 px face.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,38 +19,13 @@ import torch
 
 import schemas.quality as qs
 from stages import align
+from stages.jpeg import jpeg_quality_from_bytes
 from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
 from stages.expression import MIN_ROI, face_roi
 from stages.models import common, fiqa, registry, tddfa
 
-# IJG (libjpeg) luminance quantisation table at quality 50, natural (row-major) order
-IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
 RECOMPRESS_QUALITIES = range(20, 100)
 RECOMPRESS_SIDE = 128  # a centred, 16-aligned patch: enough blocks, 80 encodes stay ~10 ms
-
-
-def ijg_table(quality: int) -> np.ndarray:
-    """The IJG luminance table libjpeg writes at ``quality`` (1-100)."""
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    return np.clip(np.floor((IJG_LUMA * scale + 50) / 100), 1, 255)
-
-
-def jpeg_quality_from_bytes(data: bytes) -> int | None:
-    """IJG quality whose luminance table is closest to the file's first DQT table; None if no JPEG."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            tables = getattr(im, "quantization", None) or {}
-    except Exception:  # noqa: BLE001 - any unreadable header means "unknown"
-        return None
-    if 0 not in tables or len(tables[0]) != 64:
-        return None
-    table = np.asarray(tables[0], dtype=np.float64)  # Pillow returns natural order
-    return int(min(range(1, 101), key=lambda q: np.abs(ijg_table(q) - table).sum()))
 
 
 def jpeg_quality_by_recompression(rgb: np.ndarray) -> int | None:
@@ -200,7 +173,7 @@ class Quality(Stage):
 
     def _jpeg(self, sample: Sample) -> dict[str, Any]:
         meta, quality, method = sample.meta, None, None
-        if isinstance(meta.get("jpeg_quality"), int):
+        if isinstance(meta.get("jpeg_quality"), int):  # from the source step (DQT)
             quality, method = meta["jpeg_quality"], "dqt"
         elif isinstance(meta.get("source_bytes"), (bytes, bytearray)):
             quality = jpeg_quality_from_bytes(bytes(meta["source_bytes"]))

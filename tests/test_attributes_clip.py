@@ -220,7 +220,9 @@ def test_runner_writes_clip_attributes_and_quality(casia_tree, clip_dir, tmp_pat
     assert all(len(r["celeba_probs"]) == N_ATTR and r["weights_random"] for r in rows)
     rows = [r for r in pq.read_table(out / "manifests" / "quality").to_pylist() if r["status"] == "ok"]
     assert all(r["frame"] == "aligned" and r["interocular_px"] > 8 and r["n_faces"] >= 1 for r in rows)
-    assert all(0 < r["face_area_ratio"] < 1 and r["jpeg_quality"] is None for r in rows)  # aligned: no grid
+    # the source step read the quality from each file's quantisation tables (lfw10 is saved at 90)
+    assert all(0 < r["face_area_ratio"] < 1 and r["jpeg_quality_method"] == "dqt" for r in rows)
+    assert {r["jpeg_quality"] for r in rows} == {90}
 
 
 @pytest.mark.gpu

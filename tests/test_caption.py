@@ -69,7 +69,7 @@ def captioned(models, faces):
 def test_end_to_end_columns_validate(captioned, faces):
     stage, results = captioned
     assert [r.status for r in results] == [OK] * len(faces)
-    table = validate_columns(manifest_rows(stage, faces, results), manifest_schema(cs.SCHEMA))
+    table = validate_columns(manifest_rows(stage, faces, results), manifest_schema(stage.schema))
     assert table.num_rows == len(faces)
     for res in results:
         c = res.columns
@@ -292,7 +292,7 @@ def test_cuda_bf16_runs_and_scores_like_cpu(models, faces, captioned):
     cpu_stage, cpu_results = captioned
     stage = tiny_stage(models, device="cuda", dtype="bf16")
     results = stage.process(faces)
-    table = validate_columns(manifest_rows(stage, faces, results), manifest_schema(cs.SCHEMA))
+    table = validate_columns(manifest_rows(stage, faces, results), manifest_schema(stage.schema))
     assert table.num_rows == len(faces)
     # the beam captions of random tiny models may differ in bf16; the scores of the same texts must not
     cuda_scorer = stage._scorer

@@ -180,8 +180,8 @@ def test_threshold_and_bad_inputs():
 
 
 def test_config_checks_and_planned_groups(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="planned"):
-        Attributes(groups=("age",)).check()
+    with pytest.raises(FileNotFoundError, match="clip_model"):
+        Attributes(groups=["age"], clip_model=str(tmp_path / "absent")).check()
     with pytest.raises(ValueError, match="unknown"):
         Attributes(groups=("hair",)).check()
     with pytest.raises(ValueError):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from schemas.attributes import EMOTION_SYNONYMS
 from schemas.parsing import FACE_MASK_IMAGE
 from schemas.pose import POSE_IMAGE
-from schemas.shard import IMAGE, MEMBERS, META
+from schemas.shard import IMAGE, MEMBERS, META, meta_section
 from stages import align
 from training.heatmaps import N_MESH
 from training.pairs import EMBEDDING, PairConfig, PairIndex, load_index
@@ -100,7 +100,7 @@ def word_span(text: str, words: tuple[str, ...] = EXPRESSION_WORDS) -> tuple[int
 
 def face_points(meta: dict) -> np.ndarray | None:
     """detect's five points in the shard image (the aligned crop), (5, 2); None without them."""
-    points = (meta.get("detect") or {}).get("points5_crop")
+    points = (meta.get(meta_section("detect")) or {}).get("points5_crop")
     if points is None or len(points) != 10 or not np.all(np.isfinite(points)):
         return None
     return np.asarray(points, np.float32).reshape(5, 2)

@@ -9,25 +9,21 @@ encoder and the face-recognition network stay frozen.
   the target's face aligned (detect's five points) and embedded by the frozen recogniser;
   L_id = 1 - cos(reference embedding, estimate embedding), the reference embedded by the same net;
 * emotion-aware cross-attention control (Eq. 7): the identity and expression tokens' cross-attention
-  maps in every UNet cross-attention layer are pulled into the face mask and truncated at beta/gamma.
+  maps in every UNet cross-attention layer are pulled into the face mask and truncated at beta/gamma
+  (wherever the caption has the token, text-only samples included).
 Per sample: ``p_uncond`` unconditional (empty caption), ``p_text_only`` text only (no augmentation,
 no L_id), and independently ``p_face_loss`` with the noise loss restricted to the face mask.
 """
 from __future__ import annotations
 
-import io
-import json
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from torch import nn
 
-from schemas.shard import META, meta_section
 from training.dense_face import DTYPES, OptimConfig, identity_positions
 from training.portraitbooth_blocks import (FACE_SIZE, AttentionRecorder, FaceEmbedder, SubjectMLP, align_faces,
                                            identity_loss, install_recorder, localization_term)
@@ -306,37 +302,3 @@ class PortraitBooth(L.LightningModule):
         checkpoint["state_dict"] = self.trainable_state_dict()
         checkpoint["portraitbooth"] = asdict(self.cfg)
 
-
-def _shard_identity(dm: object) -> tuple[int, str]:
-    """(id.npy size, identity model name) of the first sample that has an embedding."""
-    from training.pairs import EMBEDDING
-
-    rows = np.flatnonzero(dm.index.has(EMBEDDING))
-    if not len(rows):
-        raise ValueError(f"no identity embeddings ({EMBEDDING}) in {dm.shards}: run the identity stage")
-    row = int(rows[0])
-    meta = json.loads(dm.index.read(row, META))
-    model = (meta.get(meta_section("identity")) or {}).get("model", "")
-    return int(np.load(io.BytesIO(dm.index.read(row, EMBEDDING))).shape[0]), str(model)
-
-
-def build(cfg: dict, shards: Path, base: str) -> tuple[PortraitBooth, object]:
-    """The model and data module of ``train("portraitbooth", ...)``."""
-    from training.data import FaceShardDataModule
-    from training.sd import load_sd
-    from training.train import data_config, make
-
-    model_cfg = make(PortraitBoothConfig, cfg.get("model"), "model")
-    optim = make(OptimConfig, cfg.get("optim"), "optim")
-    # the subject word itself is the identity token, and L_id needs the reference's aligned face
-    data = replace(data_config(cfg, "person"), keep_subject=True, reference_face=True)
-    dm = FaceShardDataModule(shards, data)
-    dm.prepare_data()
-    dm.setup()
-    dim, model = _shard_identity(dm)
-    model_cfg.id_dim = model_cfg.id_dim or dim
-    model_cfg.embedder = model_cfg.embedder or model
-    if model_cfg.id_reference == "embedding" and model_cfg.embedder != model_cfg.id_net:
-        raise ValueError(f"id_reference=embedding compares {model_cfg.embedder} embeddings with {model_cfg.id_net} "
-                         "ones: use id_reference=id_net or id_net equal to the shards' identity model")
-    return PortraitBooth(load_sd(base), model_cfg, optim), dm

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import yaml
 
+from schemas.shard import META, meta_section
 from training.data import DataConfig, FaceShardDataModule
 from training.pairs import EMBEDDING, PairConfig
 
@@ -94,10 +95,35 @@ def _dense_face(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, 
     return DenseFace(sd, model_cfg, optim), dm
 
 
-def _portraitbooth(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, FaceShardDataModule]:
-    from training.portraitbooth import build
+def _shard_identity(dm: FaceShardDataModule) -> tuple[int, str]:
+    """(id.npy size, identity model name) of the first sample that has an embedding."""
+    rows = np.flatnonzero(dm.index.has(EMBEDDING))
+    if not len(rows):
+        raise ValueError(f"no identity embeddings ({EMBEDDING}) in {dm.shards}: run the identity stage")
+    meta = json.loads(dm.index.read(int(rows[0]), META))
+    model = (meta.get(meta_section("identity")) or {}).get("model", "")
+    return int(np.load(io.BytesIO(dm.index.read(int(rows[0]), EMBEDDING))).shape[0]), str(model)
 
-    return build(cfg, shards, base)
+
+def _portraitbooth(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, FaceShardDataModule]:
+    from training.dense_face import OptimConfig
+    from training.portraitbooth import PortraitBooth, PortraitBoothConfig
+    from training.sd import load_sd
+
+    model_cfg = make(PortraitBoothConfig, cfg.get("model"), "model")
+    optim = make(OptimConfig, cfg.get("optim"), "optim")
+    # the subject word itself is the identity token, and L_id needs the reference's aligned face
+    data = replace(data_config(cfg, "person"), keep_subject=True, reference_face=True)
+    dm = FaceShardDataModule(shards, data)
+    dm.prepare_data()
+    dm.setup()
+    dim, model = _shard_identity(dm)
+    model_cfg.id_dim = model_cfg.id_dim or dim
+    model_cfg.embedder = model_cfg.embedder or model
+    if model_cfg.id_reference == "embedding" and model_cfg.embedder != model_cfg.id_net:
+        raise ValueError(f"id_reference=embedding compares {model_cfg.embedder} embeddings with {model_cfg.id_net} "
+                         "ones: use id_reference=id_net, or id_net equal to the shards' identity model")
+    return PortraitBooth(load_sd(base), model_cfg, optim), dm
 
 
 MODELS: dict[str, Callable[[dict, Path, str], tuple[L.LightningModule, FaceShardDataModule]]] = {

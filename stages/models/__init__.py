@@ -16,6 +16,7 @@ from stages.models import registry
 from stages.models.arcface import load_arcface
 from stages.models.codeformer import load_codeformer
 from stages.models.emotion import load_emotion
+from stages.models.fiqa import load_fiqa
 from stages.models.hopenet import load_hopenet
 from stages.models.mobilefacenet import load_mobilefacenet
 from stages.models.parsing import load_parsing
@@ -31,6 +32,7 @@ FAMILIES: dict[str, Callable[..., Any]] = {
     "codeformer": load_codeformer,
     "hopenet": load_hopenet,
     "parsing": load_parsing,
+    "fiqa": load_fiqa,
 }
 
 
