@@ -234,6 +234,22 @@ class Attributes(Stage):
                     self._clip.add_set(name, list(prompts.CELEBA_PROMPTS[name]))
         self._ready = True
 
+    def stats(self, rows: list[dict]) -> dict:
+        """With CelebA ground truth (celeba source): the per-attribute accuracy of the model."""
+        with_gt = [r for r in rows if r.get("celeba_gt") is not None and r.get("celeba_probs") is not None]
+        if not with_gt:
+            return {}
+        import pyarrow as pa
+
+        table = pa.Table.from_pylist([{k: r[k] for k in ("celeba_gt", "celeba_probs", "celeba_labels")}
+                                      for r in with_gt], schema=pa.schema([self.schema.field(k) for k in
+                                                                           ("celeba_gt", "celeba_probs", "celeba_labels")]))
+        report = aschema.celeba_accuracy(table)
+        scored = [a["accuracy"] for a in report if a["accuracy"] is not None]
+        return {"celeba_samples": len(with_gt),
+                "celeba_mean_accuracy": round(float(np.mean(scored)), 4) if scored else None,
+                "celeba_accuracy": {a["attribute"]: a["accuracy"] for a in report}}
+
     def provenance(self) -> Provenance:
         groups = self.active()
         parts = []

@@ -234,3 +234,34 @@ def test_cuda_bf16_clip_matches_cpu(clip_dir):
         stage = Attributes(groups=["clip_attributes"], clip_model=str(clip_dir), device=device, dtype=dtype)
         probs[device] = np.array([r.columns["celeba_probs"] for r in stage.process(batch)])
     assert np.abs(probs["cuda"] - probs["cpu"]).max() < 0.05
+
+
+def test_celeba_ground_truth_accuracy_in_the_stats(clip_dir, tmp_path):
+    """celeba source: the ground-truth attributes travel along; the stats report per-attribute accuracy."""
+    import json
+    import shutil
+
+    from pipeline.config import resolve
+    from pipeline.runner import run
+    from schemas.attributes import CELEBA_ATTRIBUTES
+    from tests.conftest import lfw_people
+
+    root = tmp_path / "celeba"
+    (root / "img_align_celeba").mkdir(parents=True)
+    photos = [p for _, ps in lfw_people(2, 2) for p in ps]
+    ident, attrs = [], [str(len(photos)), " ".join(CELEBA_ATTRIBUTES)]
+    for i, photo in enumerate(photos, 1):
+        shutil.copyfile(photo, root / "img_align_celeba" / f"{i:06d}.jpg")
+        ident.append(f"{i:06d}.jpg {1 + (i - 1) // 2}")
+        attrs.append(f"{i:06d}.jpg " + " ".join("1" if (i + j) % 3 == 0 else "-1" for j in range(len(CELEBA_ATTRIBUTES))))
+    (root / "identity_CelebA.txt").write_text("\n".join(ident) + "\n")
+    (root / "list_attr_celeba.txt").write_text("\n".join(attrs) + "\n")
+    out = tmp_path / "out"
+    run(resolve(flags={"source": "celeba", "input": str(root), "out": str(out), "stages": "attributes",
+                       "executor": "local"},
+                sets=["attributes.groups=[celeba]", f"attributes.clip_model={clip_dir}", "attributes.device=cpu"]),
+        quiet=True)
+    extra = json.loads((out / "stats" / "attributes" / "00000.json").read_text())["extra"]
+    assert extra["celeba_samples"] == len(photos)
+    assert set(extra["celeba_accuracy"]) == set(CELEBA_ATTRIBUTES)
+    assert all(0.0 <= a <= 1.0 for a in extra["celeba_accuracy"].values())
