@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=500)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--caption-dirs", default="", help="blip_base=DIR,blip_large=DIR,clip=DIR (local models)")
+    ap.add_argument("--naive", type=int, default=0, help="also time bench/naive.py on this many images")
     args = ap.parse_args()
     sets = random_where_missing(args.device, args.smoke)
     if args.caption_dirs:
@@ -125,6 +126,15 @@ def main() -> None:
             per_stage[d.name] = round(n / secs, 1) if secs else None
         run_json = json.loads((out / "run.json").read_text())
         random = sorted(k for k, v in run_json["provenance"].items() if v.get("weights_random"))
+    naive = ""
+    if args.naive:
+        cmd = [sys.executable, str(ROOT / "bench" / "naive.py"), "--n", str(args.naive), "--device", args.device]
+        if args.smoke:
+            cmd.append("--smoke")
+        line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        rate = float(line.split()[1])
+        naive = f"\n\nNaive composition (bench/naive.py, {args.naive} images): {rate:.2f} img/s; " \
+                f"speed-up {args.n / wall / rate:.1f}x."
     busy = sum(u > 0 for u in sampler.util) / len(sampler.util) * 100 if sampler.util else float("nan")
     util = sum(sampler.util) / len(sampler.util) if sampler.util else float("nan")
     body = (f"{args.n} JPEGs at {args.size}x{args.size} (real photos re-encoded), full preset, {args.device}; "
@@ -132,7 +142,7 @@ def main() -> None:
             f"| end to end img/s | wall s | GPU busy % of samples | mean GPU util % | peak GPU MiB |\n|---|---|---|---|---|\n"
             f"| {args.n / wall:.1f} | {wall:.1f} | {busy:.0f} | {util:.0f} | {max(sampler.mem, default=float('nan')):.0f} |\n\n"
             "Per stage (samples / summed stage seconds, all workers): "
-            + ", ".join(f"{k} {v}" for k, v in per_stage.items()))
+            + ", ".join(f"{k} {v}" for k, v in per_stage.items()) + naive)
     print(body)
     if not args.smoke:
         from bench.report import write_section

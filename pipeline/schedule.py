@@ -116,6 +116,11 @@ def _decode_device(cfg: RunConfig, names: list[str], instances: dict) -> str:
         raise ConfigError(f"decode must be auto, cpu or cuda, got {cfg.decode!r}")
     if cfg.decode == "cpu" or not _gpu_available(cfg):
         return "cpu"
+    if cfg.decode == "auto":
+        import torch
+
+        if not torch.cuda.is_available():  # a declared GPU (Ray resources) is not a CUDA device here
+            return "cpu"
     source_seers, frame = [], False
     for name in names:
         stage = instances[name]
