@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from diffusers.optimization import get_scheduler
 from torch import nn
 
 from schemas import pseudo_mask
 from training.heatmaps import dense_targets, landmark_subset
+from training.module_base import TrainableParts
 from training.sd import SDComponents
 
 TRAINABLE = ("pose_branch", "id_mlp", "pc_adapter", "head")
@@ -214,8 +213,10 @@ def identity_positions(offsets: torch.Tensor, spans: torch.Tensor) -> torch.Tens
     return torch.where(hit, idx, torch.full_like(idx, -1)).amax(1)
 
 
-class DenseFace(L.LightningModule):
+class DenseFace(TrainableParts):
     """Dense-Face on frozen SD components; checkpoints hold the trainable parts only."""
+
+    trainable_parts = TRAINABLE
 
     def __init__(self, sd: SDComponents, cfg: DenseFaceConfig, optim: OptimConfig | None = None):
         super().__init__()
@@ -260,24 +261,6 @@ class DenseFace(L.LightningModule):
         return self
 
     # -- building blocks shared by training and inference ---------------------------------------
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for name in TRAINABLE for p in getattr(self, name).parameters()]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{k}": v for name in TRAINABLE for k, v in getattr(self, name).state_dict().items()}
-
-    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a checkpoint's trainable weights; every trainable tensor must be in it."""
-        missing = set(self.trainable_state_dict()) - set(state)
-        if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
-        self.load_state_dict(state, strict=False)
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return (dist.sample(generator) * self.vae.config.scaling_factor).float()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -369,13 +352,3 @@ class DenseFace(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(latents))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(latents))
         return {"loss": loss, "terms": terms}
-
-    def configure_optimizers(self) -> dict:
-        o = self.optim
-        opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
-                                weight_decay=o.weight_decay)
-        sched = get_scheduler(o.scheduler, opt, num_warmup_steps=o.warmup_steps, num_training_steps=o.total_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()

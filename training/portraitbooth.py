@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from diffusers.optimization import get_scheduler
-from torch import nn
 
 from training.dense_face import DTYPES, OptimConfig, identity_positions
 from training.portraitbooth_blocks import (FACE_SIZE, AttentionRecorder, FaceEmbedder, SubjectMLP, align_faces,
                                            identity_loss, install_recorder, localization_term)
+from training.module_base import TrainableParts
 from training.sd import SDComponents
 
 TRAINABLE = ("unet", "subject_mlp")
@@ -86,8 +84,10 @@ class Pass:
     maps: list[torch.Tensor]  # per cross-attention layer (B, 2, h, w)
 
 
-class PortraitBooth(L.LightningModule):
+class PortraitBooth(TrainableParts):
     """PortraitBooth on SD components; checkpoints hold the UNet and the subject MLP only."""
+
+    trainable_parts = TRAINABLE
 
     def __init__(self, sd: SDComponents, cfg: PortraitBoothConfig, optim: OptimConfig | None = None):
         super().__init__()
@@ -130,24 +130,6 @@ class PortraitBooth(L.LightningModule):
         return self
 
     # -- building blocks shared by training and inference ---------------------------------------
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for name in TRAINABLE for p in getattr(self, name).parameters()]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{k}": v for name in TRAINABLE for k, v in getattr(self, name).state_dict().items()}
-
-    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a checkpoint's trainable weights; every trainable tensor must be in it."""
-        missing = set(self.trainable_state_dict()) - set(state)
-        if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
-        self.load_state_dict(state, strict=False)
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return (dist.sample(generator) * self.vae.config.scaling_factor).float()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode, differentiable (the identity loss needs the gradient)."""
@@ -291,14 +273,7 @@ class PortraitBooth(L.LightningModule):
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
         return {"loss": loss, "terms": terms}
 
-    def configure_optimizers(self) -> dict:
-        o = self.optim
-        opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),
-                                weight_decay=o.weight_decay)
-        sched = get_scheduler(o.scheduler, opt, num_warmup_steps=o.warmup_steps, num_training_steps=o.total_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        super().on_save_checkpoint(checkpoint)
         checkpoint["portraitbooth"] = asdict(self.cfg)
 
