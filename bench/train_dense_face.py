@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_section  # noqa: E402
+from bench.timing import time_steps  # noqa: E402
 from training.dense_face import DenseFace, DenseFaceConfig  # noqa: E402
 from training.sd import sd21_components, tiny_sd_components  # noqa: E402
 
@@ -48,26 +48,7 @@ def measure(model: DenseFace, n: int, res: int, steps: int, warmup: int,
     """(seconds per step, peak GiB) for batch size ``n``; raises torch.cuda.OutOfMemoryError."""
     opt = model.configure_optimizers()["optimizer"]
     batch = synthetic_batch(n, res, model.cfg.id_dim, device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = model.training_step(batch, i)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    if cuda:
-        torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    del opt
-    return (time.perf_counter() - t0) / steps, peak
+    return time_steps(lambda i: model.training_step(batch, i)["loss"], opt, steps, warmup, device)
 
 
 def main() -> None:

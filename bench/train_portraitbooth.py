@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_section  # noqa: E402
+from bench.timing import time_steps  # noqa: E402
 from stages import align  # noqa: E402
 from training.portraitbooth import PortraitBooth, PortraitBoothConfig  # noqa: E402
 from training.sd import SCHEDULER_CONFIG, SD21_VAE, SDComponents, tiny_sd_components, tiny_tokenizer  # noqa: E402
@@ -82,30 +82,15 @@ def measure(model: PortraitBooth, n: int, res: int, steps: int, warmup: int, dev
     """(seconds per step, peak GiB) for batch size ``n``; raises torch.cuda.OutOfMemoryError."""
     opt = model.configure_optimizers()["optimizer"]
     batch = synthetic_batch(n, res, model.cfg.id_dim, device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    t_step = model.cfg.r_t if with_id else model.cfg.r_t + 1
+    t_step = model.cfg.r_t if with_id else model.cfg.r_t + 1  # t <= R_t switches the identity loss on
     no = torch.zeros(n, dtype=torch.bool, device=device)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+
+    def loss_of(i: int) -> torch.Tensor:
         draw = model.draw(batch, i)
         draw = replace(draw, t=torch.full_like(draw.t, t_step), uncond=no, text_only=no)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = model.training_step(batch, i, draw=draw)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    if cuda:
-        torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    del opt
-    return (time.perf_counter() - t0) / steps, peak
+        return model.training_step(batch, i, draw=draw)["loss"]
+
+    return time_steps(loss_of, opt, steps, warmup, device)
 
 
 def main() -> None:
