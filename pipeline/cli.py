@@ -28,12 +28,15 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="STAGE.FIELD=VALUE override (repeatable)."),
     shard_size: Optional[int] = typer.Option(None, help="Samples per shard (fixed once per output)."),
     weights_dir: Optional[str] = typer.Option(None, help="Weights directory."),
-    executor: Optional[str] = typer.Option(None, help="ray (default) or local."),
+    executor: Optional[str] = typer.Option(
+        None, help="auto (default: Ray with a GPU or --ray-address, else one process), ray or local."),
     ray_address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster."),
     num_cpus: Optional[int] = typer.Option(None, help="CPU cap for the embedded Ray."),
     num_gpus: Optional[float] = typer.Option(None, help="GPU cap for the embedded Ray."),
     retry_errors: Optional[str] = typer.Option(
         None, help="Recompute the error rows of these stages (comma-separated, or 'all'); ok rows stay."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Accept input files added, deleted or changed since planning: recompute just those."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Run the pipeline: source step, stages, pack."""
@@ -42,14 +45,14 @@ def run(
 
     flags = dict(source=source, input=input, out=out, stages=stages, shard_size=shard_size,
                  weights_dir=weights_dir, executor=executor, ray_address=ray_address,
-                 num_cpus=num_cpus, num_gpus=num_gpus, retry_errors=retry_errors)
+                 num_cpus=num_cpus, num_gpus=num_gpus, retry_errors=retry_errors, refresh=refresh or None)
     try:
         cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
         summary = run_pipeline(cfg, quiet=quiet)
     except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
         _fail(exc)
     errors = sum(s["status"].get("error", 0) for s in summary["stages"].values())
-    if not quiet:
+    if not quiet and not summary.get("nothing_to_do"):
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
                    f"{cfg.out}/shards ({errors} error rows in the manifests)", err=True)
 

@@ -51,8 +51,9 @@ class RunConfig:
     """Images with more pixels are refused from their header (decompression-bomb guard)."""
     min_side: int = 16
     """Images with a smaller side are refused as too small."""
-    executor: str = "ray"
-    """``ray`` (embedded local Ray, or a cluster via ray_address) or ``local`` (one process)."""
+    executor: str = "auto"
+    """``auto`` (Ray when a GPU or a cluster address is there, else one process), ``ray`` (embedded
+    local Ray, or a cluster via ray_address) or ``local`` (one process)."""
     ray_address: str | None = None
     """Address of an existing Ray cluster to join; None starts an embedded one."""
     num_cpus: int | None = None
@@ -62,6 +63,11 @@ class RunConfig:
     decode: str = "auto"
     """Where source JPEGs are decoded: cpu, cuda (nvJPEG, batched), or auto = cuda when every
     stage that sees the source image runs on a GPU."""
+    frames: str = "jpg"
+    """How a stage's frame (aligned/restored crop) is stored for later steps: ``jpg`` (quality 95;
+    these bytes become the shard image, and every stage sees exactly them) or ``png`` (lossless)."""
+    refresh: bool = False
+    """Accept input changes since planning: re-plan the changed keys, keep everything else."""
     fuse: bool = True
     """Run consecutive stages of one kind (CPU or GPU) in one worker, frames kept in memory."""
     retry_errors: list[str] = field(default_factory=list)

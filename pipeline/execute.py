@@ -1,4 +1,4 @@
-"""Per-shard work, shared by every executor: the source step and a group of stages.
+"""Per-shard work shared by every executor: run context, frames, upstream reads, isolation.
 
 A group is a run of consecutive stages executed on one worker, batch by batch: the image is
 decoded once and each stage's frame (detect's aligned crop, restore's output) is handed to the
@@ -17,15 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline import imaging
-from pipeline.manifest import ShardOutputs, TarReader, TarWriter, read_manifest, validate_columns
-from pipeline.manifest import write_json, write_marker, write_table
-from schemas import source as source_schema
-from schemas.common import manifest_schema
-from stages.base import ERROR, OK, Result, Sample, Stage
-from stages.jpeg import jpeg_quality_from_bytes
-
-SOURCE = "source"
+from pipeline.manifest import ShardOutputs, TarReader, read_manifest, write_json
+from pipeline.read import SOURCE
+from stages.base import OK, Result, Sample, Stage
 
 
 @dataclass(frozen=True)
@@ -62,25 +56,71 @@ class RunContext:
     """Stages whose error rows this run recomputes (--retry-errors)."""
     decode_device: str = "cpu"
     """Where source JPEGs are decoded for stages that see the source frame."""
+    frame_format: str = "jpg"
+    """How frames are stored between steps: jpg (compact, the shard image) or png (lossless)."""
+    store_source_image: bool = False
+    """Keep the verified input image in the source payload (runs where no stage makes a frame)."""
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+FRAME_FORMATS = ("jpg", "png")
+FRAME_JPEG_QUALITY = 95
+
+
+def encode_frame(image: np.ndarray, fmt: str) -> bytes:
+    """A frame's stored bytes: JPEG (compact; these exact bytes become the shard image) or PNG
+    (lossless, for byte-identical re-runs of later stages from a stored frame)."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, buf = cv2.imencode(f".{fmt}", bgr, params)
     if not ok:
-        raise RuntimeError("PNG encoding failed")
+        raise RuntimeError(f"{fmt} encoding failed")
     return buf.tobytes()
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_frame(data: bytes) -> np.ndarray:
+    """The pixels every downstream stage sees, fused or not: always decoded from the stored bytes."""
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def frame_member(key: str, frame_name: str, fmt: str) -> str:
+    return f"{key}.{frame_name}.{fmt}"
 
 
 def reason_code(error: str) -> str:
     return error.split(":", 1)[0].strip() if error else ""
 
 
+@dataclass
+class ShardReport:
+    """What a step did for one stage of one shard (the run summary is built from these)."""
+
+    stage: str
+    shard: str
+    n: int = 0
+    status: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    """Seconds inside the stage's model calls (its compute time)."""
+    reused: bool = False
+    """Done by an earlier run: nothing was computed now."""
+
+    @classmethod
+    def from_stats(cls, stats: dict, reused: bool = False) -> "ShardReport":
+        return cls(stats["stage"], stats["shard"], stats["n"], dict(stats["status"]), dict(stats["reasons"]),
+                   float(stats.get("seconds") or 0.0), reused)
+
+    @classmethod
+    def load(cls, outs: ShardOutputs, counts: dict[str, int] | None = None) -> "ShardReport":
+        """The report of a shard done by an earlier run (its stats file, else the marker's counts)."""
+        try:
+            return cls.from_stats(json.loads(outs.stats.read_text()), reused=True)
+        except (OSError, ValueError, KeyError):
+            counts = counts or {}
+            return cls(outs.stage, outs.shard, sum(counts.values()), dict(counts), reused=True)
+
+
 def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seconds: float,
-                extra: dict | None = None, started: float | None = None) -> dict:
+                extra: dict | None = None, started: float | None = None) -> ShardReport:
     stats = {
         "stage": outs.stage,
         "shard": outs.shard,
@@ -96,58 +136,7 @@ def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seco
     if extra:
         stats["extra"] = extra
     write_json(stats, outs.stats)
-    return stats
-
-
-def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], shard: str) -> dict:
-    """Hash and probe every file of the shard; write the source manifest (no decode kept)."""
-    outs = ShardOutputs(ctx.out, SOURCE, shard)
-    if outs.is_done(ctx.source_lineage):
-        return {"stage": SOURCE, "shard": shard, "skipped": True}
-    start, wall_start, records = time.perf_counter(), time.time(), []
-    tar = TarWriter(outs.payload) if source.files else None
-    for row in rows:
-        t0 = time.perf_counter()
-        rec = {"key": row["key"], "identity": row["identity"], "location": row["location"],
-               "meta": row["meta"], "sha256": None, "bytes": None, "width": None, "height": None,
-               "format": None, "mode": None, "note": None, "jpeg_quality": None, "status": OK,
-               "error": row["error"]}
-        if not rec["error"]:
-            try:
-                data = source.read(row["location"])
-            except OSError as exc:
-                data, rec["error"] = None, f"unreadable: {type(exc).__name__}"
-            if data is not None:
-                import hashlib
-
-                rec["sha256"], rec["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-                _, probe, reason = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side)
-                if probe is not None:
-                    rec.update(width=probe.width, height=probe.height, format=probe.format,
-                               mode=probe.mode, note=probe.note)
-                    if probe.format == "JPEG":
-                        rec["jpeg_quality"] = jpeg_quality_from_bytes(data)
-                rec["error"] = reason
-            if tar is not None and not rec["error"]:
-                try:
-                    extra = source.extra_files(row["location"], json.loads(row["meta"] or "{}"))
-                except (OSError, ValueError) as exc:
-                    rec["error"] = f"extra_files_failed: {type(exc).__name__}: {exc}"[:300]
-                else:
-                    for suffix, blob in sorted(extra.items()):
-                        tar.add(f"{row['key']}.{suffix}", blob)
-        rec["status"] = ERROR if rec["error"] else OK
-        rec.update(duration_s=time.perf_counter() - t0, stage=SOURCE, stage_version="1", frame=None,
-                   model=None, weights_sha256=None, weights_random=None, config_hash=ctx.source_lineage)
-        records.append(rec)
-    table = validate_columns(records, manifest_schema(source_schema.SCHEMA))
-    if tar is not None:
-        tar.close()
-    write_table(table, outs.manifest)
-    counts = dict(Counter(r["status"] for r in records))
-    write_marker(outs, ctx.source_lineage, counts)
-    return write_stats(outs, [r["status"] for r in records], [r["error"] for r in records],
-                       time.perf_counter() - start, started=wall_start)
+    return ShardReport.from_stats(stats)
 
 
 class UpstreamStore:
@@ -157,7 +146,7 @@ class UpstreamStore:
         outs = ShardOutputs(ctx.out, run.name, shard)
         table = read_manifest(outs.manifest)
         self.rows = {row["key"]: row for row in table.to_pylist()}
-        self.files, self.frame_name = files, run.frame_name
+        self.files, self.frame_name, self.frame_format = files, run.frame_name, ctx.frame_format
         self.tar = TarReader(outs.payload) if outs.payload.exists() else None
         self._members: dict[str, list[str]] = {}
         for name in self.tar.names() if self.tar is not None else ():
@@ -168,7 +157,7 @@ class UpstreamStore:
         return [(n.partition(".")[2], self.tar.get(n)) for n in self._members.get(key, [])]
 
     def result(self, key: str, frame: bool = True) -> Result | None:
-        """The stored result of ``key``; ``frame=False`` skips decoding the frame PNG."""
+        """The stored result of ``key``; ``frame=False`` skips decoding the frame."""
         row = self.rows.get(key)
         if row is None:
             return None
@@ -176,8 +165,8 @@ class UpstreamStore:
         if res.status == OK and self.tar is not None:
             res.files = {s: d for s in self.files if (d := self.tar.get(f"{key}.{s}")) is not None}
             if self.frame_name and frame:
-                data = self.tar.get(f"{key}.{self.frame_name}.png")
-                res.frame = decode_png(data) if data is not None else None
+                data = self.tar.get(frame_member(key, self.frame_name, self.frame_format))
+                res.frame = decode_frame(data) if data is not None else None
         return res
 
     def close(self) -> None:

@@ -1,4 +1,11 @@
-"""A group of consecutive stages run on one worker, one batch at a time, frames kept in memory."""
+"""A group of consecutive stages run on one worker, one chunk at a time, frames kept in memory.
+
+The run's first group also reads the inputs (``pipeline/read.py``): each file is read, hashed,
+checked and decoded once, the source manifest is written here, and the decoded image goes to the
+group's stages directly. A frame a stage makes is encoded once (JPEG by default); downstream
+stages in the group see the decoded stored bytes, so the pixels are the same fused or not, and
+the same ones the shard image holds.
+"""
 from __future__ import annotations
 
 import time
@@ -10,13 +17,17 @@ import numpy as np
 
 import stages as stage_registry
 from pipeline import imaging
+from pipeline import plan as plan_mod
+from pipeline import read as reader
+from pipeline import refresh
 from pipeline.config import build_stage
-from pipeline.execute import SOURCE, RunContext, StageRun, UpstreamStore, encode_png, process_isolated
-from pipeline.execute import write_stats
+from pipeline.execute import SOURCE, RunContext, ShardReport, StageRun, UpstreamStore, decode_frame
+from pipeline.execute import encode_frame, frame_member, process_isolated, write_stats
 from pipeline.journal import CRASHED, Journal, note_crash
-from pipeline.manifest import ShardOutputs, TarReader, TarWriter, read_manifest, validate_columns, write_marker
+from pipeline.manifest import ShardOutputs, TarWriter, read_manifest, validate_columns, write_marker
 from pipeline.manifest import write_table
 from pipeline.sources import get_source
+from schemas import source as source_schema
 from schemas.common import manifest_schema
 from stages.base import OK, SKIPPED, Provenance, Result, Sample, Stage
 
@@ -35,7 +46,19 @@ class _Pending:
     prov: Provenance
     journal: Journal
     old: UpstreamStore | None = None
-    """The stage's finished outputs when only some rows are redone (--retry-errors)."""
+    """The stage's finished outputs when only some rows are redone (--retry-errors, --refresh)."""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class _SourcePending:
+    """The source manifest being written by the group that reads the inputs."""
+
+    outs: ShardOutputs
+    tar: TarWriter
+    old: UpstreamStore | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     started: float = field(default_factory=time.time)
@@ -44,18 +67,19 @@ class _Pending:
 class GroupWorker:
     """Holds the group's stages (set up once) and processes shards."""
 
-    def __init__(self, ctx: RunContext, names: list[str]):
+    def __init__(self, ctx: RunContext, names: list[str], reads_source: bool = False):
         self.ctx = ctx
         self.runs = [ctx.stage_runs[n] for n in names]
         for r in ctx.stage_runs.values():
             stage_registry.register(r.name, r.module)
         self.stages = {r.name: build_stage(r.name, r.values) for r in self.runs}
         self._ready: set[str] = set()
-        self._source_files: TarReader | None = None
+        self.reads_source = reads_source
+        self.plan = plan_mod.load(ctx.out) if reads_source else None
         self.source = get_source(ctx.source_name)(ctx.input)
 
     @staticmethod
-    def note_crash(ctx: RunContext, names: list[str], shard: str) -> list[str]:
+    def note_crash(ctx: RunContext, names: list[str], shard: str, reads_source: bool = False) -> list[str]:
         """Called by the executor when a worker died on ``shard``."""
         return note_crash(ctx.out, names, shard)
 
@@ -68,27 +92,43 @@ class GroupWorker:
             self._ready.add(name)
         return self.stages[name]
 
-    def run_shard(self, shard: str) -> list[dict]:
-        todo, partial = [], set()
+    def run_shard(self, shard: str) -> list[ShardReport]:
+        redo_part = refresh.pending(self.ctx.out, shard)
+        src_outs = ShardOutputs(self.ctx.out, SOURCE, shard)
+        read_now = self.reads_source and not src_outs.is_done(self.ctx.source_lineage)
+        todo, partial, reports = [], set(), []
         for r in self.runs:
-            if not ShardOutputs(self.ctx.out, r.name, shard).is_done(r.lineage):
+            outs = ShardOutputs(self.ctx.out, r.name, shard)
+            if not outs.is_done(r.lineage):
                 todo.append(r)
+                if redo_part and outs.manifest.exists():
+                    partial.add(r.name)
             elif self.ctx.retry and self._has_retry_rows(r, shard):
                 todo.append(r)
                 partial.add(r.name)
-        if not todo:
-            return []
-        source_rows = read_manifest(ShardOutputs(self.ctx.out, SOURCE, shard).manifest).to_pylist()
+            else:
+                reports.append(ShardReport.load(outs))
+        if self.reads_source and not read_now:
+            reports.insert(0, ShardReport.load(src_outs))
+        if not todo and not read_now:
+            return reports
+        source_run = StageRun(SOURCE, {}, self.ctx.source_lineage)
+        src = None
+        if read_now:
+            old = UpstreamStore(self.ctx, source_run, shard, self.source.files + (reader.SOURCE_IMAGE,)) \
+                if redo_part and src_outs.manifest.exists() else None
+            src = _SourcePending(src_outs, TarWriter(src_outs.payload), old)
+            rows = self.plan.rows(shard)
+        else:
+            rows = read_manifest(src_outs.manifest).to_pylist()
         todo_names = {r.name for r in todo}
         # Stages outside this group (or already done) that something here needs, read from disk.
         needed = {n for r in todo for n in (*r.reads, *r.optional, r.frame_from) if n}
-        stores = {
-            n: UpstreamStore(self.ctx, self.ctx.stage_runs[n], shard, self.stages[n].files
-                             if n in self.stages else _files_of(n))
-            for n in needed if n not in todo_names
-        }
-        src_payload = ShardOutputs(self.ctx.out, SOURCE, shard).payload
-        self._source_files = TarReader(src_payload) if src_payload.exists() else None
+        stores = {n: UpstreamStore(self.ctx, self.ctx.stage_runs[n], shard, _files_of(n))
+                  for n in needed if n not in todo_names}
+        source_files = None
+        if not read_now and self.source.files and src_outs.payload.exists():
+            source_files = UpstreamStore(self.ctx, source_run, shard, self.source.files)
         pending = {}
         for r in todo:
             stage = self._setup(r.name)
@@ -97,23 +137,90 @@ class GroupWorker:
             pending[r.name] = _Pending(r, stage, outs, TarWriter(outs.payload), stage.provenance(),
                                        Journal(self.ctx.out, r.name, shard), old)
         try:
-            chunk = max(getattr(p.stage, "batch_size", DEFAULT_BATCH) for p in pending.values())
-            for i in range(0, len(source_rows), chunk):
-                self._run_chunk(source_rows[i:i + chunk], pending, stores)
-            return [self._finish(p) for p in pending.values()]
+            chunk = max([getattr(p.stage, "batch_size", DEFAULT_BATCH) for p in pending.values()] or [DEFAULT_BATCH])
+            for i in range(0, len(rows), chunk):
+                self._run_chunk(rows[i:i + chunk], pending, stores, src, source_files)
+            out = [self._finish_source(src)] if src is not None else []
+            return out + reports + [self._finish(p) for p in pending.values()]
         except BaseException:
-            for p in pending.values():
-                p.tar.abort()
+            for tar in [p.tar for p in pending.values()] + ([src.tar] if src else []):
+                tar.abort()
             raise
         finally:
-            for s in [*stores.values(), *(p.old for p in pending.values() if p.old is not None)]:
+            olds = [p.old for p in pending.values()] + [src.old if src else None, source_files]
+            for s in [*stores.values(), *(o for o in olds if o is not None)]:
                 s.close()
-            if self._source_files is not None:
-                self._source_files.close()
 
-    def _run_chunk(self, rows: list[dict], pending: dict[str, _Pending], stores: dict[str, UpstreamStore]) -> None:
+    def _read_inputs(self, rows: list[dict], src: _SourcePending, images: dict, extras: dict) -> list[dict]:
+        """The source step for one chunk: read, verify, decode each file once; return its rows."""
+        records, gpu = [], []
+        for row in rows:
+            t0 = time.perf_counter()
+            key = row["key"]
+            kept = src.old.rows.get(key) if src.old is not None else None
+            if kept is not None and kept["config_hash"] == self.ctx.source_lineage:
+                records.append(kept)  # --refresh: an unchanged file's row stays byte for byte
+                for suffix, data in src.old.members(key):
+                    src.tar.add(f"{key}.{suffix}", data)
+                    extras.setdefault(key, {})[suffix] = data
+                continue
+            item = reader.read_input(self.ctx, self.source, row, decode=self.ctx.decode_device == "cpu")
+            rec = item.record
+            if rec["status"] == OK and self.source.files:
+                files, err = reader.extra_files(self.source, rec)
+                if err:
+                    rec.update(status="error", error=err)
+                extras[key] = files
+                for suffix, blob in sorted(files.items()):
+                    src.tar.add(f"{key}.{suffix}", blob)
+            if rec["status"] == OK and item.image is None:
+                gpu.append(item)
+            elif rec["status"] == OK:
+                images[key] = (item.image, "")
+                if self.ctx.store_source_image:
+                    src.tar.add(f"{key}.{reader.SOURCE_IMAGE}", reader.image_member(item))
+            dt = time.perf_counter() - t0
+            src.seconds += dt
+            rec.update(duration_s=dt, stage=SOURCE, stage_version="1", frame=None, model=None,
+                       weights_sha256=None, weights_random=None, config_hash=self.ctx.source_lineage)
+            records.append(rec)
+        if gpu:
+            t0 = time.perf_counter()
+            decoded = imaging.decode_jpeg_batch([it.data for it in gpu], self.ctx.decode_device)
+            for item, image in zip(gpu, decoded):
+                rec = item.record
+                if image is None:
+                    image, _, reason = imaging.decode_rgb(item.data, self.ctx.max_pixels, self.ctx.min_side)
+                    if image is None:
+                        rec.update(status="error", error=reason)
+                        continue
+                item.image = image
+                images[rec["key"]] = (image, "")
+                if self.ctx.store_source_image:
+                    src.tar.add(f"{rec['key']}.{reader.SOURCE_IMAGE}", reader.image_member(item))
+            src.seconds += time.perf_counter() - t0
+        src.rows.extend(records)
+        return records
+
+    def _finish_source(self, src: _SourcePending) -> ShardReport:
+        table = validate_columns(src.rows, manifest_schema(source_schema.SCHEMA))
+        src.tar.close()
+        if src.tar.count == 0:
+            src.outs.payload.unlink(missing_ok=True)  # nothing carried: no empty tar to vouch for
+        write_table(table, src.outs.manifest)
+        statuses = [r["status"] for r in src.rows]
+        write_marker(src.outs, self.ctx.source_lineage, dict(Counter(statuses)))
+        return write_stats(src.outs, statuses, [r["error"] for r in src.rows], src.seconds, started=src.started)
+
+    def _run_chunk(self, rows: list[dict], pending: dict[str, _Pending], stores: dict[str, UpstreamStore],
+                   src: _SourcePending | None, source_files: UpstreamStore | None) -> None:
         results: dict[str, dict[str, Result]] = {}  # stage -> key -> result, for this chunk only
         images: dict[str, tuple[np.ndarray | None, str]] = {}
+        extras: dict[str, dict[str, bytes]] = {}
+        if src is not None:
+            rows = self._read_inputs(rows, src, images, extras)
+        elif source_files is not None:
+            extras = {r["key"]: dict(source_files.members(r["key"])) for r in rows}
 
         def lookup(stage: str, key: str, frame: bool = False) -> Result | None:
             if stage in results:
@@ -121,17 +228,11 @@ class GroupWorker:
             return stores[stage].result(key, frame) if stage in stores else None
 
         def source_image(row: dict) -> tuple[np.ndarray | None, str]:
-            if row["key"] not in images:
-                try:
-                    data = self.source.read(row["location"])
-                except OSError as exc:
-                    images[row["key"]] = (None, f"unreadable: {type(exc).__name__}")
-                else:
-                    img, _, reason = imaging.decode_rgb(data, self.ctx.max_pixels, self.ctx.min_side)
-                    images[row["key"]] = (img, f"decode_failed: {reason}" if img is None else "")
+            if row["key"] not in images:  # a later run: read again, checked against the recorded sha256
+                images[row["key"]] = reader.reread(self.source, row, self.ctx.max_pixels, self.ctx.min_side)
             return images[row["key"]]
 
-        if self.ctx.decode_device != "cpu":
+        if self.ctx.decode_device != "cpu" and src is None:
             self._decode_on_device(rows, pending, images)
         for run in self.runs:
             if run.name not in pending:
@@ -174,7 +275,7 @@ class GroupWorker:
                     out[key] = Result.fail(err)
                     continue
                 samples.append(Sample(key=key, identity=row["identity"], image=image, frame=frame,
-                                      upstream=upstream, meta={**row, "files": self._extra_files(key)}))
+                                      upstream=upstream, meta={**row, "files": extras.get(key, {})}))
             for batch in self._batches(p, samples, out):
                 t0 = time.perf_counter()
                 p.journal.begin([s.key for s in batch])
@@ -200,8 +301,9 @@ class GroupWorker:
         return False
 
     def _redo(self, run: StageRun, old: dict | None, lookup) -> bool:
-        """In a retry: redo this stage's error rows, and rows skipped for an upstream that recovered."""
-        if old is None:
+        """Partial redo: rows not computed under this lineage, this stage's error rows in a retry,
+        and rows skipped for an upstream that recovered."""
+        if old is None or old["config_hash"] != run.lineage:
             return True
         if old["status"] == "error":
             return run.name in self.ctx.retry
@@ -232,26 +334,28 @@ class GroupWorker:
         return batches + [normal[i:i + bs] for i in range(0, len(normal), bs)]
 
     def _decode_on_device(self, rows: list[dict], pending: dict, images: dict) -> None:
-        """Batch-decode the chunk's clean JPEGs on the GPU; anything it cannot do falls to PIL."""
+        """Batch-decode the chunk's clean JPEGs on the GPU (each read once, checked against its
+        recorded sha256); anything it cannot do falls to PIL."""
         if not any(p.run.frame_from is None and p.stage.needs_image for p in pending.values()):
             return
-        todo = [r for r in rows if r["status"] == OK and r["format"] == "JPEG" and not r["note"]]
+        todo, datas = [], []
+        for r in rows:
+            if r["status"] == OK and r["format"] == "JPEG" and not r["note"]:
+                data, reason = reader.read_bytes(self.source, r["location"])
+                reason = reason or reader.verify(data, r["sha256"], r["bytes"])
+                if reason:
+                    images[r["key"]] = (None, reason)
+                else:
+                    todo.append(r)
+                    datas.append(data)
         if not todo:
             return
-        try:
-            datas = [self.source.read(r["location"]) for r in todo]
-        except OSError:
-            return
-        for row, image in zip(todo, imaging.decode_jpeg_batch(datas, self.ctx.decode_device)):
-            if image is not None:
+        for row, data, image in zip(todo, datas, imaging.decode_jpeg_batch(datas, self.ctx.decode_device)):
+            if image is None:
+                image, _, reason = imaging.decode_rgb(data, self.ctx.max_pixels, self.ctx.min_side)
+                images[row["key"]] = (image, f"decode_failed: {reason}" if image is None else "")
+            else:
                 images[row["key"]] = (image, "")
-
-    def _extra_files(self, key: str) -> dict[str, bytes]:
-        """Files the source carried for this sample (e.g. a ground-truth label map)."""
-        if self._source_files is None:
-            return {}
-        return {suffix: self._source_files.get(f"{key}.{suffix}") for suffix in self.source.files
-                if f"{key}.{suffix}" in self._source_files.index}
 
     def _record(self, p: _Pending, key: str, res: Result, frame: str) -> None:
         prov = p.prov
@@ -267,7 +371,9 @@ class GroupWorker:
                     raise ValueError(f"stage '{p.run.name}' wrote undeclared file '{suffix}'")
                 p.tar.add(f"{key}.{suffix}", data)
             if p.run.frame_name and res.frame is not None:
-                p.tar.add(f"{key}.{p.run.frame_name}.png", encode_png(res.frame))
+                data = encode_frame(res.frame, self.ctx.frame_format)
+                p.tar.add(frame_member(key, p.run.frame_name, self.ctx.frame_format), data)
+                res.frame = decode_frame(data)  # downstream sees what a stored frame would give it
         row.update(key=key, status=res.status, error=res.error, duration_s=duration, stage=p.run.name,
                    stage_version=type(p.stage).version, frame=frame, model=prov.model,
                    weights_sha256=prov.weights_sha256, weights_random=prov.weights_random,
@@ -276,7 +382,7 @@ class GroupWorker:
         if res.status == OK:  # later stages of this group see what a stored row would give them
             res.columns = dict(row)
 
-    def _finish(self, p: _Pending) -> dict:
+    def _finish(self, p: _Pending) -> ShardReport:
         table = validate_columns(p.rows, manifest_schema(p.stage.schema))
         p.tar.close()
         write_table(table, p.outs.manifest)

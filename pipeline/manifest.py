@@ -108,6 +108,13 @@ def write_json(obj: Any, path: Path) -> None:
     fsync_rename(tmp, path)
 
 
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    tmp.write_text(text)
+    fsync_rename(tmp, path)
+
+
 def read_manifest(path: Path) -> pa.Table:
     return pq.read_table(path)
 

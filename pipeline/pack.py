@@ -15,12 +15,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline import imaging
-from pipeline.execute import SOURCE, RunContext, decode_png
+from pipeline import refresh
+from pipeline.execute import SOURCE, RunContext, decode_frame, frame_member
 from pipeline.manifest import ShardOutputs, TarReader, TarWriter, marker_valid, read_manifest, read_marker
 from pipeline.manifest import sha256_file
 from pipeline.manifest import stable_hash, write_done, write_json
-from pipeline.sources import get_source
+from pipeline.read import SOURCE_IMAGE
 from schemas.common import COMMON
 from schemas.shard import IMAGE, META, meta_section
 
@@ -36,7 +36,7 @@ def pack_lineage(ctx: RunContext, names: list[str], shard: str) -> str:
         marker = read_marker(ShardOutputs(ctx.out, n, shard).marker) or {}
         inputs[n] = {rel: f["sha256"] for rel, f in marker.get("files", {}).items()}
     return stable_hash({"source": ctx.source_lineage, "stages": [ctx.stage_runs[n].lineage for n in names],
-                        "jpeg_quality": JPEG_QUALITY, "inputs": inputs})
+                        "jpeg_quality": JPEG_QUALITY, "frames": ctx.frame_format, "inputs": inputs})
 
 
 def shard_path(out: Path, shard: str) -> Path:
@@ -78,13 +78,12 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
     payloads = {n: TarReader(p) for n in [SOURCE, *names] if (p := ShardOutputs(ctx.out, n, shard).payload).exists()}
     members_of: dict[str, list[tuple[str, str]]] = {}  # key -> [(stage, member name)]
     for n, tar in payloads.items():
-        frame_file = f"{ctx.stage_runs[n].frame_name}.png" if n in ctx.stage_runs else None
+        frame_file = f"{ctx.stage_runs[n].frame_name}.{ctx.frame_format}" if n in ctx.stage_runs else SOURCE_IMAGE
         for name in tar.names():
             k, _, suffix = name.partition(".")
             if suffix != frame_file:
                 members_of.setdefault(k, []).append((n, name))
     frame_stage = next((n for n in reversed(names) if ctx.stage_runs[n].frame_name), None)
-    source = get_source(ctx.source_name)(ctx.input)
     writer, counts = TarWriter(path), Counter()
     try:
         for src in source_rows:
@@ -92,7 +91,7 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
             if src["status"] != "ok" or any(manifests[n][key]["status"] != "ok" for n in names):
                 counts["excluded"] += 1
                 continue
-            writer.add(f"{key}.{IMAGE}", _image_bytes(ctx, source, src, frame_stage, payloads))
+            writer.add(f"{key}.{IMAGE}", _image_bytes(ctx, key, frame_stage, payloads))
             meta = {"key": key, "identity": src["identity"],
                     "source": {k: v for k, v in src.items() if k not in COMMON.names or k == "key"}}
             meta["source"]["meta"] = json.loads(src["meta"] or "{}")
@@ -115,19 +114,22 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
     entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": sha256_file(path),
              "bytes": path.stat().st_size}
     write_done(ctx.out, marker_path(ctx.out, shard), lineage, [path], index=entry)
+    refresh.clear(ctx.out, shard)
     return entry
 
 
-def _image_bytes(ctx: RunContext, source: Any, src: dict, frame_stage: str | None,
-                 payloads: dict[str, TarReader]) -> bytes:
-    if frame_stage is not None:
-        data = payloads[frame_stage].get(f"{src['key']}.{ctx.stage_runs[frame_stage].frame_name}.png")
-        return _encode_jpeg(decode_png(data))
-    data = source.read(src["location"])
-    if src["format"] == "JPEG" and not src["note"]:
-        return data  # the original bytes: no second JPEG generation loss
-    image, _, _ = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side)
-    return _encode_jpeg(image)
+def _image_bytes(ctx: RunContext, key: str, frame_stage: str | None, payloads: dict[str, TarReader]) -> bytes:
+    """The shard image from what the steps stored: the last frame's JPEG bytes as they are (the
+    pixels every annotation was computed on), or the verified input image. Never the input folder."""
+    if frame_stage is None:
+        data = payloads[SOURCE].get(f"{key}.{SOURCE_IMAGE}") if SOURCE in payloads else None
+        if data is None:
+            raise FileNotFoundError(f"the verified input image of {key} is missing from payloads/source")
+        return data
+    data = payloads[frame_stage].get(frame_member(key, ctx.stage_runs[frame_stage].frame_name, ctx.frame_format))
+    if data is None:
+        raise FileNotFoundError(f"the {frame_stage} frame of {key} is missing from payloads/{frame_stage}")
+    return data if ctx.frame_format == "jpg" else _encode_jpeg(decode_frame(data))
 
 
 def write_index(out: Path, entries: dict[str, dict]) -> None:

@@ -22,6 +22,8 @@ PLAN_SCHEMA = pa.schema(
         pa.field("shard", pa.string(), nullable=False),
         pa.field("meta", pa.string(), nullable=False),  # JSON of source-specific metadata
         pa.field("error", pa.string(), nullable=False),  # known at listing time (e.g. key collision)
+        pa.field("size", pa.int64()),  # bytes at planning (None: not a plain file, e.g. RecordIO)
+        pa.field("mtime_ns", pa.int64()),  # modification time at planning
     ]
 )
 
@@ -57,37 +59,43 @@ def plan_paths(out: Path) -> tuple[Path, Path]:
     return out / "plan" / "plan.parquet", out / "plan" / "plan.json"
 
 
-def create(out: Path, source: Any, source_name: str, input_path: str | None, shard_size: int) -> Plan:
-    """List the source, sort by key, cut into shards and write the plan (once per folder)."""
-    if shard_size < 1:
-        raise PlanError(f"shard size must be positive, got {shard_size}")
+def listing(source: Any, source_name: str) -> list[dict[str, Any]]:
+    """The source listed now, sorted by key: plan rows without a shard (size and mtime stated)."""
     entries = sorted(source.list(), key=lambda e: e.key)
     seen: set[str] = set()
+    rows = []
     for entry in entries:
         if entry.key in seen:  # sources make keys unique; this is the last line of defence
             raise PlanError(f"source '{source_name}' produced the key {entry.key!r} twice")
         seen.add(entry.key)
-    rows = {
-        "key": [e.key for e in entries],
-        "identity": [e.identity for e in entries],
-        "location": [e.location for e in entries],
-        "shard": [shard_name(i // shard_size) for i in range(len(entries))],
-        "meta": [json.dumps(e.meta, sort_keys=True) for e in entries],
-        "error": [e.error for e in entries],
-    }
-    table = pa.Table.from_pydict(rows, schema=PLAN_SCHEMA)
+        size, mtime = source.stat(entry.location)
+        rows.append({"key": entry.key, "identity": entry.identity, "location": entry.location,
+                     "meta": json.dumps(entry.meta, sort_keys=True), "error": entry.error,
+                     "size": size, "mtime_ns": mtime})
+    return rows
+
+
+def write(out: Path, info: dict[str, Any], rows: list[dict[str, Any]]) -> Plan:
+    """Write the plan table and its info (counts, sha256)."""
+    table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
     table_path, info_path = plan_paths(out)
     write_table(table, table_path)
-    info = {
-        "source": source_name,
-        "input": str(Path(input_path).resolve()) if input_path else None,
-        "shard_size": shard_size,
-        "n_samples": len(entries),
-        "n_shards": len(set(rows["shard"])),
-        "plan_sha256": sha256_file(table_path),
-    }
+    info = {**info, "n_samples": table.num_rows, "n_shards": len(set(table.column("shard").to_pylist())),
+            "plan_sha256": sha256_file(table_path)}
     write_json(info, info_path)
     return Plan(info, table)
+
+
+def create(out: Path, source: Any, source_name: str, input_path: str | None, shard_size: int) -> Plan:
+    """List the source, sort by key, cut into shards and write the plan (once per folder)."""
+    if shard_size < 1:
+        raise PlanError(f"shard size must be positive, got {shard_size}")
+    rows = listing(source, source_name)
+    for i, row in enumerate(rows):
+        row["shard"] = shard_name(i // shard_size)
+    info = {"source": source_name, "input": str(Path(input_path).resolve()) if input_path else None,
+            "shard_size": shard_size}
+    return write(out, info, rows)
 
 
 def load(out: Path) -> Plan | None:
@@ -95,7 +103,11 @@ def load(out: Path) -> Plan | None:
     if not info_path.exists():
         return None
     info = json.loads(info_path.read_text())
-    return Plan(info, pq.read_table(table_path))
+    table = pq.read_table(table_path)
+    for name in ("size", "mtime_ns"):  # plans written before sizes were recorded
+        if name not in table.column_names:
+            table = table.append_column(PLAN_SCHEMA.field(name), pa.nulls(table.num_rows, pa.int64()))
+    return Plan(info, table)
 
 
 def load_or_create(out: Path, source: Any, source_name: str, input_path: str | None,

@@ -23,12 +23,14 @@ class Progress:
 
         def tick(result: Any) -> None:
             state["done"] += 1
-            stats = result if isinstance(result, list) else [result] if isinstance(result, dict) else []
-            if not stats or (len(stats) == 1 and stats[0].get("skipped")):
+            reports = [r for r in result if not r.reused] if isinstance(result, list) else None
+            if reports is None:  # pack
+                state["samples"] += result.index.get("samples", 0)
+            elif not reports:
                 state["reused"] += 1
-            elif stats and "n" in stats[0]:
-                state["samples"] += stats[0]["n"]
-                state["errors"] += sum(s["status"].get("error", 0) for s in stats)
+            else:
+                state["samples"] += reports[0].n
+                state["errors"] += sum(r.status.get("error", 0) for r in reports)
             now = time.perf_counter()
             # A line every few seconds and at the end, not one per shard of a 500-shard run.
             if self.quiet or (state["done"] < total and now - state["shown"] < self.every_s):
@@ -41,6 +43,14 @@ class Progress:
                                f"{state['samples']} samples  {rate:7.1f} img/s  "
                                f"errors {state['errors']}{reused}")
         return tick
+
+    def nothing_to_do(self, samples: int, shards: int, names: list[str], out: Any) -> None:
+        """The one line a no-op rerun prints (even with --quiet it is cheap to say nothing)."""
+        if self.quiet:
+            return
+        print(f"nothing to do: all {samples} samples in {shards} shard(s) of {out} are up to date for "
+              f"{', '.join(names)}. To redo a stage, change its config (--set STAGE.FIELD=VALUE) or delete "
+              f"{out}/done/STAGE; to recompute error rows, --retry-errors STAGE", flush=True)
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.quiet:

@@ -8,11 +8,12 @@ from typing import Any, Iterable
 import stages as stage_registry
 from pipeline import plan as plan_mod
 from pipeline.config import ConfigError, RunConfig, build_stage
-from pipeline.execute import RunContext, StageRun
+from pipeline.execute import FRAME_FORMATS, RunContext, StageRun
 from pipeline.manifest import stable_hash
 from pipeline.sources import get_source
 from stages.models.registry import MissingWeights
 
+EXECUTORS = ("auto", "ray", "local")
 RUNTIME_FIELDS = ("device", "batch_size", "weights_dir", "num_workers", "compile")
 """Stage fields that change speed, not results: excluded from the lineage hash."""
 
@@ -34,8 +35,8 @@ def resolve_stage_names(requested: Iterable[str]) -> list[str]:
 def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
     """Everything that can fail on bad input, before any work: source, stages, weights."""
     source_cls = get_source(cfg.source)
-    if cfg.executor not in ("ray", "local"):
-        raise ConfigError(f"executor must be 'ray' or 'local', got '{cfg.executor}'")
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got '{cfg.executor}'")
     source = source_cls(cfg.input)
     names = resolve_stage_names(cfg.stages)
     unknown = set(cfg.stage_config) - set(stage_registry.ORDER)
@@ -78,14 +79,19 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instances: dict) -> RunContext:
-    source_lineage = stable_hash({"plan": plan.info["plan_sha256"], "max_pixels": cfg.max_pixels,
-                                  "min_side": cfg.min_side, "version": 1})
+    # Not the plan's sha256: --refresh re-plans some shards, and only their changed keys redo.
+    store_image = not any(stage_registry.stage_class(n).produces_frame for n in names)
+    source_lineage = stable_hash({"source": plan.info["source"], "input": plan.info["input"],
+                                  "max_pixels": cfg.max_pixels, "min_side": cfg.min_side,
+                                  "store_image": store_image, "version": 2})
     retry = tuple(names) if "all" in cfg.retry_errors else tuple(cfg.retry_errors)
     unknown = set(retry) - set(names)
     if unknown:
         raise ConfigError(f"--retry-errors names stages not in this run: {sorted(unknown)}")
+    if cfg.frames not in FRAME_FORMATS:
+        raise ConfigError(f"frames must be one of {FRAME_FORMATS}, got {cfg.frames!r}")
     ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage,
-                     retry=retry)
+                     retry=retry, frame_format=cfg.frames, store_source_image=store_image)
     ctx.decode_device = _decode_device(cfg, names, instances)
     frame_from = None
     for name in names:
@@ -95,7 +101,7 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         upstream = [ctx.stage_runs[r].lineage for r in (*stage.reads, *optional)]
         lineage = stable_hash({
             "stage": name, "version": type(stage).version, "source": source_lineage, "upstream": upstream,
-            "frame_from": ctx.stage_runs[frame_from].lineage if frame_from else ctx.decode_device,
+            "frame_from": [ctx.stage_runs[frame_from].lineage, cfg.frames] if frame_from else ctx.decode_device,
             "config": {k: v for k, v in values.items() if k not in RUNTIME_FIELDS},
         })
         device = str(values.get("device", "cpu"))
@@ -132,6 +138,13 @@ def _decode_device(cfg: RunConfig, names: list[str], instances: dict) -> str:
     if cfg.decode == "cuda" or (source_seers and on_gpu and all(type(s).gpus > 0 for s in source_seers)):
         return "cuda"
     return "cpu"
+
+
+def choose_executor(cfg: RunConfig) -> str:
+    """auto: Ray where it pays (a GPU, a cluster), one process on a CPU-only machine."""
+    if cfg.executor != "auto":
+        return cfg.executor
+    return "ray" if cfg.ray_address or _gpu_available(cfg) else "local"
 
 
 def _gpu_available(cfg: RunConfig) -> bool:

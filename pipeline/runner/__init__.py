@@ -11,6 +11,7 @@ import errno
 import json
 import platform
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,36 +19,31 @@ from typing import Any
 import yaml
 
 from pipeline import plan as plan_mod
+from pipeline import refresh
 from pipeline.config import RunConfig
-from pipeline.execute import SOURCE, RunContext, run_source_shard
-from pipeline.group import GroupWorker
+from pipeline.execute import SOURCE, RunContext, ShardReport, StageRun
 from pipeline.lock import OutputLock
-from pipeline.manifest import clean_temp_files, write_json
-from pipeline.pack import pack_shard, write_index
+from pipeline.manifest import ShardOutputs, clean_temp_files, write_json, write_text
+from pipeline.pack import is_packed, pack_lineage, pack_shard, write_index
 from pipeline.progress import Progress
 from pipeline.runner.executor import Executor, Step
-from pipeline.schedule import MissingWeightsError, groups_of, make_context, prepare  # noqa: F401 (re-export)
 from pipeline.sources import get_source
 
-class SourceWorker:
-    """Runs the source step for shards (reads the plan once)."""
-
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-        self.plan = plan_mod.load(ctx.out)
-        self.source = get_source(ctx.source_name)(ctx.input)
-
-    def run_shard(self, shard: str) -> dict:
-        return run_source_shard(self.ctx, self.source, self.plan.rows(shard), shard)
-
+RUNTIME_RUN_FIELDS = ("executor", "ray_address", "num_cpus", "num_gpus", "refresh", "decode", "fuse")
+"""Run fields that change how, not what: a rerun differing only in these has nothing to do."""
 
 class PackWorker:
     def __init__(self, ctx: RunContext, names: list[str]):
         self.ctx, self.names = ctx, names
 
-    def run_shard(self, shard: str) -> dict:
-        entry = pack_shard(self.ctx, self.names, shard)
-        return {"stage": "pack", "shard": shard, "n": entry["samples"], "status": {}, "index": entry}
+    def run_shard(self, shard: str) -> "PackReport":
+        return PackReport(shard, pack_shard(self.ctx, self.names, shard))
+
+
+@dataclasses.dataclass
+class PackReport:
+    shard: str
+    index: dict
 
 
 class DiskFullError(OSError):
@@ -66,57 +62,177 @@ def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
 
 
 def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
-    source, names, instances = prepare(cfg)
     out = Path(cfg.out)
+    quick = _up_to_date(cfg, out)
+    if quick is not None:  # before importing any model code: a no-op rerun takes a second
+        Progress(quiet=quiet).nothing_to_do(quick["summary"]["samples"], quick["n_shards"], quick["stages"], out)
+        return {**quick["summary"], "nothing_to_do": True}
+    from pipeline.group import GroupWorker
+    from pipeline.schedule import choose_executor, groups_of, make_context, prepare
+
+    source, names, instances = prepare(cfg)
     started = time.time()
     with OutputLock(out):
         clean_temp_files(out)
-        plan = plan_mod.load_or_create(out, source, cfg.source, cfg.input, cfg.shard_size)
+        plan = _plan(out, source, cfg)
         cfg.shard_size = plan.info["shard_size"]
         ctx = make_context(cfg, plan, names, instances)
-        _write_config(out, cfg, names, instances)
         shards = plan.shards
+        groups = groups_of(ctx, names, cfg.fuse)
         progress = Progress(quiet=quiet, total_samples=len(plan))
+        if _all_done(ctx, names, shards):
+            progress.nothing_to_do(len(plan), len(shards), names, out)
+            return {**json.loads((out / "run.json").read_text())["summary"], "nothing_to_do": True}
+        config_yaml = _write_config(out, _config_data(cfg, names, instances))
         index: dict[str, dict] = {}
-        steps = [Step(SourceWorker, (ctx,), 0.0, progress.step(SOURCE, len(shards)))]
-        for group in groups_of(ctx, names, cfg.fuse):
+        reports: list[ShardReport] = []
+        steps = []
+        for i, group in enumerate(groups):
             gpus = max(ctx.stage_runs[n].gpus for n in group)
-            steps.append(Step(GroupWorker, (ctx, group), gpus, progress.step("+".join(group), len(shards))))
+            label = "+".join(([SOURCE] if i == 0 else []) + group)
+            steps.append(Step(GroupWorker, (ctx, group, i == 0), gpus, progress.step(label, len(shards)),
+                              collect=reports.extend))
         steps.append(Step(PackWorker, (ctx, names), 0.0, progress.step("pack", len(shards)),
-                          collect=lambda r: index.__setitem__(r["shard"], r["index"])))
+                          collect=lambda r: index.__setitem__(r.shard, r.index)))
+        cfg.executor = choose_executor(cfg)
         with Executor(cfg) as ex:
             ex.run(steps, shards)
         write_index(out, index)
-        summary = summarize(out, [SOURCE, *names], shards)
+        summary = summarize(reports, [SOURCE, *names])
         summary.update(seconds=round(time.time() - started, 2), samples=len(plan),
-                       packed=sum(e["samples"] for e in index.values()))
+                       packed=sum(e["samples"] for e in index.values()), executor=cfg.executor)
         write_json({"config": cfg.to_dict(), "stages": names, "summary": summary, "started": started,
                     "provenance": {n: dataclasses.asdict(s.provenance()) for n, s in instances.items()},
-                    "versions": _versions()}, out / "run.json")
+                    "lineages": {SOURCE: ctx.source_lineage, **{n: ctx.stage_runs[n].lineage for n in names}},
+                    "frames": ctx.frame_format, "config_yaml": config_yaml, "versions": _versions()},
+                   out / "run.json")
         progress.summary(summary)
     return summary
 
 
-def summarize(out: Path, names: list[str], shards: list[str]) -> dict[str, Any]:
-    per_stage = {}
-    for name in names:
-        status, reasons = Counter(), Counter()
-        for shard in shards:
-            path = out / "stats" / name / f"{shard}.json"
-            if path.exists():
-                stats = json.loads(path.read_text())
-                status.update(stats["status"])
-                reasons.update(stats["reasons"])
-        per_stage[name] = {"status": dict(status), "reasons": dict(reasons)}
-    return {"stages": per_stage}
+def _plan(out: Path, source: Any, cfg: RunConfig) -> plan_mod.Plan:
+    """The plan, checked against the input folder as it is now (``--refresh`` applies changes)."""
+    existing = plan_mod.load(out)
+    plan = plan_mod.load_or_create(out, source, cfg.source, cfg.input, cfg.shard_size)
+    if existing is None:
+        return plan
+    changes = refresh.compare(out, plan, plan_mod.listing(source, cfg.source), source)
+    if changes and not cfg.refresh:
+        raise InputChangedError(f"{changes.message()}. Rerun with --refresh to recompute just those "
+                                f"samples (deleted ones leave the manifests and shards), or use another --out")
+    if changes or changes.touched:
+        plan = refresh.apply(out, plan, changes)
+        if changes:
+            warnings.warn(f"refreshed: {changes.message().split(': ', 1)[1]}", stacklevel=2)
+    return plan
 
 
-def _write_config(out: Path, cfg: RunConfig, names: list[str], instances: dict) -> None:
+class InputChangedError(ValueError):
+    """The input folder no longer matches the plan and --refresh was not given."""
+
+
+def _up_to_date(cfg: RunConfig, out: Path) -> dict | None:
+    """run.json when the last run had this config and every output is still done and the input
+    unchanged; else None. Reads markers, plan and a listing of the input: no model code."""
+    if cfg.retry_errors:
+        return None
+    try:
+        last = json.loads((out / "run.json").read_text())
+        lineages, names = last["lineages"], last["stages"]
+    except (OSError, ValueError, KeyError):
+        return None
+    strip = lambda d: {k: v for k, v in d.items() if k not in RUNTIME_RUN_FIELDS}  # noqa: E731
+    wanted = cfg.to_dict()
+    wanted["shard_size"] = wanted["shard_size"] or last["config"].get("shard_size")
+    if strip(wanted) != strip(last["config"]):
+        return None
+    plan = plan_mod.load(out)
+    if plan is None:
+        return None
+    try:
+        source = get_source(cfg.source)(cfg.input)
+        if refresh.compare(out, plan, plan_mod.listing(source, cfg.source), source):
+            return None
+    except (OSError, ValueError):
+        return None
+    ctx = RunContext(out, cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, lineages[SOURCE],
+                     stage_runs={n: StageRun(n, {}, lineages[n]) for n in names},
+                     frame_format=last.get("frames", "jpg"))
+    if not _all_done(ctx, names, plan.shards):
+        return None
+    return {**last, "n_shards": len(plan.shards)}
+
+
+def _all_done(ctx: RunContext, names: list[str], shards: list[str]) -> bool:
+    """Every step of every shard is done under the current lineage: a rerun has nothing to do."""
+    if ctx.retry or not (ctx.out / "run.json").exists() or not (ctx.out / "shards" / "index.json").exists():
+        return False
+    for shard in shards:
+        if refresh.pending(ctx.out, shard) or not ShardOutputs(ctx.out, SOURCE, shard).is_done(ctx.source_lineage):
+            return False
+        if not all(ShardOutputs(ctx.out, n, shard).is_done(ctx.stage_runs[n].lineage) for n in names):
+            return False
+        if not is_packed(ctx.out, shard, pack_lineage(ctx, names, shard)):
+            return False
+    return True
+
+
+def summarize(reports: list[ShardReport], names: list[str]) -> dict[str, Any]:
+    """Counts per stage from the steps' reports; compute seconds = time inside model calls."""
+    per_stage = {n: {"status": Counter(), "reasons": Counter(), "seconds": 0.0, "computed": 0} for n in names}
+    for r in reports:
+        st = per_stage.setdefault(r.stage, {"status": Counter(), "reasons": Counter(), "seconds": 0.0, "computed": 0})
+        st["status"].update(r.status)
+        st["reasons"].update(r.reasons)
+        if not r.reused:
+            st["seconds"] += r.seconds
+            st["computed"] += r.n
+    return {"stages": {n: {"status": dict(st["status"]), "reasons": dict(st["reasons"]),
+                           "seconds": round(st["seconds"], 3), "computed": st["computed"]}
+                       for n, st in per_stage.items()}}
+
+
+def _config_data(cfg: RunConfig, names: list[str], instances: dict) -> dict[str, Any]:
     data = cfg.to_dict()
     data["stages"] = names
     for name in names:
         data[name] = instances[name].config()
-    (out / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=True))
+    return data
+
+
+def _write_config(out: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """OUT/config.yaml: the resolved config, rewritten only when it changed; a hand edit (the
+    file differs from what the last run wrote, recorded in run.json) is named in a warning."""
+    text = yaml.safe_dump(data, sort_keys=True)
+    data = yaml.safe_load(text)
+    path = out / "config.yaml"
+    try:
+        on_disk = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        on_disk = None
+    if on_disk == data:
+        return data
+    try:
+        written = json.loads((out / "run.json").read_text())["config_yaml"]
+    except (OSError, ValueError, KeyError):
+        written = None
+    if isinstance(on_disk, dict) and written is not None and on_disk != written:
+        edited = _diff_fields(on_disk, written)
+        warnings.warn(f"{path} was edited by hand ({', '.join(edited)}); it is rewritten with this run's "
+                      "config, which comes from the preset, --config and --set", stacklevel=2)
+    write_text(path, text)
+    return data
+
+
+def _diff_fields(a: dict, b: dict) -> list[str]:
+    diffs = []
+    for key in sorted(set(a) | set(b), key=str):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            diffs += [f"{key}.{k}" for k in sorted(set(x) | set(y), key=str) if x.get(k) != y.get(k)]
+        elif x != y:
+            diffs.append(str(key))
+    return diffs
 
 
 def _versions() -> dict[str, str]:
@@ -129,3 +245,12 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def __getattr__(name: str) -> Any:
+    """Scheduling names re-exported lazily (importing them imports the model code)."""
+    if name in ("MissingWeightsError", "prepare", "groups_of", "make_context"):
+        from pipeline import schedule
+
+        return getattr(schedule, name)
+    raise AttributeError(name)

@@ -131,6 +131,17 @@ class Source:
         """The raw bytes of one sample; raises OSError/ValueError when it cannot be read."""
         return safe_join(self.root, location).read_bytes()
 
+    def stat(self, location: str) -> tuple[int | None, int | None]:
+        """(size, mtime_ns) of the file behind ``location`` now; (None, None) if it is not there.
+
+        Compared with the plan on every run to notice changed inputs without reading them.
+        """
+        try:
+            st = safe_join(self.root, location).stat()
+        except (OSError, ValueError):
+            return None, None
+        return st.st_size, st.st_mtime_ns
+
     files: ClassVar[tuple[str, ...]] = ()
     """Suffixes of per-sample files the source carries along (e.g. a ground-truth label map)."""
 

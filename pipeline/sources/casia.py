@@ -83,5 +83,11 @@ class CasiaSource(FolderSource):
             raise ValueError(f"not a location in {self.rec_rel}: {location!r}")
         return self.reader.read_image(int(offset))
 
+    def stat(self, location: str) -> tuple[int | None, int | None]:
+        if self.reader is None:
+            return super().stat(location)
+        _, mtime = super().stat(self.rec_rel)  # a record has no size of its own: the .rec's mtime
+        return None, mtime
+
     def describe(self) -> dict:
         return {**super().describe(), "layout": self.layout}
