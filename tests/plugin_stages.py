@@ -94,8 +94,20 @@ class ColourStage(Stage):
         return out
 
 
+@dataclass
+class BrightnessStage(Stage):
+    """Mean brightness of whatever frame it is given; makes no frame (run alone: the source image)."""
+
+    name: ClassVar[str] = "brightness"
+    schema: ClassVar[pa.Schema] = pa.schema([pa.field("brightness", pa.float32())])
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        return [Result(columns={"brightness": float(s.image.mean())}) for s in batch]
+
+
 def register() -> None:
     import stages
 
     stages.register("center", __name__, before="landmarks")
     stages.register("colour", __name__, before="landmarks")
+    stages.register("brightness", __name__, before="landmarks")

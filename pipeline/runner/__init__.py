@@ -66,7 +66,7 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     quick = _up_to_date(cfg, out)
     if quick is not None:  # before importing any model code: a no-op rerun takes a second
         Progress(quiet=quiet).nothing_to_do(quick["summary"]["samples"], quick["n_shards"], quick["stages"], out)
-        return {**quick["summary"], "nothing_to_do": True}
+        return _nothing_done(quick["summary"])
     from pipeline.group import GroupWorker
     from pipeline.schedule import choose_executor, groups_of, make_context, prepare
 
@@ -82,7 +82,7 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
         progress = Progress(quiet=quiet, total_samples=len(plan))
         if _all_done(ctx, names, shards):
             progress.nothing_to_do(len(plan), len(shards), names, out)
-            return {**json.loads((out / "run.json").read_text())["summary"], "nothing_to_do": True}
+            return _nothing_done(json.loads((out / "run.json").read_text())["summary"])
         config_yaml = _write_config(out, _config_data(cfg, names, instances))
         index: dict[str, dict] = {}
         reports: list[ShardReport] = []
@@ -108,6 +108,12 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
                    out / "run.json")
         progress.summary(summary)
     return summary
+
+
+def _nothing_done(last: dict[str, Any]) -> dict[str, Any]:
+    """The last run's counts, with nothing computed by this one."""
+    stages = {n: {**st, "computed": 0, "seconds": 0.0} for n, st in last["stages"].items()}
+    return {**last, "stages": stages, "nothing_to_do": True}
 
 
 def _plan(out: Path, source: Any, cfg: RunConfig) -> plan_mod.Plan:
