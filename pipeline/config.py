@@ -66,6 +66,9 @@ class RunConfig:
     frames: str = "jpg"
     """How a stage's frame (aligned/restored crop) is stored for later steps: ``jpg`` (quality 95;
     these bytes become the shard image, and every stage sees exactly them) or ``png`` (lossless)."""
+    compact: bool = True
+    """After a shard is packed, drop from payloads/ the files the shard holds byte for byte (later
+    runs read them from the shard); false keeps full payloads (about twice the disk)."""
     refresh: bool = False
     """Accept input changes since planning: re-plan the changed keys, keep everything else."""
     fuse: bool = True

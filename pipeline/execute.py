@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.manifest import ShardOutputs, TarReader, read_manifest, write_json
+from pipeline.manifest import ShardOutputs, read_manifest, write_json
 from pipeline.read import SOURCE
 from stages.base import OK, Result, Sample, Stage
 
@@ -58,6 +58,8 @@ class RunContext:
     """Where source JPEGs are decoded for stages that see the source frame."""
     frame_format: str = "jpg"
     """How frames are stored between steps: jpg (compact, the shard image) or png (lossless)."""
+    compact: bool = True
+    """After packing, drop from payloads/ what the shard holds byte for byte."""
     store_source_image: bool = False
     """Keep the verified input image in the source payload (runs where no stage makes a frame)."""
 
@@ -143,18 +145,19 @@ class UpstreamStore:
     """Read access to a finished stage's results for one shard (manifest rows, files, frames)."""
 
     def __init__(self, ctx: RunContext, run: StageRun, shard: str, files: tuple[str, ...]):
+        from pipeline.store import StoredFiles
+
         outs = ShardOutputs(ctx.out, run.name, shard)
         table = read_manifest(outs.manifest)
         self.rows = {row["key"]: row for row in table.to_pylist()}
-        self.files, self.frame_name, self.frame_format = files, run.frame_name, ctx.frame_format
-        self.tar = TarReader(outs.payload) if outs.payload.exists() else None
-        self._members: dict[str, list[str]] = {}
-        for name in self.tar.names() if self.tar is not None else ():
-            self._members.setdefault(name.partition(".")[0], []).append(name)
+        self.files = files
+        self.frame_suffix = f"{run.frame_name}.{ctx.frame_format}" if run.frame_name else None
+        self.store = StoredFiles(ctx.out, run.name, shard, last=self.frame_suffix or (
+            "image.jpg" if run.name == SOURCE else None))
 
     def members(self, key: str) -> list[tuple[str, bytes]]:
-        """The stored payload members of ``key`` as (suffix, bytes), in their stored order."""
-        return [(n.partition(".")[2], self.tar.get(n)) for n in self._members.get(key, [])]
+        """The stored files of ``key`` as (suffix, bytes), in the order they were written."""
+        return self.store.members(key)
 
     def result(self, key: str, frame: bool = True) -> Result | None:
         """The stored result of ``key``; ``frame=False`` skips decoding the frame."""
@@ -162,16 +165,15 @@ class UpstreamStore:
         if row is None:
             return None
         res = Result(status=row["status"], error=row["error"], columns=row)
-        if res.status == OK and self.tar is not None:
-            res.files = {s: d for s in self.files if (d := self.tar.get(f"{key}.{s}")) is not None}
-            if self.frame_name and frame:
-                data = self.tar.get(frame_member(key, self.frame_name, self.frame_format))
+        if res.status == OK:
+            res.files = {s: d for s in self.files if (d := self.store.get(key, s)) is not None}
+            if self.frame_suffix and frame:
+                data = self.store.get(key, self.frame_suffix)
                 res.frame = decode_frame(data) if data is not None else None
         return res
 
     def close(self) -> None:
-        if self.tar is not None:
-            self.tar.close()
+        self.store.close()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -257,6 +257,8 @@ class GroupWorker:
                     else:
                         upstream[dep] = res
                 for dep in run.optional:
+                    if dep in upstream:  # already looked up, with its frame
+                        continue
                     res = lookup(dep, key)
                     if res is not None and res.status == OK:
                         upstream[dep] = res

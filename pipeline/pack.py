@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 
 from pipeline import refresh
-from pipeline.execute import SOURCE, RunContext, decode_frame, frame_member
-from pipeline.manifest import ShardOutputs, TarReader, TarWriter, marker_valid, read_manifest, read_marker
+from pipeline.execute import SOURCE, RunContext, decode_frame
+from pipeline.manifest import ShardOutputs, TarWriter, marker_valid, read_manifest, read_marker
 from pipeline.manifest import sha256_file
 from pipeline.manifest import stable_hash, write_done, write_json
 from pipeline.read import SOURCE_IMAGE
+from pipeline.store import StoredFiles, compact
 from schemas.common import COMMON
 from schemas.shard import IMAGE, META, meta_section
 
@@ -30,11 +31,14 @@ PROVENANCE = ("model", "weights_sha256", "weights_random", "frame", "stage_versi
 
 
 def pack_lineage(ctx: RunContext, names: list[str], shard: str) -> str:
-    """Config lineage plus the recorded checksums of the inputs: any rewritten manifest repacks."""
+    """Config lineage plus the recorded checksums of the manifests: any recomputed stage repacks.
+
+    Payload checksums are left out: compaction rewrites payloads after the pack (a stage that is
+    recomputed always rewrites its manifest too)."""
     inputs = {}
     for n in [SOURCE, *names]:
         marker = read_marker(ShardOutputs(ctx.out, n, shard).marker) or {}
-        inputs[n] = {rel: f["sha256"] for rel, f in marker.get("files", {}).items()}
+        inputs[n] = {rel: f["sha256"] for rel, f in marker.get("files", {}).items() if rel.startswith("manifests/")}
     return stable_hash({"source": ctx.source_lineage, "stages": [ctx.stage_runs[n].lineage for n in names],
                         "jpeg_quality": JPEG_QUALITY, "frames": ctx.frame_format, "inputs": inputs})
 
@@ -67,31 +71,31 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
 
 
 def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
-    """Write ``shards/<shard>.tar`` and its marker; returns the shard's index entry."""
+    """Write ``shards/<shard>.tar`` and its marker, then compact the payloads; returns the index entry."""
     lineage = pack_lineage(ctx, names, shard)
     path = shard_path(ctx.out, shard)
     if is_packed(ctx.out, shard, lineage):
         return json.loads(marker_path(ctx.out, shard).read_text())["index"]
+    missing = [n for n in [SOURCE, *names] if not ShardOutputs(ctx.out, n, shard).marker.exists()]
+    if missing:
+        raise UpstreamMissingError(f"shard {shard}: the outputs of {', '.join(missing)} vanished during the run "
+                                   f"(deleted, or removed by `pipeline verify`); rerun to redo them")
     source_rows = read_manifest(ShardOutputs(ctx.out, SOURCE, shard).manifest).to_pylist()
     manifests = {n: {r["key"]: r for r in read_manifest(ShardOutputs(ctx.out, n, shard).manifest).to_pylist()}
                  for n in names}
-    payloads = {n: TarReader(p) for n in [SOURCE, *names] if (p := ShardOutputs(ctx.out, n, shard).payload).exists()}
-    members_of: dict[str, list[tuple[str, str]]] = {}  # key -> [(stage, member name)]
-    for n, tar in payloads.items():
-        frame_file = f"{ctx.stage_runs[n].frame_name}.{ctx.frame_format}" if n in ctx.stage_runs else SOURCE_IMAGE
-        for name in tar.names():
-            k, _, suffix = name.partition(".")
-            if suffix != frame_file:
-                members_of.setdefault(k, []).append((n, name))
     frame_stage = next((n for n in reversed(names) if ctx.stage_runs[n].frame_name), None)
-    writer, counts = TarWriter(path), Counter()
+    frames = {n: f"{ctx.stage_runs[n].frame_name}.{ctx.frame_format}" if n in ctx.stage_runs and
+              ctx.stage_runs[n].frame_name else (SOURCE_IMAGE if n == SOURCE else None) for n in [SOURCE, *names]}
+    stores = {n: StoredFiles(ctx.out, n, shard, last=frames[n]) for n in [SOURCE, *names]}
+    image_of = frame_stage or SOURCE
+    writer, counts, packed = TarWriter(path), Counter(), set()
     try:
         for src in source_rows:
             key = src["key"]
             if src["status"] != "ok" or any(manifests[n][key]["status"] != "ok" for n in names):
                 counts["excluded"] += 1
                 continue
-            writer.add(f"{key}.{IMAGE}", _image_bytes(ctx, key, frame_stage, payloads))
+            writer.add(f"{key}.{IMAGE}", _image_bytes(ctx, key, frame_stage, stores))
             meta = {"key": key, "identity": src["identity"],
                     "source": {k: v for k, v in src.items() if k not in COMMON.names or k == "key"}}
             meta["source"]["meta"] = json.loads(src["meta"] or "{}")
@@ -99,34 +103,57 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
                 row = manifests[n][key]
                 meta[meta_section(n)] = {k: _clean(v) for k, v in row.items() if k not in COMMON.names or k in PROVENANCE}
             members = {META: json.dumps(meta, sort_keys=True).encode()}
-            for n, name in members_of.get(key, []):
-                members[name.partition(".")[2]] = payloads[n].get(name)
+            for n, store in stores.items():
+                for suffix, data in store.members(key):
+                    if frames[n] is None or suffix != frames[n]:  # frames: only the last, as <key>.jpg
+                        members[suffix] = data
             for suffix in sorted(members):
                 writer.add(f"{key}.{suffix}", members[suffix])
             counts["samples"] += 1
+            packed.add(key)
         writer.close()
+        entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": sha256_file(path),
+                 "bytes": path.stat().st_size}
+        if ctx.compact:
+            for n, store in stores.items():
+                mapping = {s: s for s in _stage_files(ctx, n)}
+                if n == image_of and (n == SOURCE or ctx.frame_format == "jpg"):
+                    mapping[frames[n]] = IMAGE
+                compact(ctx.out, n, shard, store, packed, mapping, path)
     except BaseException:
         writer.abort()
         raise
     finally:
-        for tar in payloads.values():
-            tar.close()
-    entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": sha256_file(path),
-             "bytes": path.stat().st_size}
+        for store in stores.values():
+            store.close()
     write_done(ctx.out, marker_path(ctx.out, shard), lineage, [path], index=entry)
     refresh.clear(ctx.out, shard)
     return entry
 
 
-def _image_bytes(ctx: RunContext, key: str, frame_stage: str | None, payloads: dict[str, TarReader]) -> bytes:
+class UpstreamMissingError(FileNotFoundError):
+    """A stage's outputs for a shard disappeared between its step and the pack."""
+
+
+def _stage_files(ctx: RunContext, name: str) -> tuple[str, ...]:
+    if name == SOURCE:
+        from pipeline.sources import get_source
+
+        return tuple(get_source(ctx.source_name).files)
+    from stages import stage_class
+
+    return tuple(stage_class(name).files)
+
+
+def _image_bytes(ctx: RunContext, key: str, frame_stage: str | None, stores: dict[str, StoredFiles]) -> bytes:
     """The shard image from what the steps stored: the last frame's JPEG bytes as they are (the
     pixels every annotation was computed on), or the verified input image. Never the input folder."""
     if frame_stage is None:
-        data = payloads[SOURCE].get(f"{key}.{SOURCE_IMAGE}") if SOURCE in payloads else None
+        data = stores[SOURCE].get(key, SOURCE_IMAGE)
         if data is None:
             raise FileNotFoundError(f"the verified input image of {key} is missing from payloads/source")
         return data
-    data = payloads[frame_stage].get(frame_member(key, ctx.stage_runs[frame_stage].frame_name, ctx.frame_format))
+    data = stores[frame_stage].get(key, f"{ctx.stage_runs[frame_stage].frame_name}.{ctx.frame_format}")
     if data is None:
         raise FileNotFoundError(f"the {frame_stage} frame of {key} is missing from payloads/{frame_stage}")
     return data if ctx.frame_format == "jpg" else _encode_jpeg(decode_frame(data))

@@ -20,8 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import plan as plan_mod
-from pipeline.manifest import ShardOutputs, TarReader, TarWriter, write_json, write_table
-from pipeline.read import SOURCE
+from pipeline.manifest import ShardOutputs, write_json, write_table
+from pipeline.read import SOURCE, SOURCE_IMAGE
+from pipeline.store import unpack
 
 EXAMPLES = 3
 
@@ -137,16 +138,30 @@ def _drop_keys(out: Path, shard: str, keys: set[str]) -> None:
             table = pq.read_table(outs.manifest)
             mask = pc.invert(pc.is_in(table.column("key"), value_set=pa.array(sorted(keys), pa.string())))
             write_table(table.filter(mask), outs.manifest)
-        if outs.payload.exists():
-            reader = TarReader(outs.payload)
-            writer = TarWriter(outs.payload)
-            for name in list(reader.names()):
-                if name.partition(".")[0] not in keys:
-                    writer.add(name, reader.get(name))
-            reader.close()
-            writer.close()
+        unpack(out, stage, shard, drop=keys, last=_last_suffix(out, stage))
         outs.marker.unlink(missing_ok=True)
     (Path(out) / "done" / "pack" / f"{shard}.json").unlink(missing_ok=True)
+
+
+def _last_suffix(out: Path, stage: str) -> str | None:
+    """The frame member a stage writes after its files (the order payloads keep)."""
+    if stage == SOURCE:
+        return SOURCE_IMAGE
+    try:
+        from stages import stage_class
+
+        frame = stage_class(stage).produces_frame
+    except KeyError:
+        return None
+    if not frame:
+        return None
+    import json
+
+    try:
+        fmt = json.loads((Path(out) / "run.json").read_text()).get("frames", "jpg")
+    except (OSError, ValueError):
+        fmt = "jpg"
+    return f"{frame}.{fmt}"
 
 
 def _remove_shard(out: Path, shard: str) -> None:

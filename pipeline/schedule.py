@@ -91,7 +91,8 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
     if cfg.frames not in FRAME_FORMATS:
         raise ConfigError(f"frames must be one of {FRAME_FORMATS}, got {cfg.frames!r}")
     ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage,
-                     retry=retry, frame_format=cfg.frames, store_source_image=store_image)
+                     retry=retry, frame_format=cfg.frames, store_source_image=store_image,
+                     compact=cfg.compact)
     ctx.decode_device = _decode_device(cfg, names, instances)
     frame_from = None
     for name in names:
