@@ -39,6 +39,8 @@ class StageRun:
     gpus: float = 0.0
     module: str = ""
     """Module defining the stage, so workers in other processes find registered plugins."""
+    files: tuple[str, ...] = ()
+    """The per-sample file suffixes the stage declares."""
 
 
 @dataclass
@@ -58,6 +60,8 @@ class RunContext:
     """Where source JPEGs are decoded for stages that see the source frame."""
     frame_format: str = "jpg"
     """How frames are stored between steps: jpg (compact, the shard image) or png (lossless)."""
+    source_files: tuple[str, ...] = ()
+    """Per-sample files the source carries along (e.g. ground-truth label maps)."""
     compact: bool = True
     """After packing, drop from payloads/ what the shard holds byte for byte."""
     store_source_image: bool = False

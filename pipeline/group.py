@@ -79,8 +79,8 @@ class GroupWorker:
         self.source = get_source(ctx.source_name)(ctx.input)
 
     @staticmethod
-    def note_crash(ctx: RunContext, names: list[str], shard: str, reads_source: bool = False) -> list[str]:
-        """Called by the executor when a worker died on ``shard``."""
+    def note_crash(ctx: RunContext, names: list[str], reads_source: bool, shard: str) -> list[str]:
+        """Called by the executor (with the constructor's arguments) when a worker died on ``shard``."""
         return note_crash(ctx.out, names, shard)
 
     def _setup(self, name: str) -> Stage:
@@ -124,7 +124,7 @@ class GroupWorker:
         todo_names = {r.name for r in todo}
         # Stages outside this group (or already done) that something here needs, read from disk.
         needed = {n for r in todo for n in (*r.reads, *r.optional, r.frame_from) if n}
-        stores = {n: UpstreamStore(self.ctx, self.ctx.stage_runs[n], shard, _files_of(n))
+        stores = {n: UpstreamStore(self.ctx, self.ctx.stage_runs[n], shard, self.ctx.stage_runs[n].files)
                   for n in needed if n not in todo_names}
         source_files = None
         if not read_now and self.source.files and src_outs.payload.exists():
@@ -407,9 +407,3 @@ def auto_batch_size(device: str, mem_per_sample_mb: float, cap: int = 512, floor
         return DEFAULT_BATCH
     free, _ = torch.cuda.mem_get_info(torch.device(device if device != "auto" else "cuda"))
     return int(max(floor, min(cap, 0.7 * free / 2**20 / max(mem_per_sample_mb, 1e-3))))
-
-
-def _files_of(name: str) -> tuple[str, ...]:
-    from stages import stage_class
-
-    return stage_class(name).files

@@ -136,13 +136,7 @@ class UpstreamMissingError(FileNotFoundError):
 
 
 def _stage_files(ctx: RunContext, name: str) -> tuple[str, ...]:
-    if name == SOURCE:
-        from pipeline.sources import get_source
-
-        return tuple(get_source(ctx.source_name).files)
-    from stages import stage_class
-
-    return tuple(stage_class(name).files)
+    return ctx.source_files if name == SOURCE else ctx.stage_runs[name].files
 
 
 def _image_bytes(ctx: RunContext, key: str, frame_stage: str | None, stores: dict[str, StoredFiles]) -> bytes:

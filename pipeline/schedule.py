@@ -92,7 +92,7 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         raise ConfigError(f"frames must be one of {FRAME_FORMATS}, got {cfg.frames!r}")
     ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage,
                      retry=retry, frame_format=cfg.frames, store_source_image=store_image,
-                     compact=cfg.compact)
+                     compact=cfg.compact, source_files=tuple(get_source(cfg.source).files))
     ctx.decode_device = _decode_device(cfg, names, instances)
     frame_from = None
     for name in names:
@@ -111,7 +111,7 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         ctx.stage_runs[name] = StageRun(name, values, lineage, frame_from, tuple(stage.reads), optional,
                                         type(stage).produces_frame,
                                         type(stage).gpus if device.startswith("cuda") else 0.0,
-                                        stage_registry.MODULES[name])
+                                        stage_registry.MODULES[name], tuple(type(stage).files))
         if type(stage).produces_frame:
             frame_from = name
     return ctx
