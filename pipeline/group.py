@@ -86,7 +86,7 @@ class GroupWorker:
     def _setup(self, name: str) -> Stage:
         if name not in self._ready:  # lazily: a resumed run whose stage is done loads no weights
             stage = self.stages[name]
-            stage.setup()
+            stage.ensure_setup()
             if getattr(stage, "batch_size", None) == 0:  # 0 = choose from free accelerator memory
                 stage.batch_size = auto_batch_size(getattr(stage, "device", "cpu"), stage.mem_per_sample_mb)
             self._ready.add(name)

@@ -1,11 +1,11 @@
 """The stage contract: a small dataclass whose fields are its config.
 
-A stage declares, as class attributes, its name, version, the upstream stages it reads, the
-columns it writes (a pyarrow schema from ``schemas/``), the per-sample files it writes and its
-resource request. ``setup()`` loads weights once per worker; ``process(batch)`` returns one
-``Result`` per sample, marking failures with a status and reason instead of raising.
-
-Stages never import ray or ``pipeline``; the runner drives them.
+A stage declares, as class attributes, its name, version, what it reads, its columns (a pyarrow
+schema from ``schemas/``), its per-sample files and its resources, and implements only its model
+work: ``setup()`` (weights, once per worker) and ``compute(batch)`` -> one ``Result`` per sample,
+on valid images only, with arrays for files. ``process(batch)`` is the framework's side, the one
+entry point callers use: setup once, bad images out, files encoded. Common model fields live in
+``stages.model_stage.ModelStage``. Stages never import ray or ``pipeline``.
 """
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ import pyarrow as pa
 
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
 STATUSES = (OK, SKIPPED, ERROR)
+
+
+def valid_image(image: object) -> bool:
+    """An HxWx3 uint8 array with both sides at least 2 pixels."""
+    return (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype == np.uint8 and min(image.shape[:2]) >= 2)
 
 
 @dataclass
@@ -54,8 +60,8 @@ class Result:
     error: str = ""
     """Short snake_case reason, optionally followed by ': detail'."""
     columns: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)
-    """Per-sample payload files: member suffix (e.g. ``lmk.npy``) -> encoded bytes."""
+    files: dict[str, Any] = field(default_factory=dict)
+    """Per-sample files: suffix (e.g. ``lmk.npy``) -> array (encoded by ``run``) or bytes."""
     frame: np.ndarray | None = None
     """A new image frame for downstream stages (detect's aligned crop, restore's output)."""
 
@@ -89,8 +95,31 @@ class Stage:
     def setup(self) -> None:
         """Load weights once per worker."""
 
-    def process(self, batch: list[Sample]) -> list[Result]:
+    def compute(self, batch: list[Sample]) -> list[Result]:
+        """The model work on samples whose image is valid (or on every sample: needs_image=False)."""
         raise NotImplementedError
+
+    def ensure_setup(self) -> None:
+        if not self.__dict__.get("_set_up"):
+            self.setup()
+            self.__dict__["_set_up"] = True
+
+    def process(self, batch: list[Sample]) -> list[Result]:
+        """Framework side: setup once, ``bad_image`` rows without a model call, files encoded."""
+        from stages.files import encode_file
+
+        self.ensure_setup()
+        results: list[Result | None] = [None] * len(batch)
+        todo = [i for i, s in enumerate(batch) if not self.needs_image or valid_image(s.image)]
+        for i in set(range(len(batch))) - set(todo):
+            results[i] = Result.fail("bad_image")
+        out = self.compute([batch[i] for i in todo]) if todo else []
+        if len(out) != len(todo):
+            raise RuntimeError(f"stage '{self.name}' returned {len(out)} results for {len(todo)} samples")
+        for i, res in zip(todo, out):
+            res.files = {k: encode_file(k, v) for k, v in res.files.items()}
+            results[i] = res
+        return results  # type: ignore[return-value]
 
     def provenance(self) -> Provenance:
         """The model and weights behind this stage's columns (after setup)."""

@@ -9,7 +9,6 @@ rows are in ``Sample.upstream`` the mean absolute angle difference to them is re
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -20,7 +19,8 @@ import torch
 
 import schemas.expression as xschema
 from stages import align
-from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
+from stages.base import SKIPPED, Result, Sample
+from stages.model_stage import ModelStage
 from stages.models import common, registry, tddfa
 
 MIN_ROI = 16.0
@@ -80,14 +80,8 @@ def pose_agreement(pose: tuple[float, float, float], upstream) -> float | None:
     return float(np.mean([angle_diff(a, float(b)) for a, b in zip(pose, theirs)]))
 
 
-def npy_bytes(vector: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
 @dataclass
-class Expression(Stage):
+class Expression(ModelStage):
     name: ClassVar[str] = "expression"
     version: ClassVar[str] = "1"
     reads: ClassVar[tuple[str, ...]] = ()
@@ -99,34 +93,22 @@ class Expression(Stage):
 
     model: str = tddfa.WEIGHTS
     """Registry name of the 3DMM regressor: tddfa_v2_mb05 (3DDFA-V2 MobileNet x0.5, bundled)."""
-    weights: str = "pretrained"
-    """pretrained (verified file) or random (real architecture, random init; for tests only)."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 (autocast; weights stay fp32, parameters de-normalised in fp32)."""
     batch_size: int = 128
-    """Faces per forward pass."""
+    """Faces per forward pass (120x120 crops)."""
     no_detect_roi: float = 0.71
     """Without detect: side of the centred square ROI over the shorter image side (0.1-2)."""
 
-    def check(self) -> None:
-        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+    def check_model(self) -> None:
         if registry.get(self.model).family not in FAMILIES:
             raise ValueError(f"model {self.model!r} is not a 3DMM regressor ({', '.join(FAMILIES)})")
         if not 0.1 <= self.no_detect_roi <= 2.0:
             raise ValueError(f"no_detect_roi must be in [0.1, 2], got {self.no_detect_roi}")
-        common.check_weights(self.model, self.weights)
         if self.weights == "pretrained":
-            registry.resolve(registry.get(self.model).extra["mean_std"])
+            registry.resolve(registry.get(self.model).extra["mean_std"], self.weights_dir)
 
-    def setup(self) -> None:
-        self._device = common.torch_device(self.device)
-        self._net = tddfa.load_tddfa(self.model, device=self._device, dtype=self.dtype,
-                                     random_init=self.weights == "random")
-
-    def provenance(self) -> Provenance:
-        return common.provenance(self.model, self.weights == "random")
+    def load(self):  # noqa: ANN201
+        return tddfa.load_tddfa(self.model, self.weights_dir, device=self._device, dtype=self.dtype,
+                                random_init=self.random_weights)
 
     @torch.inference_mode()
     def regress(self, crops_bgr: list[np.ndarray]) -> np.ndarray:
@@ -141,31 +123,26 @@ class Expression(Stage):
     def _crop(self, sample: Sample) -> tuple[np.ndarray | None, str, str]:
         """(120x120 BGR crop, roi source, failure reason)."""
         img = sample.image
-        if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            return None, "", "bad_image"
         roi, source = face_roi(sample, self.no_detect_roi)
         if not all(math.isfinite(v) for v in roi) or roi[2] < MIN_ROI:
             return None, source, "face_too_small"
         crop = tddfa.crop_roi(np.ascontiguousarray(img), roi, tddfa.INPUT_SIZE)
         return cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), source, ""
 
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_net", None) is None:
-            self.setup()
+    def compute(self, batch: list[Sample]) -> list[Result]:
         results: list[Result | None] = [None] * len(batch)
         crops, idx, sources = [], [], []
         for i, sample in enumerate(batch):
             crop, source, reason = self._crop(sample)
             if crop is None:
-                results[i] = Result.fail(reason, ERROR if reason == "bad_image" else SKIPPED)
+                results[i] = Result.fail(reason, SKIPPED)
                 continue
             crops.append(crop)
             idx.append(i)
             sources.append(source)
-        for start in common.chunks(range(len(idx)), self.batch_size):
-            params = self.regress([crops[j] for j in start])
-            for j, p in zip(start, params):
-                results[idx[j]] = self._result(batch[idx[j]], p, sources[j])
+        params = self.regress(crops) if crops else []
+        for j, p in enumerate(params):
+            results[idx[j]] = self._result(batch[idx[j]], p, sources[j])
         return results  # type: ignore[return-value]
 
     def _result(self, sample: Sample, params: np.ndarray, source: str) -> Result:
@@ -183,4 +160,4 @@ class Expression(Stage):
             "diff_to_posenet_deg": pose_agreement(pose, sample.upstream.get("pose")),
             "roi_source": source,
         }
-        return Result(columns=columns, files={xschema.EXPR_FILE: npy_bytes(expr)})
+        return Result(columns=columns, files={xschema.EXPR_FILE: expr.astype(np.float32)})

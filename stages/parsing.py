@@ -5,7 +5,7 @@ size before the argmax, so ``parsing.png`` and ``facemask.png`` match the frame 
 Labels are in ``schemas.parsing.CLASSES`` order for both models (ParseNet's are remapped).
 When the source carries ground truth (``gtparsing.png``, celeba-hq) ``gt_miou`` scores the map
 against it (``stages.parsing_eval``; in a crop frame this needs detect's affine).
-Per-sample failures: ``bad_image``, ``non_finite_output``.
+Per-sample failures: ``non_finite_output`` (``bad_image`` from the framework).
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import torch.nn.functional as F
 import schemas.parsing as sp
 from schemas.gt import GT_PARSING
 from stages import drawing, parsing_eval
-from stages.base import ERROR, Provenance, Result, Sample, Stage
-from stages.models import common, parsing, registry
+from stages.base import ERROR, Result, Sample
+from stages.model_stage import ModelStage
+from stages.models import common, parsing
 
 MODELS = {"bisenet": parsing.BISENET, "parsenet": parsing.PARSENET}
 _FACE_LUT = np.zeros(256, np.uint8)
@@ -29,7 +30,7 @@ _FACE_LUT[list(sp.FACE_MASK_IDS)] = 255
 
 
 @dataclass
-class Parsing(Stage):
+class Parsing(ModelStage):
     name: ClassVar[str] = "parsing"
     version: ClassVar[str] = "2"
     optional_reads: ClassVar[tuple[str, ...]] = ("detect",)
@@ -39,42 +40,23 @@ class Parsing(Stage):
 
     model: str = "bisenet"
     """bisenet (facexlib BiSeNet, ImageNet normalisation) or parsenet (facexlib ParseNet)."""
-    weights: str = "pretrained"
-    """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
     batch_size: int = 16
-    """Images per forward pass."""
-    weights_dir: str | None = None
-    """Weights directory (the runner fills it from --weights-dir)."""
+    """Images per forward pass (512x512 inputs)."""
 
-    def check(self) -> None:
-        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+    @property
+    def weights_name(self) -> str:
+        return MODELS.get(self.model, self.model)
+
+    def check_model(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {tuple(MODELS)}, got {self.model!r}")
-        if self.weights == "pretrained":
-            registry.resolve(MODELS[self.model], self.weights_dir)
-
-    def setup(self) -> None:
-        self._device = common.torch_device(self.device)
-        self._dtype = common.torch_dtype(self.dtype)
-        self._net = parsing.load_parsing(MODELS[self.model], self.weights_dir, self._device, self.dtype,
-                                         random_init=self.weights == "random")
 
     def stats(self, rows: list[dict]) -> dict:
         """Ground-truth scores over the shard (celeba-hq): mean IoU per class."""
         return parsing_eval.summarize([r["gt_iou"] for r in rows if r.get("gt_iou") is not None])
 
-    def provenance(self) -> Provenance:
-        return common.provenance(MODELS[self.model], self.weights == "random")
-
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_net", None) is None:
-            self.setup()
-        return drawing.map_images(batch, self.batch_size, self.labels,
-                                  lambda sample, lab: _result(lab, _gt_miou(sample, lab)))
+    def compute(self, batch: list[Sample]) -> list[Result]:
+        return [_result(lab, _gt_miou(s, lab)) for s, lab in zip(batch, self.labels([s.image for s in batch]))]
 
     def labels(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
         """uint8 label maps the size of each image (None where the scores are not finite)."""
@@ -124,5 +106,5 @@ def _result(labels: np.ndarray | None, gt: tuple[float | None, list[float] | Non
             "gt_miou": gt[0],
             "gt_iou": gt[1],
         },
-        files={sp.PARSING_IMAGE: drawing.encode_png(labels), sp.FACE_MASK_IMAGE: drawing.encode_png(mask)},
+        files={sp.PARSING_IMAGE: labels, sp.FACE_MASK_IMAGE: mask},
     )

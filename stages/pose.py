@@ -6,7 +6,7 @@ landmarks stage's solvePnP pose, so ``pnp_diff_*`` needs no conversion). Input: 
 crop of ``crop`` times the shorter side, resized to 224, ImageNet normalisation. The default
 ``crop`` of 1.0 suits detect's 512 FFHQ-aligned crops; for loosely framed photos (e.g. 250 px
 LFW) about 0.65 matches the framing the nets were trained on.
-Per-sample failures: ``bad_image``, ``non_finite_output``.
+Per-sample failures: ``non_finite_output`` (``bad_image`` from the framework).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import torch
 
 import schemas.pose
 from stages import drawing
-from stages.base import ERROR, Provenance, Result, Sample, Stage
+from stages.base import ERROR, Provenance, Result, Sample
+from stages.model_stage import ModelStage
 from stages.models import common, hopenet, registry
 
 MODELS: dict[str, tuple[str, ...]] = {
@@ -33,7 +34,7 @@ ALIGNED_FRAMES = ("aligned", "restored")
 
 
 @dataclass
-class Pose(Stage):
+class Pose(ModelStage):
     name: ClassVar[str] = "pose"
     version: ClassVar[str] = "1"
     schema: ClassVar[pa.Schema] = schemas.pose.SCHEMA
@@ -45,8 +46,6 @@ class Pose(Stage):
     checkpoint: str = ""
     """Registry name of the weights; empty: the model's default (hopenet_robust_alpha1 for
     hopenet_r50, which also takes facexlib's headpose_hopenet; lightweight_headpose_b66)."""
-    weights: str = "pretrained"
-    """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
     hub: bool = False
     """Download a missing checkpoint from its registered URL via torch.hub's cache (needs
     internet; deep-head-pose's Google Drive link may refuse scripted downloads)."""
@@ -54,21 +53,13 @@ class Pose(Stage):
     """Side of the square centre crop fed to the net, as a fraction of the shorter image side."""
     axis_scale: float = 0.3
     """Axis length in pose.png as a fraction of the shorter image side."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
-    batch_size: int = 64
-    """Images per forward pass."""
-    weights_dir: str | None = None
-    """Weights directory (the runner fills it from --weights-dir)."""
 
     @property
     def weights_name(self) -> str:
         return self.checkpoint or MODELS[self.model][0]
 
-    def check(self) -> None:
-        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+    def check(self) -> None:  # hub downloads and unpinned checkpoints: not the common check
+        common.check_common(self.device, self.dtype, self.weights, max(self.batch_size, 1))
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {tuple(MODELS)}, got {self.model!r}")
         if self.weights_name not in MODELS[self.model]:
@@ -82,11 +73,9 @@ class Pose(Stage):
         if self.weights == "pretrained" and not self.hub:
             registry.resolve(self.weights_name, self.weights_dir)
 
-    def setup(self) -> None:
-        self._device = common.torch_device(self.device)
-        self._dtype = common.torch_dtype(self.dtype)
-        self._net = hopenet.load_hopenet(self.weights_name, self.weights_dir, self._device, self.dtype,
-                                         random_init=self.weights == "random", hub=self.hub)
+    def load(self):  # noqa: ANN201
+        return hopenet.load_hopenet(self.weights_name, self.weights_dir, self._device, self.dtype,
+                                    random_init=self.random_weights, hub=self.hub)
 
     def provenance(self) -> Provenance:
         # the runner asks once per row; an unpinned checkpoint's sha256 is worth computing once
@@ -106,10 +95,8 @@ class Pose(Stage):
         sha = spec.sha256 or registry.sha256_of(path)
         return Provenance(model=model, weights=spec.filename, weights_sha256=sha, weights_random=False)
 
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_net", None) is None:
-            self.setup()
-        return drawing.map_images(batch, self.batch_size, self.angles, self._result)
+    def compute(self, batch: list[Sample]) -> list[Result]:
+        return [self._result(s, ypr) for s, ypr in zip(batch, self.angles([s.image for s in batch]))]
 
     def angles(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) float32 yaw, pitch, roll in degrees for RGB uint8 images."""
@@ -133,7 +120,7 @@ class Pose(Stage):
             columns[f"pnp_diff_{key}"] = None if theirs is None else _wrap(ours - theirs)
         h, w = sample.image.shape[:2]
         canvas = drawing.draw_pose_axes(h, w, yaw, pitch, roll, _face_centre(sample), self.axis_scale)
-        return Result(columns=columns, files={schemas.pose.POSE_IMAGE: drawing.encode_png(canvas)})
+        return Result(columns=columns, files={schemas.pose.POSE_IMAGE: canvas})
 
 
 def _centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:

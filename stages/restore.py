@@ -17,14 +17,15 @@ import torch
 
 import schemas.restore
 from stages import drawing
-from stages.base import ERROR, Provenance, Result, Sample, Stage
+from stages.base import ERROR, Provenance, Result, Sample
+from stages.model_stage import ModelStage
 from stages.models import codeformer, common, registry
 
 ARCHS = ("full", "tiny")
 
 
 @dataclass
-class Restore(Stage):
+class Restore(ModelStage):
     name: ClassVar[str] = "restore"
     version: ClassVar[str] = "2"
     reads: ClassVar[tuple[str, ...]] = ("detect",)
@@ -37,26 +38,17 @@ class Restore(Stage):
     """Registry name of the CodeFormer checkpoint."""
     arch: str = "full"
     """full (the released architecture) or tiny (narrow, random weights only: tests, smoke runs)."""
-    weights: str = "pretrained"
-    """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
     fidelity_w: float = 0.5
     """CodeFormer's w in [0, 1]: 0 trusts the codebook most (strongest restoration), 1 keeps
     most of the input; recorded per row."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
     batch_size: int = 8
-    """Crops per forward pass."""
+    """Crops per forward pass (512x512, a large net)."""
     jpeg_quality: int = 95
     """JPEG quality of raw.jpg, the un-restored crop."""
     compile: bool = False
     """torch.compile the network on CUDA (batches padded to batch_size so shapes stay static)."""
-    weights_dir: str | None = None
-    """Weights directory (the runner fills it from --weights-dir)."""
 
-    def check(self) -> None:
-        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+    def check_model(self) -> None:
         if registry.get(self.model).family != "codeformer":
             raise ValueError(f"model {self.model!r} is not a CodeFormer checkpoint")
         if self.arch not in ARCHS:
@@ -67,29 +59,21 @@ class Restore(Stage):
             raise ValueError(f"fidelity_w must be in [0, 1], got {self.fidelity_w}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
-        if self.weights == "pretrained":
-            registry.resolve(self.model, self.weights_dir)
 
-    def setup(self) -> None:
-        self._device = common.torch_device(self.device)
-        self._dtype = common.torch_dtype(self.dtype)
-        self._net = codeformer.load_codeformer(self.model, self.weights_dir, self._device, self.dtype,
-                                               random_init=self.weights == "random", arch=self.arch)
+    def load(self):  # noqa: ANN201
+        net = codeformer.load_codeformer(self.model, self.weights_dir, self._device, self.dtype,
+                                         random_init=self.random_weights, arch=self.arch)
         self._compiled = self.compile and self._device.type == "cuda"
-        if self._compiled:
-            self._net = torch.compile(self._net, dynamic=False)
+        return torch.compile(net, dynamic=False) if self._compiled else net
 
     def provenance(self) -> Provenance:
-        random_init = self.weights == "random"
-        prov = common.provenance(self.model, random_init)
+        prov = super().provenance()
         if self.arch != "full":
             prov.model = f"{self.model}:{self.arch}"
         return prov
 
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_net", None) is None:
-            self.setup()
-        return drawing.map_images(batch, self.batch_size, self._restore, self._result)
+    def compute(self, batch: list[Sample]) -> list[Result]:
+        return [self._result(s, r) for s, r in zip(batch, self._restore([s.image for s in batch]))]
 
     def _restore(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
         """Restored crops at each input's own size (None where the output is not finite)."""
