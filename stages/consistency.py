@@ -67,7 +67,7 @@ class Consistency(Stage):
         if self.bad_at < 1:
             raise ValueError(f"bad_at must be >= 1, got {self.bad_at}")
 
-    def process(self, batch: list[Sample]) -> list[Result]:
+    def compute(self, batch: list[Sample]) -> list[Result]:
         return [Result(columns=self.measure(sample)) for sample in batch]
 
     def measure(self, sample: Sample) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch
 import schemas.detail_caption as ds
 from stages import captioners as caps
 from stages import regions, text
-from stages.base import ERROR, Provenance, Result, Sample, Stage
+from stages.base import Provenance, Result, Sample, Stage
 from stages.models import common
 
 MODEL_DEFAULT = "Qwen/Qwen2-VL-2B-Instruct"
@@ -178,23 +178,12 @@ class DetailCaption(Stage):
                 "detail": detail, "detail_raw": detail_raw, "detail_sentences": sentences,
                 "detail_regions": tags, "detail_parsing": parsing, "vlm_model": self.model}
 
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_vlm", None) is None:
-            self.setup()
-        results: list[Result | None] = [None] * len(batch)
-        good = []
-        for i, sample in enumerate(batch):
-            image = sample.image
-            if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                results[i] = Result.fail("bad_image", ERROR)
-            else:
-                good.append(i)
-        for chunk in common.chunks(good, self.batch_size):
-            views = [self._view(batch[i].image) for i in chunk]
-            shorts = self._vlm.generate(views, self.short_prompt, self.max_new_tokens_short, self.repetition_penalty)
-            details = self._vlm.generate(views, self.detail_prompt, self.max_new_tokens_detail,
-                                         self.repetition_penalty)
-            for i, s, d in zip(chunk, shorts, details):
-                names = [*self.names, *text.names_from_identity(batch[i].identity)] if self.remove_names else []
-                results[i] = Result(columns=self.columns(s, d, names))
-        return results  # type: ignore[return-value]
+    def compute(self, batch: list[Sample]) -> list[Result]:
+        views = [self._view(s.image) for s in batch]
+        shorts = self._vlm.generate(views, self.short_prompt, self.max_new_tokens_short, self.repetition_penalty)
+        details = self._vlm.generate(views, self.detail_prompt, self.max_new_tokens_detail, self.repetition_penalty)
+        results = []
+        for sample, short, detail in zip(batch, shorts, details):
+            names = [*self.names, *text.names_from_identity(sample.identity)] if self.remove_names else []
+            results.append(Result(columns=self.columns(short, detail, names)))
+        return results

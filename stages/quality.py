@@ -20,7 +20,7 @@ import torch
 import schemas.quality as qs
 from stages import align
 from stages.jpeg import jpeg_quality_from_bytes
-from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
+from stages.base import SKIPPED, Provenance, Result, Sample, Stage
 from stages.expression import MIN_ROI, face_roi
 from stages.models import common, fiqa, registry, tddfa
 
@@ -148,7 +148,6 @@ class Quality(Stage):
         if self.fiqa_model:
             self._net = fiqa.load_fiqa(self.fiqa_model, device=self._device, dtype=self.dtype,
                                        random_init=self.weights == "random")
-        self._ready = True
 
     def provenance(self) -> Provenance:
         if not self.fiqa_model:
@@ -158,8 +157,6 @@ class Quality(Stage):
     def measure(self, sample: Sample) -> tuple[dict[str, Any], str]:
         """The cheap columns of one sample, and a failure reason ('' when measured)."""
         img = sample.image
-        if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            return {}, "bad_image"
         (cx, cy, side), _ = face_roi(sample, self.no_detect_roi)
         if not all(math.isfinite(v) for v in (cx, cy, side)) or side < MIN_ROI:
             return {}, "face_too_small: no usable face region"
@@ -212,9 +209,7 @@ class Quality(Stage):
         with common.autocast(self._device, common.torch_dtype(self.dtype)):
             return self._net(x).float().cpu().numpy()
 
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if not getattr(self, "_ready", False):
-            self.setup()
+    def compute(self, batch: list[Sample]) -> list[Result]:
         measured: list[tuple[dict[str, Any], str]] = [self.measure(s) for s in batch]
         if self._net is not None:
             todo = [(i, f) for i, (s, (c, err)) in enumerate(zip(batch, measured))
@@ -225,7 +220,7 @@ class Quality(Stage):
         results = []
         for cols, err in measured:
             if err:
-                results.append(Result.fail(err, ERROR if err == "bad_image" else SKIPPED))
+                results.append(Result.fail(err, SKIPPED))
             elif not all(v is None or not isinstance(v, float) or math.isfinite(v) for v in cols.values()):
                 results.append(Result.fail("non_finite_output"))
             else:
