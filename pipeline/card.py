@@ -184,9 +184,9 @@ def models_section(data: RunData) -> tuple[str, list[dict[str, Any]]]:
     """The stage/model table and the distinct models (for the licence section)."""
     rows, models = [], []
     run_prov = data.run.get("provenance", {})
-    for name in data.stage_names:
+    for name in [n for n in data.stage_names if n != "source"]:  # the source step runs no model
         provs = data.stages[name].provenance() or ([run_prov[name]] if name in run_prov else [])
-        for p in provs or ([] if name == "source" else [{}]):
+        for p in provs or [{}]:
             model = p.get("model")
             random = bool(p.get("weights_random"))
             lic = model_license(model)
