@@ -281,6 +281,7 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
     table, models = models_section(data)
     feats = features(tar) if tar else []
     present = {f["name"] for f in feats}
+    size = sum(p.stat().st_size for p in tar.parent.glob(Path(data_files).name)) if tar else 0
     header: dict[str, Any] = {
         "pretty_name": f"faceweave: {source} ({', '.join(stages)})",
         "license": terms.license,
@@ -290,7 +291,7 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
         "task_categories": ["text-to-image", *sorted({TASKS[s] for s in stages if s in TASKS})],
         "tags": ["faces", "identity", "webdataset", "faceweave", *(["random-weights"] if data.random_stages() else [])],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
-        "dataset_info": {"features": feats, "splits": [{"name": "train", "num_examples": n}]},
+        "dataset_info": {"features": feats, "splits": [{"name": "train", "num_bytes": size, "num_examples": n}]},
     }
     random = data.random_stages()
     identities = len(set(data.identity_of.values()))
