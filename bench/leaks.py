@@ -11,6 +11,7 @@ blocked photo scan) and checks that exactly the planted leaks come back.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -61,22 +62,22 @@ def main() -> None:
                                             + 0.1 * _unit(rng.normal(size=(args.copies, args.dim))))
     made = time.perf_counter() - t0
 
-    timings = {}
-    t = time.perf_counter()
-    names_a, ca, _, code_a = leaks.centroids(a)
-    names_b, cb, _, code_b = leaks.centroids(b)
-    timings["centroids (IRLS, both folders)"] = time.perf_counter() - t
-    t = time.perf_counter()
-    leaks.identity_matches(ca, cb, args.threshold, args.block)
-    timings["identity products"] = time.perf_counter() - t
-    t = time.perf_counter()
-    leaks.sample_scan(a.embeddings, b.embeddings, code_a, code_b, np.zeros(0, np.int64), max(len(names_b), 1),
-                      args.threshold, args.block)
-    timings["photo scan (blocked products, no pair counts)"] = time.perf_counter() - t
-    t = time.perf_counter()
-    rows = leaks.find_leaks(a, b, "EVAL", args.threshold, args.near, args.block)
-    total = time.perf_counter() - t
-    timings["find_leaks end to end"] = total
+    timings: dict[str, tuple[float, float]] = {}  # step -> (wall s, CPU s of this process)
+    load = os.getloadavg()[0]
+
+    def timed(step: str, fn, *fn_args):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn(*fn_args)
+        timings[step] = (time.perf_counter() - wall, time.process_time() - cpu)
+        return result
+
+    names_a, ca, _, code_a = timed("centroids of OUT (IRLS)", leaks.centroids, a)
+    names_b, cb, _, code_b = timed("centroids of EVAL (IRLS)", leaks.centroids, b)
+    timed("identity products", leaks.identity_matches, ca, cb, args.threshold, args.block)
+    timed("photo scan (blocked products, no pair counts)", leaks.sample_scan, a.embeddings, b.embeddings,
+          code_a, code_b, np.zeros(0, np.int64), max(len(names_b), 1), args.threshold, args.block)
+    rows = timed("find_leaks end to end", leaks.find_leaks, a, b, "EVAL", args.threshold, args.near, args.block)
+    total, total_cpu = timings["find_leaks end to end"]
 
     ident = {(r["identity"], r["other_identity"]) for r in rows if r["level"] == "identity"}
     want_ident = {(f"o{i:06d}", f"e{i:06d}") for i in range(args.shared)}
@@ -92,9 +93,12 @@ def main() -> None:
         f"Planted: {args.shared} shared people, {args.copies} exact copies, {args.copies} near-duplicates "
         f"(made in {made:.1f} s).",
         "",
-        "| step | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.2f} |" for k, v in timings.items()],
+        "| step | wall s | CPU s |",
+        "|---|---|---|",
+        *[f"| {k} | {w:.2f} | {c:.2f} |" for k, (w, c) in timings.items()],
+        "",
+        f"Load average {load:.1f} on {os.cpu_count()} cores when it started (a shared machine: wall time "
+        f"includes waiting for the CPU; CPU s is this process's own time, summed over its BLAS threads).",
         "",
         f"{pairs / 1e9:.2f} G photo pairs scored in {total:.1f} s ({pairs / total / 1e6:.0f} M pairs/s, "
         f"{2 * pairs * args.dim / total / 1e9:.0f} GFLOP/s in the products). Found: {len(ident)} identity pairs "

@@ -15,7 +15,6 @@ import json
 import os
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 import yaml
 
 from pipeline.inspect.load import RunData, load
+from pipeline.licences import SOURCE_TERMS, UNKNOWN_TERMS, model_license
 from schemas import audit as audit_schema
 from schemas.shard import MEMBERS
 
@@ -32,49 +32,6 @@ CARD = "README.md"
 FEATURE_SAMPLES = 16  # samples whose json the feature types are inferred from
 
 
-@dataclass(frozen=True)
-class Terms:
-    """A source dataset's terms of use, as far as the project knows them."""
-
-    license: str
-    """Hugging Face licence id (``other`` / ``unknown`` where no standard licence applies)."""
-    name: str
-    """Short name of the terms."""
-    text: str
-    """What the terms say, in a sentence or two; the original terms always prevail."""
-    link: str = ""
-
-
-SOURCE_TERMS: dict[str, Terms] = {
-    "casia-webface": Terms("other", "CASIA-WebFace terms", (
-        "Released by the Institute of Automation, Chinese Academy of Sciences (Yi et al. 2014, "
-        "\"Learning Face Representation from Scratch\") for non-commercial research. The photos are of "
-        "public figures collected from the web; their copyright stays with their owners. Use this "
-        "derived dataset only under the terms you obtained CASIA-WebFace under.")),
-    "celeba": Terms("other", "CelebA agreement", (
-        "MMLAB, The Chinese University of Hong Kong: available for non-commercial research purposes only; "
-        "the images and any derived data may not be reproduced, sold or exploited for commercial purposes. "
-        "The images come from the web and are not the property of MMLAB."),
-        "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"),
-    "celeba-hq": Terms("other", "CelebA / CelebAMask-HQ terms", (
-        "CelebA-HQ images are derived from CelebA and CelebAMask-HQ is released for non-commercial research "
-        "and educational purposes only, under the same terms as CelebA (non-commercial research)."),
-        "https://github.com/switchablenorms/CelebAMask-HQ"),
-    "ffhq": Terms("cc-by-nc-sa-4.0", "FFHQ terms", (
-        "The individual images were published on Flickr by their authors under CC BY 2.0, CC BY-NC 2.0, "
-        "Public Domain Mark 1.0, CC0 1.0 or U.S. Government Works (each image's licence is in "
-        "ffhq-dataset-v2.json, carried into the source metadata); the dataset itself (metadata, "
-        "documentation) is CC BY-NC-SA 4.0 by NVIDIA Corporation."),
-        "https://github.com/NVlabs/ffhq-dataset"),
-    "sample": Terms("unknown", "LFW sample photos", (
-        "Photos from Labeled Faces in the Wild (University of Massachusetts Amherst), taken from the test "
-        "data of krasserm/face-recognition (Apache-2.0); the photos carry no licence of their own "
-        "(pipeline/data/sample/ATTRIBUTION.md)."), "http://vis-www.cs.umass.edu/lfw/"),
-}
-UNKNOWN_TERMS = Terms("unknown", "not declared", (
-    "The source declares no terms: state the licence of your photos here before publishing."))
-# Models that run without a registry weights file (their licence is not in the registry).
-UNREGISTERED_LICENSES = {"mediapipe_face_mesh": "Apache-2.0 (google-ai-edge/mediapipe)"}
 TASKS = {"caption": "image-to-text", "detail_caption": "image-to-text", "parsing": "image-segmentation",
          "landmarks": "depth-estimation", "identity": "image-feature-extraction"}
 SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -85,19 +42,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 def size_category(n: int) -> str:
     """The Hugging Face ``size_categories`` bucket of ``n`` examples."""
     return next((label for limit, label in SIZES if n < limit), "100M<n<1B")
-
-
-def model_license(model: str | None) -> str:
-    """The registry licence of a manifest ``model`` value (``family:name`` resolves by name)."""
-    if not model:
-        return "—"
-    from stages.models import registry
-    import stages.models  # noqa: F401  (registers every family)
-
-    for name in (model, model.rsplit(":", 1)[-1]):
-        if name in registry.REGISTRY:
-            return registry.REGISTRY[name].license or "not recorded in the registry"
-    return UNREGISTERED_LICENSES.get(model, "not in the weights registry")
 
 
 # --- features -------------------------------------------------------------------------------
@@ -210,6 +154,18 @@ def distributions_section(data: RunData) -> str:
                 continue
             q = np.percentile(v, [0, 5, 50, 95, 100])
             rows.append([f"{name}.{col}", len(v), _fmt(v.mean()), _fmt(v.std()), *map(_fmt, q)])
+    if "caption" in data.stages:  # list columns: the best kept caption's score, words per caption
+        t = data.stages["caption"].table
+        t = t.filter(pc.equal(t["status"], "ok"))
+        extra = {"caption best CLIP score": [v[0] for v in t["caption_scores"].to_pylist() if v]
+                 if "caption_scores" in t.column_names else [],
+                 "caption words": [len(c.split()) for v in t["captions"].to_pylist() for c in (v or [])]
+                 if "captions" in t.column_names else []}
+        for label, values in extra.items():
+            if values:
+                v = np.asarray(values, np.float64)
+                rows.append([label, len(v), _fmt(v.mean()), _fmt(v.std()),
+                             *map(_fmt, np.percentile(v, [0, 5, 50, 95, 100]))])
     per_id = np.array(list(Counter(data.identity_of.values()).values()) or [0], np.float64)
     rows.append(["images per identity", len(per_id), _fmt(per_id.mean()), _fmt(per_id.std()),
                  *map(_fmt, np.percentile(per_id, [0, 5, 50, 95, 100]))])
@@ -243,7 +199,7 @@ def audit_section(out: Path) -> str:
 
 LOADING = '''```python
 import webdataset as wds                       # streaming
-for sample in wds.WebDataset("{glob_wds}").decode("pil"):
+for sample in wds.WebDataset({urls}).decode("pil"):
     print(sample["__key__"], sorted(sample))
 
 import wids                                    # random access (pip install wids)
@@ -298,7 +254,7 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
     plan = json.loads((out / "plan" / "plan.json").read_text()) if (out / "plan" / "plan.json").is_file() else {}
     members = "\n".join(f"- `{sfx}` ({stage}): {desc}" for sfx, (stage, desc) in MEMBERS.items()
                         if sfx in present)
-    glob_wds = data_files.replace("*", "{00000..%05d}" % max(len(tars) - 1, 0)) if "*" in data_files else data_files
+    glob_wds = data_files.replace("*", f"{{{tars[0].stem}..{tars[-1].stem}}}") if tars else data_files
     parts = [
         "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
         f"# {header['pretty_name']}",
@@ -319,7 +275,8 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
         "## Audit",
         audit_section(out),
         "## How to load",
-        LOADING.format(glob_wds=glob_wds, glob=data_files,
+        LOADING.format(urls=json.dumps([u for u, _ in shards]) if shards is not None else json.dumps(glob_wds),
+                       glob=data_files,
                        wids=wids_list(shards) if shards is not None else WIDS_FROM_INDEX),
         "## Licence",
         f"**Source data — {terms.name}** (`{source}`): {terms.text}" + (f" <{terms.link}>" if terms.link else ""),
