@@ -16,7 +16,7 @@ Both folders must be embedded by the same model. Rows go to ``OUT/audit/leaks.pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,8 @@ from pipeline.manifest import validate_columns, write_table
 from schemas import audit as audit_schema
 from schemas import leaks as schema
 
-BLOCK = 4096  # rows of OUT per matrix-product block: BLOCK x len(OTHER) float32 scores at a time
+BLOCK = 4096  # rows of OUT per matrix-product block
+COLUMNS = 4  # x BLOCK rows of OTHER per block: 4096 x 16384 float32 scores (256 MiB) at most at a time
 IRLS_STEPS = 20
 
 
@@ -71,14 +72,20 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
 
+def blocks(x: np.ndarray, y: np.ndarray, block: int = BLOCK) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, first column, ``x[rows] @ y[cols].T``) over the whole product, one block at a time."""
+    for lo in range(0, len(x), block):
+        for co in range(0, len(y), block * COLUMNS):
+            yield lo, co, x[lo:lo + block] @ y[co:co + block * COLUMNS].T
+
+
 def identity_matches(ca: np.ndarray, cb: np.ndarray, threshold: float,
                      block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows of ``ca``, rows of ``cb``, cosine) of centroid pairs with cosine >= ``threshold``."""
+    """(rows of ``ca``, rows of ``cb``, cosine) of centroid pairs with cosine >= ``threshold``, row-major."""
     ia, ib, cos = [], [], []
-    for lo in range(0, len(ca), block):
-        sim = ca[lo:lo + block] @ cb.T
+    for lo, co, sim in blocks(ca, cb, block):
         a, b = np.nonzero(sim >= threshold)
-        ia.append(a + lo), ib.append(b), cos.append(sim[a, b])
+        ia.append(a + lo), ib.append(b + co), cos.append(sim[a, b])
     if not ia:
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32)
     return np.concatenate(ia), np.concatenate(ib), np.concatenate(cos)
@@ -99,16 +106,18 @@ def sample_scan(xa: np.ndarray, xb: np.ndarray, code_a: np.ndarray, code_b: np.n
     if not len(xa) or not len(xb):
         return best, best_cos, above
     ids_a, ids_b = np.unique(pair_codes // n_ids_b), np.unique(pair_codes % n_ids_b)
-    cols = np.flatnonzero(np.isin(code_b, ids_b))
-    for lo in range(0, len(xa), block):
-        sim = xa[lo:lo + block] @ xb.T
+    wanted_a, wanted_b = np.isin(code_a, ids_a), np.isin(code_b, ids_b)
+    for lo, co, sim in blocks(xa, xb, block):
         j = sim.argmax(axis=1)
-        best[lo:lo + block], best_cos[lo:lo + block] = j, sim[np.arange(len(j)), j]
-        rows = np.flatnonzero(np.isin(code_a[lo:lo + block], ids_a))
+        top = sim[np.arange(len(j)), j]
+        better = top > best_cos[lo:lo + len(j)]  # strict: the first column block wins ties
+        best[lo:lo + len(j)][better], best_cos[lo:lo + len(j)][better] = j[better] + co, top[better]
+        rows = np.flatnonzero(wanted_a[lo:lo + len(j)])
+        cols = np.flatnonzero(wanted_b[co:co + sim.shape[1]])
         if not len(rows) or not len(cols):
             continue
         r, c = np.nonzero(sim[np.ix_(rows, cols)] >= threshold)
-        codes = code_a[lo + rows[r]] * n_ids_b + code_b[cols[c]]
+        codes = code_a[lo + rows[r]] * n_ids_b + code_b[co + cols[c]]
         pos = np.searchsorted(pair_codes, codes)
         hit = (pos < len(pair_codes)) & (pair_codes[np.minimum(pos, len(pair_codes) - 1)] == codes)
         above += np.bincount(pos[hit], minlength=len(pair_codes))
