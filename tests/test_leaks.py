@@ -169,3 +169,10 @@ def test_exclude_condition_survives_null_keys(folders, audited):
     kept = query(folders["train"], f"SELECT key FROM samples WHERE {leaks.exclude_condition()} ORDER BY key")
     assert kept.column("key").to_pylist() == ["0000001_002", "0000002_001", "0000002_002"]
     assert schema.SCHEMA.names[:3] == ["level", "kind", "against"]
+
+
+def test_plain_audit_keeps_earlier_leak_results(folders, audited):
+    before = pq.read_table(leaks.leaks_path(folders["train"]))
+    summary = audit.run_audit(folders["train"])  # no --against: the leak results stay
+    assert summary["leaks"]["excluded_samples"] == 5
+    assert pq.read_table(leaks.leaks_path(folders["train"])).equals(before)
