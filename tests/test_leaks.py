@@ -101,6 +101,7 @@ def test_leaks_view_and_export_exclusion(folders, audited, tmp_path):
     assert got == [{"kind": "exact", "n": 1}, {"kind": "identity", "n": 2}]
     summary = export(out, "pairs", tmp_path / "pairs", exclude_leaks=True)
     assert summary["selected"] == 3  # 8 samples - Colin (2) - Donald (2) - the copied photo
+    assert summary["exclude_leaks"] is True and summary["where"] == ""
     lines = [json.loads(x) for x in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
     keys = {k for line in lines for k in (line.get("target_key"), line.get("reference_key")) if k}
     assert not keys & {COPIED[0], "0000003_001", "0000004_001"}
