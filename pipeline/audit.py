@@ -7,10 +7,11 @@ registry, so the audit of an ArcFace run and of a MobileFaceNet run each use the
 """
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.manifest import validate_columns, write_json, write_table
 from schemas import audit as schema
+from schemas import leaks as leak_schema
 
 NEAR_DUPLICATE_COSINE = 0.95
 IRLS_STEPS = 20
@@ -228,8 +230,12 @@ def find_merges(s: Samples, per_id: dict[str, dict], members: dict[str, np.ndarr
 
 
 def run_audit(out: Path | str, threshold: float | None = None,
-              near_duplicate: float = NEAR_DUPLICATE_COSINE) -> dict[str, Any]:
-    """Audit ``out``; write ``audit/identity.parquet``, ``merges.parquet``, ``summary.json``."""
+              near_duplicate: float = NEAR_DUPLICATE_COSINE, against: Sequence[Path | str] = ()) -> dict[str, Any]:
+    """Audit ``out``; write ``audit/identity.parquet``, ``merges.parquet``, ``summary.json``.
+
+    With ``against`` (other output folders), also the cross-folder leaks (``pipeline/leaks.py``,
+    ``audit/leaks.parquet``, summary under ``leaks``); without it, earlier leak results are kept.
+    """
     out = Path(out)
     s = load_samples(out)
     thr = model_threshold(s.model, threshold)
@@ -245,6 +251,12 @@ def run_audit(out: Path | str, threshold: float | None = None,
     write_table(validate_columns(merges, schema.MERGE_SCHEMA) if merges else
                 schema.MERGE_SCHEMA.empty_table(), folder / schema.MERGES_FILE)
     summary = summarize(rows, merges, s, thr, threshold is not None, near_duplicate)
+    if against:
+        from pipeline.leaks import run_leaks
+
+        summary["leaks"] = run_leaks(out, against, threshold, near_duplicate, samples=s)
+    elif (folder / leak_schema.LEAKS_FILE).is_file() and (folder / schema.SUMMARY_FILE).is_file():
+        summary["leaks"] = json.loads((folder / schema.SUMMARY_FILE).read_text()).get("leaks")
     write_json(summary, folder / schema.SUMMARY_FILE)
     return summary
 

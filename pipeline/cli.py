@@ -156,24 +156,44 @@ def audit(
     threshold: Optional[float] = typer.Option(
         None, help="Outlier cosine; default: the embedding model's same-identity threshold (registry)."),
     near_duplicate: float = typer.Option(0.95, help="Cosine at which two images of one identity are near-duplicates."),
+    against: list[str] = typer.Option([], "--against", help="Another output folder to check for shared "
+                                      "identities and photos (repeatable) -> OUT/audit/leaks.parquet."),
 ) -> None:
-    """Identity purity: outliers, duplicates, candidate merges (writes OUT/audit/ only)."""
+    """Identity purity: outliers, duplicates, candidate merges; leaks into other folders (writes OUT/audit/ only)."""
     from pipeline.audit import run_audit
 
     try:
-        s = run_audit(out, threshold=threshold, near_duplicate=near_duplicate)
+        s = run_audit(out, threshold=threshold, near_duplicate=near_duplicate, against=against)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"{s['samples']} samples, {s['identities']} identities: {s['outliers']} outliers, "
                f"{s['duplicates']} duplicates, {s['near_duplicates']} near-duplicates, "
                f"{s['candidate_merges']} candidate merges (threshold {s['threshold']:.3f}, "
                f"{s['threshold_source']}) -> {out}/audit/", err=True)
+    for f in s["leaks"]["against"] if against else []:
+        typer.echo(f"leaks against {f['folder']}: {f['identities']} shared identities ({f['identity_pairs']} "
+                   f"pairs), {f['exact_duplicates']} exact and {f['near_duplicates']} near-duplicate photos", err=True)
+    if against:
+        typer.echo(f"--exclude-leaks would drop {s['leaks']['excluded_samples']} samples "
+                   f"(see {out}/audit/leaks.parquet, `pipeline sql OUT \"SELECT * FROM leaks\"`)", err=True)
+
+
+@app.command("card")
+def card(out: str = typer.Argument(..., help="Output folder of a run.")) -> None:
+    """Write OUT/README.md: a Hugging Face dataset card made from what the output knows."""
+    from pipeline.card import write_card
+
+    try:
+        path = write_card(out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(str(path))
 
 
 @app.command("sql")
 def sql_query(
     out: str = typer.Argument(..., help="Output folder of a run."),
-    query: str = typer.Argument(..., help="SELECT over the views: samples, <stage>, audit, audit_merges."),
+    query: str = typer.Argument(..., help="SELECT over the views: samples, <stage>, audit, audit_merges, leaks."),
     fmt: str = typer.Option("table", "--format", help="table | csv | parquet."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write to FILE (needed for parquet)."),
 ) -> None:
@@ -195,6 +215,8 @@ def export(
     to: str = typer.Option(..., "--to", help="Destination folder: new or empty, outside OUT."),
     where: Optional[str] = typer.Option(None, "--where", help="SQL condition on the samples view."),
     copy: bool = typer.Option(False, "--copy", help="Copy source images instead of hard-linking them."),
+    exclude_leaks: bool = typer.Option(False, "--exclude-leaks",
+                                       help="Drop leaked identities and photos (`pipeline audit OUT --against`)."),
 ) -> None:
     """Export samples in a trainer's layout (writes only under --to)."""
     import duckdb
@@ -202,7 +224,7 @@ def export(
     from pipeline.export import export as run_export
 
     try:
-        s = run_export(out, fmt, to, where=where, copy=copy)
+        s = run_export(out, fmt, to, where=where, copy=copy, exclude_leaks=exclude_leaks)
     except (ValueError, KeyError, FileNotFoundError, duckdb.Error) as exc:
         _fail(exc)
     for warning in s["warnings"]:

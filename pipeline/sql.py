@@ -5,8 +5,10 @@ Views: one per stage (``manifests/<stage>/*.parquet``, named after the stage: ``
 stage name (``detect_score``, ``pose_yaw``, ``identity_embedding``) except ``key`` and
 ``identity``; and, when ``pipeline audit`` ran, ``audit`` (``audit/identity.parquet``),
 ``audit_merges`` (``audit/merges.parquet``) and the audit's columns in ``samples`` as
-``audit_<column>``. DuckDB runs in memory, and only SELECT / EXPLAIN statements are accepted,
-so a query can neither create a database file nor write into the folder.
+``audit_<column>``; when ``pipeline audit --against`` ran, ``leaks`` (``audit/leaks.parquet``:
+identities and photos shared with other output folders). DuckDB runs in memory, and only
+SELECT / EXPLAIN statements are accepted, so a query can neither create a database file nor
+write into the folder.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import duckdb
 import pyarrow as pa
 
 from schemas import audit as audit_schema
+from schemas import leaks as leak_schema
 
 SAMPLES = "samples"
 AUDIT = "audit"
 AUDIT_MERGES = "audit_merges"
+LEAKS = "leaks"
 SOURCE = "source"
 UNPREFIXED = ("key", "identity")
 FORMATS = ("table", "csv", "parquet")
@@ -66,6 +70,9 @@ def connect(out: Path | str) -> duckdb.DuckDBPyConnection:
     if (audit_dir / audit_schema.MERGES_FILE).is_file():
         con.execute(f"CREATE VIEW {AUDIT_MERGES} AS SELECT * FROM "
                     f"read_parquet({_literal(audit_dir / audit_schema.MERGES_FILE)})")
+    leaks = audit_dir / leak_schema.LEAKS_FILE
+    if leaks.is_file():
+        con.execute(f"CREATE VIEW {LEAKS} AS SELECT * FROM read_parquet({_literal(leaks)})")
     con.execute(f"CREATE VIEW {SAMPLES} AS {samples_query(tables)}")
     return con
 

@@ -9,7 +9,9 @@ A reference is another key of the same identity that is not the same file (sha25
 near-duplicate (embedding cosine <= ``max_cos``) and, when ``min_yaw_gap`` > 0, turned at least that
 many degrees away. Up to ``max_candidates`` of them are kept per target. Identities with one
 image and targets left without any candidate are counted, not paired. The result is
-``<shards>/pairs.parquet``, rebuilt when a shard or the pairing config changes.
+``<shards>/pairs.parquet``, rebuilt when a shard or the pairing config changes. With
+``exclude_leaks``, the samples of identities (and the photos) that ``pipeline audit OUT --against``
+found in other output folders are neither targets nor references.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.audit import AUDIT_DIR
+from schemas.leaks import LEAKS_FILE
 from schemas.shard import META
 
 INDEX_NAME = "pairs.parquet"
@@ -41,6 +45,9 @@ class PairConfig:
     min_yaw_gap: float = 0.0
     max_candidates: int = 16
     seed: int = 0
+    exclude_leaks: bool = False
+    """Neither pair nor reference the identities and photos that ``pipeline audit OUT --against``
+    found in other output folders (``OUT/audit/leaks.parquet``, required then)."""
 
 
 @dataclass
@@ -53,6 +60,7 @@ class PairStats:
     single_image_samples: int = 0
     no_reference_samples: int = 0
     paired_samples: int = 0
+    leak_excluded_samples: int = 0
     source: str = ""  # manifests | shards
 
 
@@ -74,6 +82,14 @@ def scan_members(path: Path) -> list[tuple[str, str, int, int]]:
 
 def _signature(shards: list[Path]) -> dict[str, list[int]]:
     return {p.stem: [p.stat().st_size, p.stat().st_mtime_ns] for p in shards}
+
+
+def _leaks_signature(shards_dir: Path, cfg: PairConfig) -> list[int] | None:
+    """Size and mtime of the leaks file the index excluded (a new audit rebuilds the index)."""
+    path = shards_dir.parent / AUDIT_DIR / LEAKS_FILE
+    if not cfg.exclude_leaks or not path.is_file():
+        return None
+    return [path.stat().st_size, path.stat().st_mtime_ns]
 
 
 def _read_member(path: Path, offset: int, size: int) -> bytes:
@@ -116,6 +132,17 @@ def _facts_from_shards(rows: list[dict], paths: dict[str, Path]) -> dict[str, di
         ident = meta.get("identity") if isinstance(meta.get("identity"), str) else source.get("identity")
         facts[r["key"]] = {"identity": ident, "sha256": source.get("sha256"), "embedding": emb, "yaw": yaw}
     return facts
+
+
+def leaked_keys(out: Path, keys: list[str], identities: list[str]) -> set[str]:
+    """Keys of leaked identities and leaked photos, from ``OUT/audit/leaks.parquet``."""
+    path = out / AUDIT_DIR / LEAKS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `pipeline audit OUT --against OTHER` before exclude_leaks")
+    rows = pq.read_table(path, columns=["level", "identity", "key"]).to_pylist()
+    ids = {r["identity"] for r in rows if r["level"] == "identity"}
+    leaked = {r["key"] for r in rows if r["level"] == "sample"}
+    return {k for k, i in zip(keys, identities) if i in ids or k in leaked}
 
 
 def _candidates(group: list[int], facts: list[dict], cfg: PairConfig, rng: np.random.Generator) -> list[list[int]]:
@@ -165,9 +192,14 @@ def build_index(shards_dir: Path, cfg: PairConfig = PairConfig(), manifests_dir:
         facts = _facts_from_shards(rows, paths)
         stats.source = "shards"
     ordered = [facts[r["key"]] for r in rows]
+    excluded: set[str] = set()
+    if cfg.exclude_leaks:  # leaked samples stay in the index (the stream looks keys up) but never pair
+        excluded = leaked_keys(shards_dir.parent, [r["key"] for r in rows], [str(f["identity"]) for f in ordered])
+        stats.leak_excluded_samples = len(excluded)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, f in enumerate(ordered):
-        groups[str(f["identity"])].append(i)
+        if rows[i]["key"] not in excluded:
+            groups[str(f["identity"])].append(i)
     rng = np.random.default_rng(cfg.seed)
     candidates: list[list[int]] = [[] for _ in rows]
     stats.identities = len(groups)
@@ -189,7 +221,8 @@ def build_index(shards_dir: Path, cfg: PairConfig = PairConfig(), manifests_dir:
         "sizes": pa.array([r["sizes"] for r in rows], pa.list_(pa.int64())),
         "candidates": pa.array(candidates, pa.list_(pa.int32())),
     })
-    meta = {"version": INDEX_VERSION, "config": asdict(cfg), "signature": _signature(shards), "stats": asdict(stats)}
+    meta = {"version": INDEX_VERSION, "config": asdict(cfg), "signature": _signature(shards), "stats": asdict(stats),
+            "leaks": _leaks_signature(shards_dir, cfg)}
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
     tmp = shards_dir / f".{INDEX_NAME}.tmp-{os.getpid()}"
     pq.write_table(table, tmp)
@@ -207,7 +240,8 @@ def _index_meta(path: Path) -> dict | None:
 def is_current(shards_dir: Path, cfg: PairConfig) -> bool:
     meta = _index_meta(Path(shards_dir) / INDEX_NAME)
     return bool(meta) and meta["version"] == INDEX_VERSION and meta["config"] == asdict(cfg) \
-        and meta["signature"] == _signature(shard_files(Path(shards_dir)))
+        and meta["signature"] == _signature(shard_files(Path(shards_dir))) \
+        and meta.get("leaks") == _leaks_signature(Path(shards_dir), cfg)
 
 
 def load_index(shards_dir: Path, cfg: PairConfig = PairConfig(), rebuild: bool = False) -> "PairIndex":

@@ -266,8 +266,9 @@ def check_target(out: Path, to: Path) -> None:
 
 
 def export(out: Path | str, fmt: str, to: Path | str, where: str | None = None,
-           copy: bool = False) -> dict[str, Any]:
-    """Export the samples of ``out`` matching ``where`` to ``to`` in format ``fmt``."""
+           copy: bool = False, exclude_leaks: bool = False) -> dict[str, Any]:
+    """Export the samples of ``out`` matching ``where`` to ``to`` in format ``fmt``
+    (without the identities and photos ``pipeline audit --against`` found elsewhere, if ``exclude_leaks``)."""
     from pipeline.sql import keys_where
 
     out, to = Path(out), Path(to)
@@ -276,14 +277,22 @@ def export(out: Path | str, fmt: str, to: Path | str, where: str | None = None,
     if not shard_paths(out):
         raise FileNotFoundError(f"{out}/shards has no shard tars: run the pipeline (pack) first")
     check_target(out, to)
-    selected = keys_where(out, where)
+    condition = where
+    if exclude_leaks:
+        from pipeline.leaks import exclude_condition, leaks_path
+
+        if not leaks_path(out).is_file():
+            raise FileNotFoundError(f"{leaks_path(out)} not found: run `pipeline audit OUT --against OTHER` first")
+        condition = f"({where}) AND {exclude_condition()}" if where and where.strip() else exclude_condition()
+    selected = keys_where(out, condition)
     keys = selected.column("key").to_pylist()
     to.mkdir(parents=True, exist_ok=True)
     ctx = Context(out, to, keys, dict(zip(keys, selected.column("identity").to_pylist())),
                   Writer(to, copy), load_audit(out))
     module = importlib.import_module(FORMATS[fmt])
     result: dict[str, Any] = module.export(ctx)
-    summary = {"format": fmt, "out": str(out.resolve()), "where": where or "", "copy": copy,
+    summary = {"format": fmt, "out": str(out.resolve()), "where": where or "", "exclude_leaks": exclude_leaks,
+               "copy": copy,
                "selected": len(keys), **result, "files": ctx.writer.counts, "warnings": ctx.warnings}
     ctx.writer.json(MARKER, summary)
     return summary

@@ -4,6 +4,7 @@ One ``train-<shard>.tar`` per OUT shard with selected samples. Per sample: every
 packed shard (``jpg``, ``lmk.npy``, ``mask.png``, ``id.npy``, ...; images become ``Image``
 features, ``.npy`` arrays lists) and a rewritten ``json``: the shard json plus ``caption``
 (best kept caption or the fallback) and ``audit`` (the sample's audit row, when the audit ran).
+``README.md`` is the dataset card (``pipeline/card.py``) describing these tars.
 The datasets library infers the features from the first examples, so the json is made
 type-stable: a float column that is null for a sample is written as NaN (JSON ``NaN``, which
 Python's json reads), empty mappings are dropped, and every sample has the same members.
@@ -74,6 +75,7 @@ def export(ctx: Context) -> dict[str, Any]:
     shard, members_seen = None, None
     counts = {"samples": 0, "fallback_captions": 0, "tars": 0}
     identities: set[str] = set()
+    per_tar: list[list] = []  # [tar name, samples] for the card's wids line
     try:
         for sample in ctx.samples():  # shard order: one tar open at a time
             if shard_of[sample.key] != shard:
@@ -82,6 +84,7 @@ def export(ctx: Context) -> dict[str, Any]:
                 shard = shard_of[sample.key]
                 writer = TarWriter(ctx.to / f"train-{shard}.tar")
                 counts["tars"] += 1
+                per_tar.append([f"train-{shard}.tar", 0])
             caption, real = caption_of(sample)
             counts["fallback_captions"] += not real
             audit_row = ctx.audit.get(sample.key) if ctx.audit is not None else None
@@ -94,6 +97,7 @@ def export(ctx: Context) -> dict[str, Any]:
             for suffix in sorted(members):
                 writer.add(f"{sample.key}.{suffix}", members[suffix])
             counts["samples"] += 1
+            per_tar[-1][1] += 1
             identities.add(sample.identity)
         if writer is not None:
             writer.close()
@@ -103,4 +107,11 @@ def export(ctx: Context) -> dict[str, Any]:
         raise
     ctx.writer.counts["written"] += counts["tars"]
     counts["identities"] = len(identities)
+    if per_tar:
+        from pipeline.card import CARD, write_card
+
+        write_card(ctx.out, to=ctx.to / CARD, data_files="train-*.tar", tar=ctx.to / per_tar[0][0],
+                   num_examples=counts["samples"], shards=[(t, n) for t, n in per_tar],
+                   note=f"This copy is a `pipeline export --format hf` of {counts['samples']} selected samples.")
+        ctx.writer.counts["written"] += 1
     return counts
