@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 import schemas.consistency as schema
-from stages.base import Result, Sample, Stage
+from stages.base import Provenance, Result, Sample, Stage
 
 ANGLES = ("yaw", "pitch", "roll")
 CROP_FRAMES = ("aligned",)
@@ -66,6 +66,9 @@ class Consistency(Stage):
             raise ValueError(f"box_margin must be in [0, 1], got {self.box_margin}")
         if self.bad_at < 1:
             raise ValueError(f"bad_at must be >= 1, got {self.bad_at}")
+
+    def provenance(self) -> Provenance:
+        return Provenance(model=f"consistency-checks:v{self.version}")
 
     def compute(self, batch: list[Sample]) -> list[Result]:
         return [Result(columns=self.measure(sample)) for sample in batch]

@@ -1,0 +1,119 @@
+"""One contract test over every registered stage: build, check, run on real faces plus a bad
+image, and compare what came out with what the stage declares (columns, files, provenance).
+
+Upstream stages run first, in run order, exactly as the runner chains them (frames, reads).
+Stages whose weights cannot exist offline run their real architecture with random weights
+(restore: tiny CodeFormer; parsing: BiSeNet; caption/detail_caption: tiny random HF models),
+which is what their rows then say (``weights_random``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import stages as registry
+from pipeline.config import build_stage
+from pipeline.schedule import resolve_stage_names
+from stages.base import ERROR, OK, Result, Sample
+from tests.conftest import LFW
+
+BUILTIN = ["detect", "restore", "landmarks", "pose", "parsing", "identity", "expression", "attributes",
+           "quality", "caption", "detail_caption", "consistency"]
+RANDOM = {"restore", "parsing", "caption", "detail_caption"}
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory) -> dict[str, dict]:
+    """Offline configs: bundled real weights where they exist, random weights elsewhere."""
+    from tests.fixtures import tiny_hf
+    from tests.test_detail_caption import save_tiny_qwen2_vl
+
+    hf = tiny_hf.tiny_models(tmp_path_factory.mktemp("hf"))
+    vlm = save_tiny_qwen2_vl(tmp_path_factory.mktemp("vlm") / "qwen2vl")
+    return {
+        "detect": {"model": "retinaface_mobile0.25", "device": "cpu"},
+        "restore": {"arch": "tiny", "weights": "random", "device": "cpu"},
+        "landmarks": {},
+        "pose": {"model": "lightweight_headpose", "device": "cpu"},
+        "parsing": {"weights": "random", "device": "cpu", "batch_size": 2},
+        "identity": {"model": "mobilefacenet", "device": "cpu"},
+        "expression": {"device": "cpu"},
+        "attributes": {},
+        "quality": {},
+        "caption": {"model_paths": {"blip_base": str(hf["blip_base"]), "blip_large": str(hf["blip_large"])},
+                    "clip_model": str(hf["clip"]), "device": "cpu", "min_score": -1.0, "max_new_tokens": 6,
+                    "n_beam": 1, "n_sample": 1, "num_beams": 1},
+        "detail_caption": {"model": str(vlm), "device": "cpu", "max_new_tokens_short": 4,
+                           "max_new_tokens_detail": 6, "image_size": 112},
+        "consistency": {},
+    }
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[np.ndarray]:
+    if not LFW.is_dir():
+        pytest.skip(f"real faces missing: {LFW}")
+    people = sorted(p for p in LFW.iterdir() if p.is_dir())[:2]
+    return [np.asarray(Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB")) for p in people]
+
+
+def run_chain(name: str, recipes: dict, faces: list[np.ndarray]) -> tuple[object, list[Sample], list[Result]]:
+    """Run ``name`` after everything it reads (and the frame producers before it), like the runner."""
+    chain = [n for n in registry.ORDER if n in set(resolve_stage_names([name])) |
+             ({"detect"} if registry.ORDER.index(name) > registry.ORDER.index("detect") else set())]
+    keys = [f"k{i}" for i in range(len(faces))] + ["bad"]
+    frames: dict[str, np.ndarray | None] = {k: im for k, im in zip(keys, faces)}
+    frames["bad"] = None
+    done: dict[str, dict[str, Result]] = {}
+    frame_name = "source"
+    for stage_name in chain:
+        stage = build_stage(stage_name, recipes[stage_name])
+        stage.check()
+        samples = []
+        for key in keys:
+            # the bad image gets a good sample's upstream rows, so it reaches the stage itself
+            src = keys[0] if key == "bad" else key
+            upstream = {n: done[n][src] for n in done if done[n][src].status == OK}
+            image = frames[key] if stage.needs_image else None
+            samples.append(Sample(key=key, identity="Person_A", image=image, frame=frame_name,
+                                  upstream=upstream, meta={"files": {}}))
+        results = stage.process(samples)
+        done[stage_name] = dict(zip(keys, results))
+        if type(stage).produces_frame:
+            frame_name = type(stage).produces_frame
+            frames = {k: (r.frame if r.status == OK else None) for k, r in zip(keys, results)}
+    return stage, samples, results
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_stage_keeps_its_declaration(name, recipes, faces):
+    assert name in registry.ORDER
+    stage, samples, results = run_chain(name, recipes, faces)
+    cls = type(stage)
+    assert len(results) == len(samples)
+    declared = set(cls.schema.names)
+    assert declared.isdisjoint({"key", "status", "error", "model", "weights_sha256"}), "common columns redeclared"
+    for sample, res in zip(samples, results):
+        assert res.status in ("ok", "skipped", "error") and (res.status == OK) == (not res.error), sample.key
+        if res.status != OK:
+            continue
+        assert set(res.columns) <= declared, f"undeclared columns {set(res.columns) - declared}"
+        assert set(res.files) == set(cls.files), f"files {sorted(res.files)} != declared {cls.files}"
+        assert all(isinstance(v, bytes) and v for v in res.files.values()), "files must come out encoded"
+        assert (res.frame is not None) == bool(cls.produces_frame)
+    ok = [r for s, r in zip(samples, results) if s.key != "bad" and r.status == OK]
+    assert ok, f"{name}: no real face came through ({[r.error for r in results]})"
+    bad = results[-1]
+    if cls.needs_image:
+        assert bad.status == ERROR and bad.error == "bad_image"
+    prov = stage.provenance()
+    assert prov.model and prov.weights_random == (name in RANDOM)
+    if not prov.weights_random and name not in ("landmarks", "consistency", "quality"):
+        assert len(prov.weights_sha256) == 64
+
+
+def test_every_registered_stage_is_covered():
+    assert [n for n in registry.ORDER if registry.MODULES[n].startswith("stages.")] == BUILTIN
