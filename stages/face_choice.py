@@ -4,8 +4,9 @@ A wild photo holds background faces and detector false positives (a chest, a pat
 that can outscore ``conf_threshold`` and outsize the real face. Each candidate gets four
 terms in [0, 1]:
 
-- ``score``: the detector's log-odds, clipped at ``SCORE_LOGIT_CAP`` (0.97 -> 0.43,
-  0.999 -> 0.86): a false positive at 0.97 is 30x likelier to be wrong than a face at 0.999.
+- ``score``: the detector's log-odds over ``SCORE_LOGIT_CAP`` (0.9 -> 0.44, 0.97 -> 0.70,
+  0.993 and above -> 1): near-certain faces tie on it, so centrality and size decide
+  among them, while a false positive at 0.97 loses ground.
 - ``size``: sqrt(box area / largest candidate's area).
 - ``centre``: 1 - distance of the box centre to the image centre / half the image diagonal.
 - ``shape``: how face-like the five points are in the frame of the eye line (eye distance vs
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCORE_LOGIT_CAP = 8.0
-"""Log-odds at which the score term saturates (p = 0.99966)."""
+SCORE_LOGIT_CAP = 5.0
+"""Log-odds at which the score term saturates (p = 0.9933)."""
 W_SCORE, W_SIZE, W_CENTRE = 0.4, 0.4, 0.2
 TERMS = ("score", "size", "centre", "shape")
 
