@@ -6,7 +6,7 @@ probability is at least ``emotion_threshold`` (the threshold the stage ran with,
 row so readers can re-threshold from the probabilities), else ``UNCERTAIN``.
 ``emotion_confident`` is true when the label is not ``UNCERTAIN`` and its probability reaches
 ``emotion_confident_threshold`` (``EMOTION_CONFIDENT_THRESHOLD`` = 0.85 by default, calibrated
-on a labelled set of the shared photos: docs/emotion.md). FER2013's model calls many neutral
+on a labelled set of the shared photos: docs/wild.md). FER2013's model calls many neutral
 faces angry or sad at 0.5-0.8; only confident labels reach captions and prompts.
 
 Caption words: ``EMOTION_WORDS`` maps each class to the adjective a caption uses ("a happy
@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 EMOTION_CONFIDENT_THRESHOLD = 0.85
 """Calibrated: the lowest top probability (0.05 steps) whose confident labels were >= 95%
-right on tests/fixtures/emotion_labels.csv (docs/emotion.md)."""
+right on tests/fixtures/emotion_labels.csv (docs/wild.md)."""
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 UNCERTAIN = "uncertain"
 

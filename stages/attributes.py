@@ -6,7 +6,7 @@ centre, which frames brows to chin like FER2013's 48 px faces (0.7: about 1.2 Re
 widths). It is converted to grayscale (ITU-R 601 luma), area-resized to 64x64 and scaled to
 [-1, 1]. The label is the arg-max class when its probability reaches ``emotion_threshold``,
 else ``uncertain`` (``schemas/attributes.py``); ``emotion_confident`` marks labels whose top
-probability reaches the calibrated ``emotion_confident_threshold`` (docs/emotion.md).
+probability reaches the calibrated ``emotion_confident_threshold`` (docs/wild.md).
 
 CLIP groups (``age``, ``gender``, ``celeba``; ``clip_attributes`` names all three) see the
 whole frame: the aligned crop holds hair, ears, neck and hat, which several CelebA attributes
@@ -151,7 +151,7 @@ class Attributes(Stage):
     labels, 95% of them unchanged by mirroring; 0 keeps all, 78% unchanged)."""
     emotion_confident_threshold: float = aschema.EMOTION_CONFIDENT_THRESHOLD
     """Top probability at which ``emotion_confident`` is true: the label is trusted by captions
-    and prompts. 0.85 is calibrated on a labelled set of shared photos (docs/emotion.md)."""
+    and prompts. 0.85 is calibrated on a labelled set of shared photos (docs/wild.md)."""
     emotion_crop: float = 0.7
     """Side of the emotion crop relative to the 3DDFA-style face ROI (0.3-1.5)."""
     no_detect_roi: float = 0.71
