@@ -190,7 +190,8 @@ class Attributes(Stage):
         if not self.groups:
             raise ValueError("attributes needs at least one group")
         groups = self.active()
-        for name in ("emotion_threshold", "emotion_confident_threshold", "age_threshold", "gender_threshold", "celeba_threshold"):
+        for name in ("emotion_threshold", "emotion_confident_threshold", "age_threshold", "gender_threshold",
+                     "celeba_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.3 <= self.emotion_crop <= 1.5 or not 0.1 <= self.no_detect_roi <= 2.0:
