@@ -4,6 +4,10 @@ Emotion (FER2013 mini-Xception): ``emotion_probs`` are the 7 softmax probabiliti
 ``EMOTIONS`` order (FER2013's label order). ``emotion`` is the arg-max class when its
 probability is at least ``emotion_threshold`` (the threshold the stage ran with, recorded per
 row so readers can re-threshold from the probabilities), else ``UNCERTAIN``.
+``emotion_confident`` is true when the label is not ``UNCERTAIN`` and its probability reaches
+``emotion_confident_threshold`` (``EMOTION_CONFIDENT_THRESHOLD`` = 0.85 by default, calibrated
+on a labelled set of the shared photos: docs/wild.md). FER2013's model calls many neutral
+faces angry or sad at 0.5-0.8; only confident labels reach captions and prompts.
 
 Caption words: ``EMOTION_WORDS`` maps each class to the adjective a caption uses ("a happy
 man"), in the style of PortraitBooth's emotion-aware prompts, which put one emotion word next
@@ -23,7 +27,8 @@ Every group's columns are nullable: a row leaves the columns of groups that were
 
 The caption stage compares its kept captions with ``emotion`` (``CAPTION_EMOTION_FIELDS``,
 ``caption_emotion_columns``): the class each caption names by an ``EMOTION_SYNONYMS`` word,
-whether it agrees, and optionally the emotion word it inserted before the subject word.
+whether it agrees, and optionally the emotion word it inserted before the subject word. A label
+that is not ``emotion_confident`` reaches the caption stage as ``UNCERTAIN`` (no word).
 """
 from __future__ import annotations
 
@@ -33,6 +38,9 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+EMOTION_CONFIDENT_THRESHOLD = 0.85
+"""Calibrated: the lowest top probability (0.05 steps) whose confident labels were >= 95%
+right on tests/fixtures/emotion_labels.csv (docs/wild.md)."""
 EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 UNCERTAIN = "uncertain"
 
@@ -79,6 +87,8 @@ EMOTION_FIELDS = [
     pa.field("emotion", pa.string()),  # one of EMOTIONS, or UNCERTAIN
     pa.field("emotion_probs", pa.list_(pa.float32())),  # 7 probabilities, EMOTIONS order
     pa.field("emotion_threshold", pa.float32()),  # minimum top probability for a label
+    pa.field("emotion_confident", pa.bool_()),  # label trusted: top probability >= the next column
+    pa.field("emotion_confident_threshold", pa.float32()),
 ]
 
 AGE_FIELDS = [

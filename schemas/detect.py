@@ -3,6 +3,9 @@
 Point order: left eye, right eye, nose tip, left mouth corner, right mouth corner (as seen in
 the image). ``affine`` maps source pixels to crop pixels: [a, b, tx, c, d, ty] is the row-major
 2x3 matrix, crop = [[a, b], [c, d]] @ source + [tx, ty].
+
+The main face is chosen by ``stages/face_choice.py``: ``choice_why`` lists its terms (score,
+size, centre, shape, each 0..1) and the term the runner-up lost on.
 """
 from __future__ import annotations
 
@@ -17,5 +20,10 @@ SCHEMA = pa.schema(
         pa.field("face_size", pa.float32()),  # shorter side of the main face's box, source px
         pa.field("affine", pa.list_(pa.float32())),  # 6 values, source -> crop 2x3, row-major
         pa.field("points5_crop", pa.list_(pa.float32())),  # 10 values, crop px
+        pa.field("choice_value", pa.float32()),  # main face's value under `select` (0..1)
+        pa.field("choice_why", pa.string()),  # its score/size/centre/shape terms, what the runner-up lost on
+        pa.field("runner_up_box", pa.list_(pa.float32())),  # second-best face's box, null when alone
+        pa.field("runner_up_score", pa.float32()),  # its detector confidence
+        pa.field("runner_up_value", pa.float32()),  # its value under `select`
     ]
 )

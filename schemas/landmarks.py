@@ -9,8 +9,10 @@ the point layout are given by ``mesh``: ``mediapipe468`` (face mesh) or ``mediap
 indices 468-472 are the subject's right iris, 473-477 the left).
 
 Head pose (degrees) comes from cv2.solvePnP of a canonical 3-D face
-(``stages/data/face_model.npz``) onto the 2-D landmarks, focal length = image width, principal
-point = image centre. Sign convention, chosen to match Hopenet / 300W-LP labels:
+(``stages/data/face_model.npz``, tilted by ``stages.geometry.REFERENCE_PITCH_DEG`` to the
+learned estimators' frontal) onto the 2-D landmarks, a near-orthographic camera (focal length
+``FOCAL_WIDTHS`` = 20 image widths, principal point = image centre), as the 300W-LP / 3DDFA
+labels the other estimators learnt. Sign convention, chosen to match Hopenet / 300W-LP labels:
 
 * yaw > 0: the face is turned towards image left (the subject turned to their own right, so
   the camera sees more of their left cheek);
@@ -18,10 +20,12 @@ point = image centre. Sign convention, chosen to match Hopenet / 300W-LP labels:
 * roll > 0: the face is rotated clockwise on screen (the eye on the image's right side is lower,
   i.e. the head leans towards the subject's left shoulder).
 
-Mirroring the image horizontally flips the signs of yaw and roll and keeps pitch. Zero pose
-is the canonical face looking into the camera (its pitch is the average of the photos it was
-built from, see ``stages/data/build_face_model.py``), so expect a few degrees of offset
-against other estimators' pitch.
+Mirroring the image horizontally flips the signs of yaw and roll and keeps pitch. On the
+shared real photos the median |difference| to the 66-bin pose net and to 3DDFA-V2 is under
+3 degrees per angle (docs/benchmarks.md, section wild).
+
+``n_faces`` counts the meshes mediapipe found in the frame (up to ``max_faces``); the mesh
+kept is the one matching detect's five points.
 """
 from __future__ import annotations
 
@@ -48,5 +52,6 @@ SCHEMA = pa.schema(
         pa.field("roll", pa.float32()),
         pa.field("pose_rmse_px", pa.float32()),  # solvePnP reprojection error, pixels
         pa.field("face_frac", pa.float32()),  # share of image pixels covered by the mesh
+        pa.field("n_faces", pa.int16()),  # meshes mediapipe found in the frame (the kept one included)
     ]
 )

@@ -5,7 +5,8 @@ centred square without detect) shrunk to ``emotion_crop`` of its side around the
 centre, which frames brows to chin like FER2013's 48 px faces (0.7: about 1.2 RetinaFace box
 widths). It is converted to grayscale (ITU-R 601 luma), area-resized to 64x64 and scaled to
 [-1, 1]. The label is the arg-max class when its probability reaches ``emotion_threshold``,
-else ``uncertain`` (``schemas/attributes.py``).
+else ``uncertain`` (``schemas/attributes.py``); ``emotion_confident`` marks labels whose top
+probability reaches the calibrated ``emotion_confident_threshold`` (docs/wild.md).
 
 CLIP groups (``age``, ``gender``, ``celeba``; ``clip_attributes`` names all three) see the
 whole frame: the aligned crop holds hair, ears, neck and hat, which several CelebA attributes
@@ -90,12 +91,15 @@ class EmotionHead:
         return p.float().cpu().numpy()
 
 
-def emotion_columns(probs: np.ndarray, threshold: float) -> dict:
+def emotion_columns(probs: np.ndarray, threshold: float,
+                    confident_threshold: float = aschema.EMOTION_CONFIDENT_THRESHOLD) -> dict:
     """The emotion columns of one face's probabilities."""
     top = int(np.argmax(probs))
     label = aschema.EMOTIONS[top] if probs[top] >= threshold else aschema.UNCERTAIN
     return {"emotion": label, "emotion_probs": probs.astype(np.float32).tolist(),
-            "emotion_threshold": float(threshold)}
+            "emotion_threshold": float(threshold),
+            "emotion_confident": bool(label != aschema.UNCERTAIN and probs[top] >= confident_threshold),
+            "emotion_confident_threshold": float(confident_threshold)}
 
 
 def class_columns(prefix: str, classes: tuple[str, ...], probs: np.ndarray, threshold: float) -> dict:
@@ -130,7 +134,7 @@ def celeba_columns(probs: np.ndarray, threshold: float, gt: list[bool | None] | 
 @dataclass
 class Attributes(Stage):
     name: ClassVar[str] = "attributes"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     reads: ClassVar[tuple[str, ...]] = ()
     optional_reads: ClassVar[tuple[str, ...]] = ("detect",)
     """Used when its row is in ``Sample.upstream`` (face ROI); never required."""
@@ -145,6 +149,9 @@ class Attributes(Stage):
     emotion_threshold: float = 0.5
     """Top probability needed to keep the label, else ``uncertain`` (on lfw10, 0.5 keeps 60% of
     labels, 95% of them unchanged by mirroring; 0 keeps all, 78% unchanged)."""
+    emotion_confident_threshold: float = aschema.EMOTION_CONFIDENT_THRESHOLD
+    """Top probability at which ``emotion_confident`` is true: the label is trusted by captions
+    and prompts. 0.85 is calibrated on a labelled set of shared photos (docs/wild.md)."""
     emotion_crop: float = 0.7
     """Side of the emotion crop relative to the 3DDFA-style face ROI (0.3-1.5)."""
     no_detect_roi: float = 0.71
@@ -183,7 +190,8 @@ class Attributes(Stage):
         if not self.groups:
             raise ValueError("attributes needs at least one group")
         groups = self.active()
-        for name in ("emotion_threshold", "age_threshold", "gender_threshold", "celeba_threshold"):
+        for name in ("emotion_threshold", "emotion_confident_threshold", "age_threshold", "gender_threshold",
+                     "celeba_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.3 <= self.emotion_crop <= 1.5 or not 0.1 <= self.no_detect_roi <= 2.0:

@@ -17,7 +17,8 @@ benchmark write it): such runs report ``weights_random=True``. Sampling is seede
 and the batch's keys: reruns of the same batches give the same captions.
 
 When the ``attributes`` stage ran, each kept caption's emotion word is compared with its
-emotion label (``schemas.attributes.caption_emotion_columns``); ``emotion_word`` optionally
+emotion label (``schemas.attributes.caption_emotion_columns``; a label that is not
+``emotion_confident`` counts as uncertain); ``emotion_word`` optionally
 inserts the label's word before the subject word of captions naming no emotion.
 """
 from __future__ import annotations
@@ -276,6 +277,8 @@ class Caption(Stage):
                 cols = caption_columns(r, c, s, sources, self.clip_model, self.k, self.min_score)
                 attrs = batch[i].upstream.get("attributes")
                 label = attrs.columns.get("emotion") if attrs is not None else None
+                if attrs is not None and attrs.columns.get("emotion_confident") is False:
+                    label = aschema.UNCERTAIN  # only confident labels name an emotion
                 cols["captions"], cols["subject_spans"], agreement = aschema.caption_emotion_columns(
                     cols["captions"], cols["subject_spans"], label, self.emotion_word)
                 results[i] = Result(columns={**cols, **agreement})

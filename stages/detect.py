@@ -2,7 +2,9 @@
 
 The aligned crop becomes the frame every later stage works in (``produces_frame = "aligned"``).
 Several faces in a photo are recorded (``n_faces``), not an error: the main one is chosen by
-size or by closeness to the image centre. Samples without a usable face are skipped with a
+detector score, size, centrality and the shape of its five points (``stages/face_choice.py``;
+``select: largest`` / ``central`` keep the single-rule choices), and the manifest records why
+(``choice_why``) and the runner-up. Samples without a usable face are skipped with a
 reason: ``no_face``, ``low_score`` (only detections between 0.5 and ``conf_threshold``) or
 ``face_too_small``.
 """
@@ -14,11 +16,11 @@ from typing import ClassVar
 import numpy as np
 
 import schemas.detect
-from stages import align
+from stages import align, face_choice
 from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
 from stages.models import common, load, registry, retinaface
 
-SELECT = ("largest", "central")
+SELECT = ("auto", "largest", "central")
 LOW_SCORE_FLOOR = 0.5
 """Best detection at or above this but below conf_threshold: ``low_score``, else ``no_face``."""
 
@@ -26,7 +28,7 @@ LOW_SCORE_FLOOR = 0.5
 @dataclass
 class Detect(Stage):
     name: ClassVar[str] = "detect"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     schema: ClassVar = schemas.detect.SCHEMA
     gpus: ClassVar[float] = 0.25
     produces_frame: ClassVar[str | None] = "aligned"
@@ -47,9 +49,10 @@ class Detect(Stage):
     """Overlap above which the weaker of two detections is dropped."""
     min_face_size: float = 32.0
     """Smallest usable face: shorter side of the detection box, source px."""
-    select: str = "largest"
-    """Main face: largest box area, or central (box centre nearest the image centre; suits
-    datasets cropped around the labelled person, like CASIA-WebFace and LFW)."""
+    select: str = "auto"
+    """Main face: auto (score, size, centrality and five-point shape; robust to background
+    faces and false positives on wild photos), largest (box area), or central (box centre
+    nearest the image centre; suits datasets cropped around the labelled person)."""
     crop_size: int = 512
     """Side of the aligned crop, px."""
     max_side: int = 1024
@@ -100,20 +103,15 @@ class Detect(Stage):
                 results[i] = self._one(image, det)
         return results  # type: ignore[return-value]
 
-    def _choose(self, faces: np.ndarray, width: int, height: int) -> int:
-        boxes = faces[:, :4]
-        if self.select == "central":
-            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-            return int(np.argmin(np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)))
-        return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-
     def _one(self, image: np.ndarray, det: np.ndarray) -> Result:
         faces = det[det[:, 4] >= self.conf_threshold] if len(det) else det
         if len(faces) == 0:
             if len(det):
                 return Result.fail(f"low_score: {det[:, 4].max():.3f}", SKIPPED)
             return Result.fail("no_face", SKIPPED)
-        face = faces[self._choose(faces, image.shape[1], image.shape[0])]
+        choice = face_choice.choose(faces, image.shape[1], image.shape[0], self.select)
+        face = faces[choice.index]
+        runner = faces[choice.runner_up] if choice.runner_up is not None else None
         box, points = face[:4], face[5:15]
         face_size = float(min(box[2] - box[0], box[3] - box[1]))
         if face_size < self.min_face_size:
@@ -130,6 +128,11 @@ class Detect(Stage):
                 "face_size": face_size,
                 "affine": f32(matrix),
                 "points5_crop": f32(points_crop),
+                "choice_value": choice.value,
+                "choice_why": choice.why,
+                "runner_up_box": None if runner is None else f32(runner[:4]),
+                "runner_up_score": None if runner is None else float(runner[4]),
+                "runner_up_value": choice.runner_up_value,
             },
             frame=crop,
         )

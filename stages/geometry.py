@@ -15,6 +15,17 @@ import numpy as np
 FACE_MODEL = Path(__file__).resolve().parent / "data" / "face_model.npz"
 _SHIFT = 4  # cv2 fixed-point fraction bits for sub-pixel polygon vertices
 
+FOCAL_WIDTHS = 20.0
+"""PnP focal length in image widths: a near-orthographic camera (3 degrees field of view).
+The aligned crop's true camera is unknown; with focal = 1 width (a 53 degree lens 25 cm from
+the face) the FFHQ template's face, centred 50 px below the crop centre, read as ~5 degrees
+of upward pitch. The learned estimators (300W-LP labels, 3DDFA) are weak-perspective too."""
+REFERENCE_PITCH_DEG = -6.3
+"""Tilt (about the model's x axis) that turns the canonical face to the learned estimators'
+frontal. ``face_model.npz``'s zero pitch is the average pose of the photos it was built from,
+which look ~6 degrees down; measured as the median of (mean of the 66-bin pose net and
+3DDFA-V2 pitch) minus PnP pitch on the 124 shared real photos (docs/benchmarks.md, wild)."""
+
 
 @dataclass(frozen=True)
 class FaceModel:
@@ -32,7 +43,10 @@ class FaceModel:
 def load_face_model(path: Path = FACE_MODEL) -> FaceModel:
     with np.load(path) as d:
         tris = np.concatenate([d["triangles"], d["hole_triangles"]]).astype(np.int32)
-        return FaceModel(d["vertices"].astype(np.float32), tris, d["mirror"].astype(np.int32))
+        a = np.radians(REFERENCE_PITCH_DEG)
+        tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+        vertices = (d["vertices"].astype(np.float64) @ tilt.T).astype(np.float32)
+        return FaceModel(vertices, tris, d["mirror"].astype(np.int32))
 
 
 def render_depth(
@@ -101,8 +115,9 @@ def draw_mask(
 
 
 def camera_matrix(width: int, height: int) -> np.ndarray:
-    """Pinhole intrinsics with focal = image width and the principal point at the centre."""
-    return np.array([[width, 0, width / 2], [0, width, height / 2], [0, 0, 1]], np.float64)
+    """Pinhole intrinsics: focal = ``FOCAL_WIDTHS`` image widths, principal point at the centre."""
+    f = FOCAL_WIDTHS * width
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], np.float64)
 
 
 def rotation_to_angles(rot: np.ndarray) -> tuple[float, float, float]:

@@ -3,6 +3,11 @@
 Per sample: the mesh points (``lmk.npy``), a z-buffered depth map of the mesh (``depth.png``),
 a pseudo mask drawn from landmark loops (``mask.png``) and a PnP head pose. Columns and
 conventions are in ``schemas/landmarks.py``; mask classes in ``schemas/pseudo_mask.py``.
+
+Background faces in the aligned crop are recorded (``n_faces``), not an error: the kept mesh is
+the one matching detect's five crop points (the centred one without detect,
+``stages/face_choice.py``). Only a real ambiguity, a second face of similar size where the
+face is expected, is the error ``multiple_faces``.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import pyarrow as pa
 
 from schemas import landmarks as schema
 from schemas.pseudo_mask import CLASSES
-from stages import geometry
+from stages import face_choice, geometry
 from stages.base import Provenance, Result, Sample, Stage
 
 N_MESH = 468
@@ -66,7 +71,9 @@ class LandmarksStage(Stage):
     """468/478-point mediapipe face mesh, mesh depth map, pseudo mask and head pose."""
 
     name: ClassVar[str] = "landmarks"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
+    optional_reads: ClassVar[tuple[str, ...]] = ("detect",)
+    """Its five crop points pick the mesh among several faces; never required."""
     schema: ClassVar[pa.Schema] = schema.SCHEMA
     files: ClassVar[tuple[str, ...]] = ("lmk.npy", "depth.png", "mask.png")
     gpus: ClassVar[float] = 0.0
@@ -75,8 +82,9 @@ class LandmarksStage(Stage):
     """Use mediapipe's attention mesh: 478 points (10 iris points appended), refined eyes/lips."""
     min_detection_confidence: float = 0.5
     """mediapipe face-detector score below which a face is not seen."""
-    max_faces: int = 2
-    """Faces mediapipe looks for; more than one found is 'multiple_faces'. 1 skips that check."""
+    max_faces: int = 3
+    """Faces mediapipe looks for (background faces are counted in ``n_faces`` and ignored;
+    two similar faces at the expected place are 'multiple_faces'). 1 skips that check."""
     batch_size: int = 16
     """Samples per process() call (mediapipe runs one image at a time anyway)."""
 
@@ -152,13 +160,17 @@ class LandmarksStage(Stage):
             return Result.fail(f"landmarks_failed: {type(exc).__name__}")
         if not found:
             return Result.fail("no_face")
-        if len(found) > 1:
-            return Result.fail("multiple_faces")
-        pts = np.array([(p.x * w, p.y * h, p.z * w) for p in found[0].landmark], np.float32)
-        if not np.isfinite(pts).all():
+        meshes = [np.array([(p.x * w, p.y * h, p.z * w) for p in f.landmark], np.float32) for f in found]
+        meshes = [m for m in meshes if np.isfinite(m).all()]
+        if not meshes:
             return Result.fail("landmarks_failed: nonfinite")
+        choice = face_choice.choose_mesh(meshes, w, h, _detect_points(sample))
+        if choice.ambiguous:
+            return Result.fail("multiple_faces")
         try:
-            return self._annotate(pts, h, w)
+            result = self._annotate(meshes[choice.index], h, w)
+            result.columns["n_faces"] = len(found)
+            return result
         except Exception as exc:  # noqa: BLE001
             return Result.fail(f"landmarks_failed: {type(exc).__name__}")
 
@@ -189,3 +201,14 @@ class LandmarksStage(Stage):
         }
         files = {"lmk.npy": encode_npy(pts), "depth.png": encode_png(depth), "mask.png": encode_png(mask)}
         return Result(columns=columns, files=files)
+
+
+def _detect_points(sample: Sample) -> np.ndarray | None:
+    """detect's five points in this frame (aligned / restored crop), when detect's row is here."""
+    det = sample.upstream.get("detect")
+    if det is None or sample.frame not in ("aligned", "restored"):
+        return None
+    pts = det.columns.get("points5_crop")
+    if pts is None or len(pts) != 10 or not np.all(np.isfinite(pts)):
+        return None
+    return np.asarray(pts, np.float64).reshape(5, 2)

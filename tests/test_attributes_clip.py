@@ -182,10 +182,13 @@ def test_caption_stage_reads_attributes_emotion(tmp_path, clip_dir):
     stage.check()
     attrs = Result(columns={"emotion": "surprise"})
     img = faces(1)[0]
-    with_attr, without = stage.process([Sample(key="a", identity="x", image=img, upstream={"attributes": attrs}),
-                                        Sample(key="b", identity="x", image=img)])
+    unsure = Result(columns={"emotion": "surprise", "emotion_confident": False})
+    with_attr, without, low = stage.process([
+        Sample(key="a", identity="x", image=img, upstream={"attributes": attrs}),
+        Sample(key="b", identity="x", image=img), Sample(key="c", identity="x", image=img, upstream={"attributes": unsure})])
     assert with_attr.columns["attributes_emotion"] == "surprise"
     assert without.columns["attributes_emotion"] is None
+    assert low.columns["attributes_emotion"] == aschema.UNCERTAIN and not any(low.columns["emotion_word_added"])
     for res in (with_attr, without):
         c = res.columns
         assert len(c["caption_emotions"]) == len(c["captions"]) == len(c["emotion_word_added"])
