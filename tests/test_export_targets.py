@@ -117,7 +117,8 @@ def test_f2d_writes_what_upstream_consumes(out512, tmp_path):
         points, warp = np.load(root / x["points"]), np.load(root / x["warp"])
         assert points.shape == (5, 2) and warp.shape == (3, 3) and points[0, 0] < points[1, 0]
         mapped = np.c_[points, np.ones(5)] @ warp.T
-        assert np.abs(mapped[:, :2] - align.ARCFACE_112).max() < 6  # the template MSID was trained on
+        residual = np.linalg.norm(mapped[:, :2] - align.ARCFACE_112, axis=1)  # the template MSID reads
+        assert residual.mean() < 5 and residual[:2].max() < 6  # a similarity fit: turned noses sit off
         assert np.load(root / x["expression"]).shape == (10,)
         assert image.shape[:2] == (512, 512)
 
@@ -175,9 +176,10 @@ def test_identity_stage_runs_an_onnx_model(tmp_path):
     stage._net = insightface.OnnxEmbedder.from_path(path)
     stage._mean = torch.full((1, 3, 1, 1), 127.5)
     stage._std = torch.full((1, 3, 1, 1), 127.5)
-    face = np.asarray(Image.open(io.BytesIO(_face_jpeg())).convert("RGB").resize((112, 112)))
+    face = np.array(Image.open(io.BytesIO(_face_jpeg())).convert("RGB").resize((112, 112)))
     unit, norms = stage.embed([face, face[:, ::-1].copy()])
-    expected = net((torch.from_numpy(face).permute(2, 0, 1)[None].float() - 127.5) / 127.5)
+    with torch.no_grad():
+        expected = net((torch.from_numpy(face).permute(2, 0, 1)[None].float() - 127.5) / 127.5)
     assert unit.shape == (2, 512) and norms[0] == pytest.approx(float(expected.norm()), rel=1e-4)
     assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
 
