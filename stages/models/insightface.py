@@ -37,7 +37,7 @@ _COMMON = {
 _HF = "https://huggingface.co/public-data/insightface/resolve/33c1063c49c785b7652d3fd529f86fa4f149392b/models"
 
 registry.register(WeightsSpec(
-    name="insightface_w600k_r50", family="insightface", filename="insightface/buffalo_l/w600k_r50.onnx",
+    name="insightface_w600k_r50", family="insightface", filename="w600k_r50.onnx",
     sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43", size=174383860,
     urls=(f"{_HF}/buffalo_l/w600k_r50.onnx",
           "https://huggingface.co/deepghs/insightface/resolve/main/buffalo_l/w600k_r50.onnx"),
@@ -47,7 +47,7 @@ registry.register(WeightsSpec(
            "used_by": "IP-Adapter-FaceID (normed_embedding)"},
 ))
 registry.register(WeightsSpec(
-    name="insightface_glintr100", family="insightface", filename="insightface/antelopev2/glintr100.onnx",
+    name="insightface_glintr100", family="insightface", filename="glintr100.onnx",
     sha256="4ab1d6435d639628a6f3e5008dd4f929edf4c4124b1a7169e1048f9fef534cdf",
     urls=(f"{_HF}/antelopev2/glintr100.onnx",
           "https://huggingface.co/DIAMONIK7777/antelopev2/resolve/main/glintr100.onnx"),
