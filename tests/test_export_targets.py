@@ -190,3 +190,33 @@ def _face_jpeg() -> bytes:
     if not LFW.is_dir():
         pytest.skip(f"real faces missing: {LFW}")
     return (LFW / "Colin_Powell" / "Colin_Powell_0001.jpg").read_bytes()
+
+
+@pytest.mark.slow
+def test_every_export_has_rows_on_a_default_preset_run(tmp_path_factory):
+    """The full (default) preset's stages feed every exporter. Random weights where the real ones
+    are not here, except detect (the bundled mobile RetinaFace: a random detector finds no face)
+    and restore, which is left out: random CodeFormer paints noise, where no face mesh is found."""
+    from pipeline.config import resolve
+    from pipeline.export import FORMATS
+    from pipeline.runner import run
+    from tests.conftest import make_casia_tree
+    from tests.fixtures import tiny_hf
+
+    base = tmp_path_factory.mktemp("default-preset")
+    models = tiny_hf.tiny_models(base / "hf")
+    stages = [s for s in resolve(preset="full").stages if s != "restore"]
+    assert "expression" in stages and resolve(preset="full").stage_config["landmarks"]["refine"] is True
+    sets = ["detect.model=retinaface_mobile0.25", "pose.weights=random", "parsing.weights=random",
+            "identity.weights=random", f"caption.model_paths={{blip_base: '{models['blip_base']}'}}",
+            "caption.captioners=[blip_base]", f"caption.clip_model={models['clip']}", "caption.device=cpu",
+            "caption.min_score=-1.0", "caption.max_new_tokens=6", "caption.n_beam=1", "caption.n_sample=1",
+            "caption.num_beams=1"]
+    out = base / "out"
+    cfg = resolve(preset="full", flags={"source": "casia-webface", "input": str(make_casia_tree(base / "tree", 2, 2)),
+                                        "out": str(out), "executor": "local", "shard_size": 8,
+                                        "stages": ",".join(stages)}, sets=sets)
+    run(cfg, quiet=True)
+    for fmt in FORMATS:
+        summary = export(out, fmt, base / f"export-{fmt}")
+        assert summary.get("samples", summary.get("pairs", 0)) > 0, (fmt, summary["warnings"])
