@@ -52,6 +52,19 @@ def test_128d_exports_are_refused_in_one_line(tmp_path_factory, tmp_path, fmt):
     assert "identity.model=insightface_" in message and not (tmp_path / "x").exists()
 
 
+def test_cli_says_it_loudly(out512, tmp_path_factory, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    ok = CliRunner().invoke(app, ["export", str(out512), "--format", "instantid", "--to", str(tmp_path / "a")])
+    assert ok.exit_code == 0 and f"warning: {MISMATCH}" in ok.output and "insightface_glintr100" in ok.output
+    refused = CliRunner().invoke(app, ["export", str(build_out(tmp_path_factory)), "--format", "ip-adapter-faceid",
+                                       "--to", str(tmp_path / "b")])
+    lines = [x for x in refused.output.splitlines() if x.strip()]
+    assert refused.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "512-d" in lines[0]
+
+
 def test_ip_adapter_faceid(out512, tmp_path):
     root = tmp_path / "ip"
     summary = export(out512, "ip-adapter-faceid", root)
