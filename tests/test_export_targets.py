@@ -233,3 +233,7 @@ def test_every_export_has_rows_on_a_default_preset_run(tmp_path_factory):
     for fmt in FORMATS:
         summary = export(out, fmt, base / f"export-{fmt}")
         assert summary.get("samples", summary.get("pairs", 0)) > 0, (fmt, summary["warnings"])
+        if fmt == "dense-face":
+            assert summary["msmask"] == "parsing" and len(summary["msmask_colours"]) == 19
+        if fmt == "f2d":
+            assert summary["with_expression"] == summary["samples"]

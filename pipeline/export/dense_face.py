@@ -141,9 +141,9 @@ def _image(sample: Sample, name: str):
 
 def write_sample(ctx: Context, sample: Sample, folder: str, n: str, subject: str) -> dict[str, str]:
     """Every file of one sample; its CSV row (without the reference columns)."""
-    image = np.asarray(_image(sample, "jpg"))
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(sample.files["jpg"])).convert("RGB"))
     h, w = image.shape[:2]
     path = {d: f"{folder}/{d}/{n}" for d in ("images", "images_v2", "landmarks", "masks", "xyzmaps",
                                               "msmasks", "captions", "attributes", "feat_file_v2")}
