@@ -40,7 +40,9 @@ class Identity(Stage):
     gpus: ClassVar[float] = 0.25
 
     model: str = "arcface_irse50"
-    """Registry name: arcface_irse50 (512-d) or mobilefacenet (128-d, lite, bundled)."""
+    """Registry name: arcface_irse50 (512-d), mobilefacenet (128-d, lite, bundled), or the
+    insightface ONNX models the adapters were trained on: insightface_w600k_r50 (buffalo_l,
+    IP-Adapter-FaceID) and insightface_glintr100 (antelopev2, InstantID), 512-d, onnxruntime."""
     weights: str = "pretrained"
     """pretrained (verified file) or random (real architecture, random init; for tests only)."""
     device: str = "auto"
@@ -54,8 +56,11 @@ class Identity(Stage):
 
     def check(self) -> None:
         common.check_common(self.device, self.dtype, self.weights, self.batch_size)
-        if registry.get(self.model).family not in ("arcface", "mobilefacenet"):
+        family = registry.get(self.model).family
+        if family not in ("arcface", "mobilefacenet", "insightface"):
             raise ValueError(f"model {self.model!r} is not a face-recognition embedder")
+        if family == "insightface" and self.weights == "random":
+            raise ValueError(f"model {self.model!r} is an ONNX graph: weights=random is not available")
         common.check_weights(self.model, self.weights, self.weights_dir)
 
     def setup(self) -> None:

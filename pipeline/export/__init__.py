@@ -111,6 +111,7 @@ class Context:
     writer: Writer
     audit: dict[str, dict[str, Any]] | None
     warnings: list[str] = field(default_factory=list)
+    where: str | None = None  # the --where condition the keys came from
 
     def samples(self, keys: set[str] | None = None) -> Iterator[Sample]:
         """Selected packed samples (or those of ``keys``), in key order."""
@@ -286,11 +287,13 @@ def export(out: Path | str, fmt: str, to: Path | str, where: str | None = None,
         condition = f"({where}) AND {exclude_condition()}" if where and where.strip() else exclude_condition()
     selected = keys_where(out, condition)
     keys = selected.column("key").to_pylist()
-    to.mkdir(parents=True, exist_ok=True)
     ctx = Context(out, to, keys, dict(zip(keys, selected.column("identity").to_pylist())),
-                  Writer(to, copy), load_audit(out))
+                  Writer(to, copy), load_audit(out), where=where)
     module = importlib.import_module(FORMATS[fmt])
-    result: dict[str, Any] = module.export(ctx)
+    # A format that cannot be used as the run stands refuses here, before DIR is created.
+    checked: dict[str, Any] = module.check(ctx) if hasattr(module, "check") else {}
+    to.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {**checked, **module.export(ctx)}
     summary = {"format": fmt, "out": str(out.resolve()), "where": where or "", "exclude_leaks": exclude_leaks,
                "copy": copy,
                "selected": len(keys), **result, "files": ctx.writer.counts, "warnings": ctx.warnings}

@@ -1,16 +1,22 @@
-"""``f2d``: image, face mask, expression vector and identity embedding per sample (Face2Diffusion).
+"""``f2d``: what Face2Diffusion actually consumes: the image, its 5 points and the 112x112 warp.
 
-Face2Diffusion's released code reads an identity vector with ``np.load`` from a ``.npy`` next to
-the photo (``input/0.jpg`` + ``input/0.npy``); its training data adds a face mask (the loss is
-restricted to the face) and an expression vector per image. Layout under DIR:
+Today's upstream (``inference_f2d.py``) computes its identity vector itself: five points (eye
+centres, nose tip, mouth corners) -> a similarity transform onto the ArcFace 112x112 template ->
+``warpPerspective`` -> its MSID encoder (1536-d: 4 layers x 384) -> the mapping network, which
+also takes a 64-d expression vector. We have no MSID encoder, so we write its inputs, not its
+output. Layout under DIR:
 
-    images/<key>.jpg          the annotated image (aligned crop when detect ran)
-    images/<key>.npy          float32 (dim,) identity embedding, like the repo's input/<n>.npy
-    masks/<key>.png           uint8 0/255 face mask, same size as the image
-    expressions/<key>.npy     float32 (10,) 3DDFA-V2 expression coefficients
-    metadata.jsonl            one line per sample: key, identity, text and the four paths
+    images/<key>.jpg          the annotated image (aligned 512 crop when detect ran)
+    aligned/<key>.png         the 112x112 RGB warp MSID reads (ArcFace template), lossless
+    points/<key>.npy          float32 (5, 2): the five points in images/<key>.jpg's pixels,
+                              image-left eye first (upstream's to5lmk order)
+    warps/<key>.npy           float64 (3, 3): images/<key>.jpg -> aligned/<key>.png
+    expressions/<key>.npy     float32 (10,) 3DDFA-V2 expression coefficients (NOT upstream's
+                              64-d expression features), when the expression stage ran
+    metadata.jsonl            one line per sample: key, identity, text and those paths
 
-Samples without an embedding, mask or expression (a stage did not run) are skipped and counted.
+An MSID identity vector (1536-d) is written only once a run has one (the identity stage's
+embedding when it is 1536-d); our 128/512-d recognition embeddings would crash IMG2TEXTwithEXP.
 """
 from __future__ import annotations
 
@@ -20,9 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.export import Context, caption_of, embedding_of, face_mask_of, png_bytes
+from pipeline.export import Context, caption_of, embedding_of, png_bytes, points5_in_image
 
 METADATA = "metadata.jsonl"
+MSID_DIM = 1536
+EXPRESSION_NOTE = ("expressions/<key>.npy holds 10 3DDFA-V2 BFM expression coefficients, not "
+                   "Face2Diffusion's 64-d expression features: its mapping network cannot take them as is")
 
 
 def expression_of(sample) -> np.ndarray | None:
@@ -32,27 +41,54 @@ def expression_of(sample) -> np.ndarray | None:
     return np.asarray(expr, np.float32) if expr else None
 
 
+def warp112(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 112x112 ArcFace-template warp of ``image`` and its 3x3 matrix."""
+    from stages import align
+
+    crop, matrix = align.align(image, points, align.ARCFACE_112, 112)
+    return crop, np.vstack([matrix, [0.0, 0.0, 1.0]])
+
+
 def export(ctx: Context) -> dict[str, Any]:
     """Write the per-sample files and ``metadata.jsonl``; counts."""
-    lines, missing = [], {"embedding": 0, "mask": 0, "expression": 0}
+    from PIL import Image
+
+    lines, no_points, with_expr, msid = [], 0, 0, 0
     for sample in ctx.samples():
-        emb, mask, expr = embedding_of(sample), face_mask_of(sample), expression_of(sample)
-        for name, value in (("embedding", emb), ("mask", mask), ("expression", expr)):
-            missing[name] += value is None
-        if emb is None or mask is None or expr is None:
+        pts = points5_in_image(sample)
+        if pts is None:
+            no_points += 1
             continue
         k = sample.key
-        paths = {"image": f"images/{k}.jpg", "id_embedding": f"images/{k}.npy",
-                 "mask": f"masks/{k}.png", "expression": f"expressions/{k}.npy"}
+        image = np.asarray(Image.open(io.BytesIO(sample.files["jpg"])).convert("RGB"))
+        crop, matrix = warp112(image, pts)
+        paths: dict[str, Any] = {"image": f"images/{k}.jpg", "aligned": f"aligned/{k}.png",
+                                 "points": f"points/{k}.npy", "warp": f"warps/{k}.npy",
+                                 "expression": None, "msid": None}
         ctx.writer.image(paths["image"], sample)
-        ctx.writer.npy(paths["id_embedding"], emb)
-        ctx.writer.bytes(paths["mask"], png_bytes(mask))
-        ctx.writer.npy(paths["expression"], expr)
+        ctx.writer.bytes(paths["aligned"], png_bytes(crop))
+        ctx.writer.npy(paths["points"], pts.astype(np.float32))
+        ctx.writer.npy(paths["warp"], matrix)
+        expr = expression_of(sample)
+        if expr is not None:
+            paths["expression"] = f"expressions/{k}.npy"
+            ctx.writer.npy(paths["expression"], expr)
+            with_expr += 1
+        emb = embedding_of(sample)
+        if emb is not None and emb.shape == (MSID_DIM,):
+            paths["msid"] = f"msid/{k}.npy"
+            ctx.writer.npy(paths["msid"], emb)
+            msid += 1
         text, real = caption_of(sample)
         lines.append({"key": k, "identity": sample.identity, "text": text, "caption_is_fallback": not real,
                       **paths})
-    for name, n in missing.items():
-        if n:
-            ctx.warn(f"{n} samples skipped: no {name} (run the stage that makes it)")
+    if no_points:
+        ctx.warn(f"{no_points} samples skipped: no detector 5 points (run detect)")
+    if len(lines) - with_expr:
+        ctx.warn(f"{len(lines) - with_expr} samples have no expression coefficients (run the expression stage)")
+    if lines and not msid:
+        ctx.warn(f"no {MSID_DIM}-d MSID vectors: Face2Diffusion computes MSID from aligned/<key>.png itself")
     ctx.writer.bytes(METADATA, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode())
-    return {"samples": len(lines), "identities": len({x["identity"] for x in lines})}
+    return {"samples": len(lines), "identities": len({x["identity"] for x in lines}),
+            "with_expression": with_expr, "expression_dim": 10 if with_expr else None,
+            "expression_note": EXPRESSION_NOTE, "msid_vectors": msid, "aligned_size": 112}

@@ -10,10 +10,12 @@ one JSON object per line:
     landmarks                 five [x, y] keypoints in the image's pixels, drawn into the
                               ControlNet condition: left eye, right eye, nose, left and right
                               mouth corner as seen in the image (insightface's kps order)
-    insightface_feature_file  a torch.save'd float32 numpy array (dim,), joined with the root
+    insightface_feature_file  a torch.save'd float32 tensor (512,), joined with the root
 
-plus ``key`` and ``identity``, which the loader ignores. The loader reshapes the embedding to
-(1, dim); InstantID's projection expects 512 values (antelopev2 ArcFace), flagged otherwise.
+plus ``key`` and ``identity``, which the loader ignores. The trainer and its sample data use
+antelopev2's RAW ``face.embedding`` (L2 about 20), reshaped to (1, 512) for its Resampler, so we
+write the unit vector times the identity stage's ``norm_before``. 128-d exports are refused;
+512-d embeddings of a model other than glintr100 are written with a loud warning.
 """
 from __future__ import annotations
 
@@ -21,14 +23,20 @@ import json
 from typing import Any
 
 from pipeline.export import Context, box_in_image, caption_of, embedding_of, points5_in_image
+from pipeline.export.embedding import INSTANTID, require, scaled, tensor_bytes
+from pipeline.export.ip_adapter import TRAINER_PATCH
 
 INDEX_FILE = "instantid.jsonl"
-EXPECTED_DIM = 512
+TARGET = INSTANTID
+
+
+def check(ctx: Context) -> dict[str, Any]:
+    return {**require(ctx, TARGET, "instantid"), "trainer_patch": TRAINER_PATCH}
 
 
 def export(ctx: Context) -> dict[str, Any]:
     """Write images, embedding files and ``instantid.jsonl``; counts."""
-    lines, skipped, dims = [], 0, set()
+    lines, skipped, norms = [], 0, []
     for sample in ctx.samples():
         emb, kps = embedding_of(sample), points5_in_image(sample)
         if emb is None or kps is None:
@@ -36,16 +44,15 @@ def export(ctx: Context) -> dict[str, Any]:
             continue
         image, feat = f"images/{sample.key}.jpg", f"embeddings/{sample.key}.bin"
         ctx.writer.image(image, sample)
-        ctx.writer.torch(feat, emb)
-        dims.add(int(emb.shape[0]))
+        raw = scaled(sample, emb, TARGET.scale)
+        norms.append(float((raw ** 2).sum() ** 0.5))
+        ctx.writer.bytes(feat, tensor_bytes(raw))
         text, real = caption_of(sample)
         lines.append({"file_name": image, "additional_feature": text, "bbox": box_in_image(sample),
                       "landmarks": kps.round(3).tolist(), "insightface_feature_file": feat,
                       "key": sample.key, "identity": sample.identity})
     if skipped:
         ctx.warn(f"{skipped} samples skipped: no identity embedding or no detect keypoints")
-    if dims - {EXPECTED_DIM}:
-        ctx.warn(f"embeddings have {sorted(dims)} values; InstantID's image projection expects "
-                 f"{EXPECTED_DIM} (ArcFace, the full preset's identity model)")
     ctx.writer.bytes(INDEX_FILE, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines).encode())
-    return {"samples": len(lines), "identities": len({x["identity"] for x in lines})}
+    return {"samples": len(lines), "identities": len({x["identity"] for x in lines}),
+            "embedding_norm_range": [min(norms), max(norms)] if norms else None}

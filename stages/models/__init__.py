@@ -18,6 +18,7 @@ from stages.models.codeformer import load_codeformer
 from stages.models.emotion import load_emotion
 from stages.models.fiqa import load_fiqa
 from stages.models.hopenet import load_hopenet
+from stages.models.insightface import load_insightface
 from stages.models.mobilefacenet import load_mobilefacenet
 from stages.models.parsing import load_parsing
 from stages.models.retinaface import load_retinaface
@@ -33,6 +34,7 @@ FAMILIES: dict[str, Callable[..., Any]] = {
     "hopenet": load_hopenet,
     "parsing": load_parsing,
     "fiqa": load_fiqa,
+    "insightface": load_insightface,
 }
 
 
