@@ -1,0 +1,130 @@
+"""Quiet third-party noise by default; keep it all with ``-v``.
+
+What is dropped (and only that): Ray's token-authentication notice, and the INFO/WARNING lines
+that mediapipe's C++ side (TFLite, absl, glog) prints when a graph starts or runs, which Ray
+forwards from the workers with a coloured ``(GroupWorker pid=N)`` prefix. Errors, Python
+warnings (e.g. "a worker died") and everything else pass through unchanged. When the stream is
+not a terminal, ANSI escape codes are stripped from the lines that pass.
+
+The filter wraps ``sys.stdout``/``sys.stderr`` (Ray prints forwarded worker lines through them)
+for the duration of a command; native code writing straight to file descriptor 2 in this
+process (``--executor local``) is not rewritten.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import sys
+from contextlib import contextmanager
+from typing import Iterator, TextIO
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+RAY_PREFIX = re.compile(r"^\((?:[\w.:-]+ )?pid=[^)]*\)\s?")
+NOISE = (
+    re.compile(r"^INFO: Created TensorFlow Lite .*delegate"),
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    # absl/glog INFO and WARNING lines (I1201 / W0000 ...] msg); E and F lines stay.
+    re.compile(r"^[IW]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\] "),
+)
+QUIET_LOGGERS = {
+    # Token auth of an embedded local Ray is on by default; the notice says only that.
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+}
+QUIET_ENV = {
+    "GLOG_minloglevel": "2",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def is_noise(line: str) -> bool:
+    """True for a third-party INFO/WARNING line that says nothing about this run."""
+    text = RAY_PREFIX.sub("", ANSI.sub("", line).lstrip())
+    return any(p.search(text) for p in NOISE)
+
+
+class LineFilter(io.TextIOBase):
+    """A text stream that drops noise lines and, off a terminal, ANSI codes; the rest goes to ``target``."""
+
+    def __init__(self, target: TextIO, strip_ansi: bool | None = None):
+        self.target = target
+        self.strip_ansi = (not _isatty(target)) if strip_ansi is None else strip_ansi
+        self._partial = ""
+
+    def write(self, s: str) -> int:
+        text = self._partial + s
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        kept = [ln for ln in lines if not is_noise(ln)]
+        if kept:
+            out = "\n".join(kept) + "\n"
+            self.target.write(ANSI.sub("", out) if self.strip_ansi else out)
+        return len(s)
+
+    def flush(self) -> None:
+        if self._partial and not is_noise(self._partial):
+            self.target.write(ANSI.sub("", self._partial) if self.strip_ansi else self._partial)
+            self._partial = ""
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return _isatty(self.target)
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.target, "encoding", "utf-8")
+
+    def __getattr__(self, name: str):
+        return getattr(self.target, name)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def colour_env(stderr_is_tty: bool) -> dict[str, str]:
+    """Environment for child processes: Ray's coloured prefixes only on a terminal."""
+    return {} if stderr_is_tty else {"RAY_COLOR_PREFIX": "0"}
+
+
+@contextmanager
+def quiet_third_party(verbose: bool = False) -> Iterator[None]:
+    """Within the block, third-party noise is dropped (nothing changes when ``verbose``)."""
+    if verbose:
+        yield
+        return
+    env = {**QUIET_ENV, **colour_env(_isatty(sys.stderr))}
+    saved_env = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)  # a value the user set wins
+    saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    old_out, old_err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = LineFilter(old_out), LineFilter(old_err)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stdout, sys.stderr = old_out, old_err
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
