@@ -132,7 +132,7 @@ def verify(
     for p in problems:
         typer.echo(f"BAD  {p.path}: {p.reason}")
     action = "" if dry_run or not problems else "; their done markers were removed, so the next run redoes them"
-    typer.echo(f"{checked} done markers checked, {len(problems)} bad file(s){action}", err=True)
+    typer.echo(f"{checked} done markers checked, {len(problems)} bad file(s){action}")
     if problems:
         raise typer.Exit(1)
 
@@ -227,7 +227,7 @@ def audit(
     typer.echo(f"{s['samples']} samples, {s['identities']} identities: {s['outliers']} outliers, "
                f"{s['duplicates']} duplicates, {s['near_duplicates']} near-duplicates, "
                f"{s['candidate_merges']} candidate merges (threshold {s['threshold']:.3f}, "
-               f"{s['threshold_source']}) -> {out}/audit/", err=True)
+               f"{s['threshold_source']}) -> {out}/audit/")
 
 
 @app.command("sql")
@@ -269,7 +269,7 @@ def export(
         typer.echo(f"warning: {warning}", err=True)
     files = s["files"]
     typer.echo(f"exported {s.get('samples', 0)} samples as {fmt} to {to} ({files['linked']} linked, "
-               f"{files['extracted']} images extracted, {files['written']} files written)", err=True)
+               f"{files['extracted']} images extracted, {files['written']} files written)")
 
 
 @weights_app.command("list")
