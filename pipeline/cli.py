@@ -1,6 +1,7 @@
 """The ``pipeline`` command (Typer). No logic here: parse, call, report errors in one line."""
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Optional
@@ -73,8 +74,6 @@ def run(
     from pipeline.config import resolve
     from pipeline.logs import quiet_third_party
     from pipeline.preflight import check_output_folder
-    from pipeline.runner import DiskFullError
-    from pipeline.runner import run as run_pipeline
 
     flags = dict(source=source, input=input, out=out, stages=stages, shard_size=shard_size,
                  weights_dir=weights_dir, executor=executor, ray_address=ray_address,
@@ -82,18 +81,16 @@ def run(
     try:
         with quiet_third_party(verbose):
             cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
-            check_output_folder(cfg.out)
             if not quiet:
                 _say_assumed(cfg, flags, preset, config)
+            check_output_folder(cfg.out)
+            from pipeline.runner import run as run_pipeline  # heavy (models): only once the checks passed
+
             summary = run_pipeline(cfg, quiet=quiet)
-    except DiskFullError as exc:
-        if verbose:
-            raise
-        _fail(exc, code=1)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         if verbose:
             raise
-        _fail(exc)
+        _fail(exc, code=1 if getattr(exc, "errno", None) == errno.ENOSPC else 2)  # disk full: 1
     errors = sum(s["status"].get("error", 0) for s in summary["stages"].values())
     if not quiet:
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
