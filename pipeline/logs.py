@@ -1,6 +1,7 @@
 """Quiet third-party noise by default; keep it all with ``-v``.
 
-What is dropped (and only that): Ray's token-authentication notice, and the INFO/WARNING lines
+Lines Ray forwards from its workers and raylet to stdout are moved to stderr: stdout carries
+results only. What is dropped (and only that): Ray's token-authentication notice, and the INFO/WARNING lines
 that mediapipe's C++ side (TFLite, absl, glog) prints when a graph starts or runs, which Ray
 forwards from the workers with a coloured ``(GroupWorker pid=N)`` prefix. Errors, Python
 warnings (e.g. "a worker died") and everything else pass through unchanged. When the stream is
@@ -21,7 +22,8 @@ from contextlib import contextmanager
 from typing import Iterator, TextIO
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-RAY_PREFIX = re.compile(r"^\((?:[\w.:-]+ )?pid=[^)]*\)\s?")
+RAY_PREFIX = re.compile(r"^\((?:(?:[\w.:-]+ )?pid=[^)]*|raylet[^)]*|autoscaler[^)]*)\)\s?")
+"""What Ray puts before a line it forwards from a worker, the raylet or the autoscaler."""
 NOISE = (
     re.compile(r"^INFO: Created TensorFlow Lite .*delegate"),
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
@@ -47,19 +49,28 @@ def is_noise(line: str) -> bool:
 class LineFilter(io.TextIOBase):
     """A text stream that drops noise lines and, off a terminal, ANSI codes; the rest goes to ``target``."""
 
-    def __init__(self, target: TextIO, strip_ansi: bool | None = None):
+    def __init__(self, target: TextIO, strip_ansi: bool | None = None, divert: TextIO | None = None):
         self.target = target
         self.strip_ansi = (not _isatty(target)) if strip_ansi is None else strip_ansi
+        self.divert = divert
+        """Where lines Ray forwarded from its processes go instead (stdout keeps only results)."""
         self._partial = ""
 
     def write(self, s: str) -> int:
         text = self._partial + s
         lines = text.split("\n")
         self._partial = lines.pop()
-        kept = [ln for ln in lines if not is_noise(ln)]
+        kept, diverted = [], []
+        for ln in lines:
+            if is_noise(ln):
+                continue
+            forwarded = self.divert is not None and RAY_PREFIX.match(ANSI.sub("", ln).lstrip())
+            (diverted if forwarded else kept).append(ln)
         if kept:
             out = "\n".join(kept) + "\n"
             self.target.write(ANSI.sub("", out) if self.strip_ansi else out)
+        if diverted:
+            self.divert.write("\n".join(diverted) + "\n")
         return len(s)
 
     def flush(self) -> None:
@@ -111,7 +122,8 @@ def quiet_third_party(verbose: bool = False) -> Iterator[None]:
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     old_out, old_err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = LineFilter(old_out), LineFilter(old_err)
+    sys.stderr = LineFilter(old_err)
+    sys.stdout = LineFilter(old_out, divert=sys.stderr)
     try:
         yield
     finally:

@@ -187,3 +187,14 @@ def test_noise_filter_drops_only_third_party_chatter():
     assert sink.getvalue().splitlines() == [
         KEPT_LINES[0], "(GroupWorker pid=7) E0000 00:00:1.0   1 calculator_graph.cc:887] INTERNAL: graph failed",
         KEPT_LINES[2], "(GroupWorker pid=7) Traceback (most recent call last):"]
+
+
+def test_forwarded_ray_lines_leave_stdout():
+    out, err = io.StringIO(), io.StringIO()
+    stdout = LineFilter(out, divert=LineFilter(err))
+    stdout.write("(raylet) A worker died or was killed while executing a task\n")
+    stdout.write("\x1b[36m(PackWorker pid=9)\x1b[0m hello\ndone: 9 of 9 samples packed\n")
+    stdout.flush()
+    assert out.getvalue() == "done: 9 of 9 samples packed\n"
+    assert err.getvalue().splitlines() == ["(raylet) A worker died or was killed while executing a task",
+                                           "(PackWorker pid=9) hello"]
