@@ -71,19 +71,24 @@ def run(
                                  help="Keep third-party log lines (Ray, mediapipe/TFLite) and show tracebacks."),
 ) -> None:
     """Run the pipeline: source step, stages, pack."""
+    from contextlib import ExitStack
+
     from pipeline.config import resolve
-    from pipeline.logs import quiet_third_party
+    from pipeline.logs import native_stderr_filtered, quiet_third_party
     from pipeline.preflight import check_output_folder
 
     flags = dict(source=source, input=input, out=out, stages=stages, shard_size=shard_size,
                  weights_dir=weights_dir, executor=executor, ray_address=ray_address,
                  num_cpus=num_cpus, num_gpus=num_gpus, retry_errors=retry_errors)
     try:
-        with quiet_third_party(verbose):
+        with ExitStack() as stack:
+            stack.enter_context(quiet_third_party(verbose))
             cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
             if not quiet:
                 _say_assumed(cfg, flags, preset, config)
             check_output_folder(cfg.out)
+            if cfg.executor == "local" and not verbose:  # the models' C++ logs come from this process
+                stack.enter_context(native_stderr_filtered())
             from pipeline.runner import run as run_pipeline  # heavy (models): only once the checks passed
 
             summary = run_pipeline(cfg, quiet=quiet)
@@ -335,6 +340,9 @@ def _load_families() -> None:
 
 
 def main() -> None:
+    from pipeline import logs
+
+    logs.NATIVE_FILTER_ALLOWED = True  # a real process: fd 2 may be filtered (never under CliRunner)
     app()
 
 

@@ -8,8 +8,10 @@ warnings (e.g. "a worker died") and everything else pass through unchanged. When
 not a terminal, ANSI escape codes are stripped from the lines that pass.
 
 The filter wraps ``sys.stdout``/``sys.stderr`` (Ray prints forwarded worker lines through them)
-for the duration of a command; native code writing straight to file descriptor 2 in this
-process (``--executor local``) is not rewritten.
+for the duration of a command. With ``--executor local`` the models run in this process and
+their C++ code writes straight to file descriptor 2: ``native_stderr_filtered`` then points fd 2
+at a pipe whose reader thread drops the same noise (only from the real entry point, never inside
+a test runner's process).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Iterator, TextIO
 
@@ -34,6 +37,9 @@ QUIET_LOGGERS = {
     # Token auth of an embedded local Ray is on by default; the notice says only that.
     "ray._private.authentication.authentication_token_setup": logging.ERROR,
 }
+END = b"\0faceweave-stderr-end"  # written by us after fd 2 is restored: the reader stops there
+NATIVE_FILTER_ALLOWED = False
+"""Set by ``pipeline.cli.main`` (a real process); CliRunner and friends leave fds alone."""
 QUIET_ENV = {
     "GLOG_minloglevel": "2",
     "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -140,3 +146,59 @@ def quiet_third_party(verbose: bool = False) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Drop noise that native code writes to fd 2 in this process; Python's own stderr bypasses the pipe."""
+    if not NATIVE_FILTER_ALLOWED:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    read_end, write_end = os.pipe()
+    sentinel = os.dup(write_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    old_err = sys.stderr
+    direct = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    sys.stderr = LineFilter(direct, strip_ansi=not os.isatty(saved))
+
+    def pump() -> None:
+        partial = b""
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                done = any(ln.endswith(END) for ln in lines)
+                lines = [ln[:-len(END)] if ln.endswith(END) else ln for ln in lines]
+                kept = [ln for ln in lines if not is_noise(ln.decode("utf-8", "replace"))]
+                if done and kept and not kept[-1]:
+                    kept.pop()  # the end mark's own line
+                if kept:
+                    os.write(saved, b"\n".join(kept) + b"\n")
+                if done:
+                    return
+            if partial and not is_noise(partial.decode("utf-8", "replace")):
+                os.write(saved, partial)
+
+    reader = threading.Thread(target=pump, name="faceweave-stderr-filter", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        sys.stderr = old_err
+        os.dup2(saved, 2)
+        os.write(sentinel, END + b"\n")
+        os.close(sentinel)
+        reader.join(timeout=2.0)
+        direct.close()
+        os.close(saved)

@@ -198,3 +198,28 @@ def test_forwarded_ray_lines_leave_stdout():
     assert out.getvalue() == "done: 9 of 9 samples packed\n"
     assert err.getvalue().splitlines() == ["(raylet) A worker died or was killed while executing a task",
                                            "(PackWorker pid=9) hello"]
+
+
+NATIVE = """
+import os, sys
+from pipeline import logs
+logs.NATIVE_FILTER_ALLOWED = True
+with logs.quiet_third_party(), logs.native_stderr_filtered():
+    os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
+    os.write(2, b"W0000 00:00:1796157820.435378   11267 landmark_projection_calculator.cc:186] Using NORM_RECT\\n")
+    os.write(2, b"E0000 00:00:1.0   1 calculator_graph.cc:887] INTERNAL: a real native error\\n")
+    print("from python", file=sys.stderr)
+    print("a result")
+os.write(2, b"after the block\\n")
+"""
+
+
+def test_native_lines_on_fd2_are_filtered_in_process():
+    """--executor local: mediapipe's C++ writes to fd 2 of this process, below Python."""
+    proc = subprocess.run([sys.executable, "-c", NATIVE], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "a result\n"
+    assert sorted(proc.stderr.splitlines()) == sorted([
+        "E0000 00:00:1.0   1 calculator_graph.cc:887] INTERNAL: a real native error", "from python",
+        "after the block"])
