@@ -103,7 +103,7 @@ def run(
 
 
 def _say_assumed(cfg, flags: dict, preset: Optional[str], config: Optional[str]) -> None:
-    """One stderr line naming what the run took without being told (source, out, preset)."""
+    """One stderr line naming the --source/--out the run took without being told (and the preset then)."""
     from pipeline.config import load_yaml
 
     from_file = load_yaml(Path(config)) if config else {}
@@ -113,10 +113,9 @@ def _say_assumed(cfg, flags: dict, preset: Optional[str], config: Optional[str])
         assumed.append(f"--source {cfg.source}{what}")
     if flags["out"] is None and "out" not in from_file:
         assumed.append(f"--out {cfg.out} ({Path(cfg.out).absolute()})")
-    if preset is None and "preset" not in from_file:
-        assumed.append(f"--preset {cfg.preset}")
     if assumed:
-        typer.echo(f"not given, assumed: {', '.join(assumed)}", err=True)
+        extra = f" (preset {cfg.preset})" if preset is None and "preset" not in from_file else ""
+        typer.echo(f"not given, assumed: {', '.join(assumed)}{extra}", err=True)
 
 
 @app.command()

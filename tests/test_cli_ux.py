@@ -78,7 +78,9 @@ def test_assumed_source_and_out_are_named(tmp_path):
     assert proc.returncode == 2
     note, error = proc.stderr.strip().splitlines()
     assert note.startswith("not given, assumed: --source sample") and f"--out out ({tmp_path / 'out'})" in note
-    assert "--preset full" in note and error.startswith("error: --out out is a file")
+    assert "(preset full)" in note and error.startswith("error: --out out is a file")
+    given = cli("run", "--source", "sample", "--out", "out", cwd=tmp_path)  # both given: no note
+    assert_one_line_error(given, 2, "is a file")
 
 
 @pytest.mark.parametrize("case", ["file", "under_file", "sys"])
