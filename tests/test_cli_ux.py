@@ -225,3 +225,18 @@ def test_native_lines_on_fd2_are_filtered_in_process():
     assert sorted(proc.stderr.splitlines()) == sorted([
         "E0000 00:00:1.0   1 calculator_graph.cc:887] INTERNAL: a real native error", "from python",
         "after the block"])
+
+
+def test_audit_of_a_folder_that_is_no_output_says_what_is_missing(tmp_path):
+    proc = cli("audit", str(tmp_path))
+    assert_one_line_error(proc, 2, "is not the output folder of a run", "manifests/source", "pipeline run")
+    proc = cli("audit", str(tmp_path / "nope"))
+    assert_one_line_error(proc, 2, "does not exist")
+
+
+def test_inspect_names_the_sample_input():
+    from pipeline.inspect.page import input_of
+    from pipeline.sources.sample import SAMPLE_DIR
+
+    assert str(SAMPLE_DIR) in input_of({"source": "sample", "input": None})
+    assert input_of({"source": "folder", "input": "/data/x"}) == "/data/x"
