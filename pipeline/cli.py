@@ -96,6 +96,11 @@ def run(
         if verbose:
             raise
         _fail(exc, code=1 if getattr(exc, "errno", None) == errno.ENOSPC else 2)  # disk full: 1
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        typer.echo("interrupted: finished shards are kept; rerun the same command to go on", err=True)
+        raise typer.Exit(130)
     errors = sum(s["status"].get("error", 0) for s in summary["stages"].values())
     if not quiet:
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "

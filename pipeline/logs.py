@@ -1,11 +1,11 @@
 """Quiet third-party noise by default; keep it all with ``-v``.
 
-Lines Ray forwards from its workers and raylet to stdout are moved to stderr: stdout carries
-results only. What is dropped (and only that): Ray's token-authentication notice, and the INFO/WARNING lines
+What is dropped (and only that): Ray's token-authentication notice, and the INFO/WARNING lines
 that mediapipe's C++ side (TFLite, absl, glog) prints when a graph starts or runs, which Ray
 forwards from the workers with a coloured ``(GroupWorker pid=N)`` prefix. Errors, Python
-warnings (e.g. "a worker died") and everything else pass through unchanged. When the stream is
-not a terminal, ANSI escape codes are stripped from the lines that pass.
+warnings (e.g. "a worker died") and everything else pass through unchanged. With ``-v`` too,
+ANSI escape codes are stripped when the stream is not a terminal, and lines Ray forwards to
+stdout are moved to stderr: stdout carries results only.
 
 The filter wraps ``sys.stdout``/``sys.stderr`` (Ray prints forwarded worker lines through them)
 for the duration of a command. With ``--executor local`` the models run in this process and
@@ -55,8 +55,10 @@ def is_noise(line: str) -> bool:
 class LineFilter(io.TextIOBase):
     """A text stream that drops noise lines and, off a terminal, ANSI codes; the rest goes to ``target``."""
 
-    def __init__(self, target: TextIO, strip_ansi: bool | None = None, divert: TextIO | None = None):
+    def __init__(self, target: TextIO, strip_ansi: bool | None = None, divert: TextIO | None = None,
+                 drop_noise: bool = True):
         self.target = target
+        self.drop_noise = drop_noise
         self.strip_ansi = (not _isatty(target)) if strip_ansi is None else strip_ansi
         self.divert = divert
         """Where lines Ray forwarded from its processes go instead (stdout keeps only results)."""
@@ -68,7 +70,7 @@ class LineFilter(io.TextIOBase):
         self._partial = lines.pop()
         kept, diverted = [], []
         for ln in lines:
-            if is_noise(ln):
+            if self.drop_noise and is_noise(ln):
                 continue
             forwarded = self.divert is not None and RAY_PREFIX.match(ANSI.sub("", ln).lstrip())
             (diverted if forwarded else kept).append(ln)
@@ -80,7 +82,7 @@ class LineFilter(io.TextIOBase):
         return len(s)
 
     def flush(self) -> None:
-        if self._partial and not is_noise(self._partial):
+        if self._partial and not (self.drop_noise and is_noise(self._partial)):
             self.target.write(ANSI.sub("", self._partial) if self.strip_ansi else self._partial)
             self._partial = ""
         self.target.flush()
@@ -116,20 +118,21 @@ def colour_env(stderr_is_tty: bool) -> dict[str, str]:
 
 @contextmanager
 def quiet_third_party(verbose: bool = False) -> Iterator[None]:
-    """Within the block, third-party noise is dropped (nothing changes when ``verbose``)."""
-    if verbose:
-        yield
-        return
-    env = {**QUIET_ENV, **colour_env(_isatty(sys.stderr))}
+    """Within the block, third-party noise is dropped; ``verbose`` keeps every line.
+
+    Either way, off a terminal ANSI codes are stripped and Ray's forwarded lines leave stdout.
+    """
+    env = {**({} if verbose else QUIET_ENV), **colour_env(_isatty(sys.stderr))}
     saved_env = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
         os.environ.setdefault(k, v)  # a value the user set wins
-    saved_levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    for name, level in QUIET_LOGGERS.items():
+    quiet_loggers = {} if verbose else QUIET_LOGGERS
+    saved_levels = {name: logging.getLogger(name).level for name in quiet_loggers}
+    for name, level in quiet_loggers.items():
         logging.getLogger(name).setLevel(level)
     old_out, old_err = sys.stdout, sys.stderr
-    sys.stderr = LineFilter(old_err)
-    sys.stdout = LineFilter(old_out, divert=sys.stderr)
+    sys.stderr = LineFilter(old_err, drop_noise=not verbose)
+    sys.stdout = LineFilter(old_out, divert=sys.stderr, drop_noise=not verbose)
     try:
         yield
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -240,3 +241,34 @@ def test_inspect_names_the_sample_input():
 
     assert str(SAMPLE_DIR) in input_of({"source": "sample", "input": None})
     assert input_of({"source": "folder", "input": "/data/x"}) == "/data/x"
+
+
+def test_verbose_keeps_the_noise_but_not_the_colour():
+    sink = io.StringIO()
+    stream = LineFilter(sink, drop_noise=False)
+    stream.write(NOISE_LINES[1] + "\n")
+    stream.flush()
+    assert sink.getvalue() == "(GroupWorker pid=11021) INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+
+
+@pytest.mark.slow  # two plugin-stage runs through the CLI (~40 s on 2 busy cores)
+def test_ctrl_c_is_one_line_and_the_rerun_finishes(casia_tree, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "pipeline.cli", "run", "--source", "casia-webface", "--input", str(casia_tree),
+            "--out", str(out), "--stages", "colour", "--shard-size", "4", "--executor", "local", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEWEAVE_PLUGINS": "tests.plugin_stages"}
+    proc = subprocess.Popen(args, env={**env, "FACEWEAVE_TEST_SLEEP": "0.5"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "manifests").glob("source/*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines() == ["interrupted: finished shards are kept; rerun the same command to go on"]
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "shards" / "index.json").read_text())["samples"] > 0
