@@ -82,10 +82,16 @@ class LineFilter(io.TextIOBase):
         return len(s)
 
     def flush(self) -> None:
-        if self._partial and not (self.drop_noise and is_noise(self._partial)):
-            self.target.write(ANSI.sub("", self._partial) if self.strip_ansi else self._partial)
+        try:
+            if self._partial and not (self.drop_noise and is_noise(self._partial)):
+                self.target.write(ANSI.sub("", self._partial) if self.strip_ansi else self._partial)
             self._partial = ""
-        self.target.flush()
+            self.target.flush()
+        except (OSError, ValueError):  # the target was closed under us (interpreter exit)
+            pass
+
+    def close(self) -> None:
+        self.flush()  # never closes the target: it is someone else's stream
 
     def isatty(self) -> bool:
         return _isatty(self.target)
