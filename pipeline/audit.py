@@ -41,6 +41,10 @@ class Samples:
 
 def load_samples(out: Path) -> Samples:
     """Ok source rows joined with their identity-stage embeddings (Arrow to numpy, no Python lists)."""
+    if not (out / "manifests" / "source").is_dir():
+        what = "does not exist" if not out.exists() else f"has no {Path('manifests', 'source')}/"
+        raise FileNotFoundError(f"{out} is not the output folder of a run: it {what} "
+                                f"(make one with `pipeline run --out {out} ...`)")
     source = pq.read_table(out / "manifests" / "source", columns=["key", "status", "identity", "sha256"])
     source = source.filter(pc.equal(source.column("status"), "ok")).sort_by("key")
     keys = source.column("key").to_pylist()

@@ -1,6 +1,7 @@
 """The ``pipeline`` command (Typer). No logic here: parse, call, report errors in one line."""
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,50 +12,120 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build annota
 weights_app = typer.Typer(no_args_is_help=True, help="List, fetch and verify model weights.")
 app.add_typer(weights_app, name="weights")
 
+# What `pipeline run` assumes for an option given nowhere (RunConfig's defaults; a test keeps them equal).
+RUN_DEFAULTS = {"source": "sample", "out": "out", "preset": "full", "shard_size": "1000", "executor": "auto"}
 
-def _fail(exc: BaseException) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return str(exc)
+
+
+def _fail(exc: BaseException, code: int = 2) -> None:
+    typer.echo(f"error: {_message(exc)}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pipeline.versions import describe
+
+        typer.echo(describe())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Show the version of faceweave and its key dependencies.")) -> None:
+    """Build annotated face datasets."""
 
 
 @app.command()
 def run(
-    source: Optional[str] = typer.Option(None, help="Source name (see `pipeline sources`)."),
-    input: Optional[str] = typer.Option(None, "--input", help="Input folder of the source."),
-    out: Optional[str] = typer.Option(None, help="Output folder."),
-    stages: Optional[str] = typer.Option(None, help="Comma-separated stages (see `pipeline stages`)."),
-    preset: Optional[str] = typer.Option(None, help="Preset (see `pipeline presets`)."),
+    source: Optional[str] = typer.Option(None, help="Source name (see `pipeline sources`).",
+                                         show_default=RUN_DEFAULTS["source"]),
+    input: Optional[str] = typer.Option(None, "--input", help="Input folder of the source (unused by sample)."),
+    out: Optional[str] = typer.Option(None, help="Output folder.", show_default=RUN_DEFAULTS["out"]),
+    stages: Optional[str] = typer.Option(None, help="Comma-separated stages (see `pipeline stages`).",
+                                         show_default="the preset's"),
+    preset: Optional[str] = typer.Option(None, help="Preset (see `pipeline presets`).",
+                                         show_default=RUN_DEFAULTS["preset"]),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config file."),
-    set_: list[str] = typer.Option([], "--set", help="STAGE.FIELD=VALUE override (repeatable)."),
-    shard_size: Optional[int] = typer.Option(None, help="Samples per shard (fixed once per output)."),
-    weights_dir: Optional[str] = typer.Option(None, help="Weights directory."),
-    executor: Optional[str] = typer.Option(
-        None, help="auto (default: Ray with a GPU or --ray-address, else one process), ray or local."),
-    ray_address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster."),
-    num_cpus: Optional[int] = typer.Option(None, help="CPU cap for the embedded Ray."),
-    num_gpus: Optional[float] = typer.Option(None, help="GPU cap for the embedded Ray."),
+    set_: list[str] = typer.Option([], "--set", help="STAGE.FIELD=VALUE override (repeatable).", show_default=False),
+    shard_size: Optional[int] = typer.Option(None, help="Samples per shard (fixed once per output).",
+                                             show_default=RUN_DEFAULTS["shard_size"]),
+    weights_dir: Optional[str] = typer.Option(None, help="Weights directory.",
+                                              show_default="$FACEWEAVE_WEIGHTS, else ~/.cache/faceweave/weights"),
+    executor: Optional[str] = typer.Option(None, help="auto (Ray with a GPU or --ray-address, else one process), ray or local.",
+                                          show_default=RUN_DEFAULTS["executor"]),
+    ray_address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster.",
+                                              show_default="an embedded local Ray"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPU cap for the embedded Ray.", show_default="all cores"),
+    num_gpus: Optional[float] = typer.Option(None, help="GPU cap for the embedded Ray.", show_default="all GPUs"),
     retry_errors: Optional[str] = typer.Option(
         None, help="Recompute the error rows of these stages (comma-separated, or 'all'); ok rows stay."),
     refresh: bool = typer.Option(
         False, "--refresh", help="Accept input files added, deleted or changed since planning: recompute just those."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Keep third-party log lines (Ray, mediapipe/TFLite) and show tracebacks."),
 ) -> None:
     """Run the pipeline: source step, stages, pack."""
+    from contextlib import ExitStack
+
     from pipeline.config import resolve
-    from pipeline.runner import run as run_pipeline
+    from pipeline.logs import native_stderr_filtered, quiet_third_party
+    from pipeline.preflight import check_output_folder
 
     flags = dict(source=source, input=input, out=out, stages=stages, shard_size=shard_size,
                  weights_dir=weights_dir, executor=executor, ray_address=ray_address,
                  num_cpus=num_cpus, num_gpus=num_gpus, retry_errors=retry_errors, refresh=refresh or None)
     try:
-        cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
-        summary = run_pipeline(cfg, quiet=quiet)
-    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
-        _fail(exc)
+        with ExitStack() as stack:
+            stack.enter_context(quiet_third_party(verbose))
+            cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
+            if not quiet:
+                _say_assumed(cfg, flags, preset, config)
+            check_output_folder(cfg.out)
+            from pipeline.config import choose_executor
+
+            if choose_executor(cfg) == "local" and not verbose:  # the models' C++ logs come from this process
+                stack.enter_context(native_stderr_filtered())
+            from pipeline.runner import run as run_pipeline  # heavy (models): only once the checks passed
+
+            summary = run_pipeline(cfg, quiet=quiet)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        if verbose:
+            raise
+        _fail(exc, code=1 if getattr(exc, "errno", None) == errno.ENOSPC else 2)  # disk full: 1
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        typer.echo("interrupted: finished shards are kept; rerun the same command to go on", err=True)
+        raise typer.Exit(130)
     errors = sum(s["status"].get("error", 0) for s in summary["stages"].values())
     if not quiet and not summary.get("nothing_to_do"):
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
-                   f"{cfg.out}/shards ({errors} error rows in the manifests)", err=True)
+                   f"{cfg.out}/shards ({errors} error rows in the manifests)")
+
+
+def _say_assumed(cfg, flags: dict, preset: Optional[str], config: Optional[str]) -> None:
+    """One stderr line naming the --source/--out the run took without being told (and the preset then)."""
+    from pipeline.config import load_yaml
+
+    from_file = load_yaml(Path(config)) if config else {}
+    assumed = []
+    if flags["source"] is None and "source" not in from_file:
+        what = " (the 9 bundled photos)" if cfg.source == "sample" else ""
+        assumed.append(f"--source {cfg.source}{what}")
+    if flags["out"] is None and "out" not in from_file:
+        assumed.append(f"--out {cfg.out} ({Path(cfg.out).absolute()})")
+    if assumed:
+        extra = f" (preset {cfg.preset})" if preset is None and "preset" not in from_file else ""
+        typer.echo(f"not given, assumed: {', '.join(assumed)}{extra}", err=True)
 
 
 @app.command()
@@ -72,7 +143,7 @@ def verify(
     for p in problems:
         typer.echo(f"BAD  {p.path}: {p.reason}")
     action = "" if dry_run or not problems else "; their done markers were removed, so the next run redoes them"
-    typer.echo(f"{checked} done markers checked, {len(problems)} bad file(s){action}", err=True)
+    typer.echo(f"{checked} done markers checked, {len(problems)} bad file(s){action}")
     if problems:
         raise typer.Exit(1)
 
@@ -169,13 +240,13 @@ def audit(
     typer.echo(f"{s['samples']} samples, {s['identities']} identities: {s['outliers']} outliers, "
                f"{s['duplicates']} duplicates, {s['near_duplicates']} near-duplicates, "
                f"{s['candidate_merges']} candidate merges (threshold {s['threshold']:.3f}, "
-               f"{s['threshold_source']}) -> {out}/audit/", err=True)
+               f"{s['threshold_source']}) -> {out}/audit/")
     for f in s["leaks"]["against"] if against else []:
         typer.echo(f"leaks against {f['folder']}: {f['identities']} shared identities ({f['identity_pairs']} "
-                   f"pairs), {f['exact_duplicates']} exact and {f['near_duplicates']} near-duplicate photos", err=True)
+                   f"pairs), {f['exact_duplicates']} exact and {f['near_duplicates']} near-duplicate photos")
     if against:
         typer.echo(f"--exclude-leaks would drop {s['leaks']['excluded_samples']} samples "
-                   f"(see {out}/audit/leaks.parquet, `pipeline sql OUT \"SELECT * FROM leaks\"`)", err=True)
+                   f"(see {out}/audit/leaks.parquet, `pipeline sql OUT \"SELECT * FROM leaks\"`)")
 
 
 @app.command("card")
@@ -231,7 +302,7 @@ def export(
         typer.echo(f"warning: {warning}", err=True)
     files = s["files"]
     typer.echo(f"exported {s.get('samples', 0)} samples as {fmt} to {to} ({files['linked']} linked, "
-               f"{files['extracted']} images extracted, {files['written']} files written)", err=True)
+               f"{files['extracted']} images extracted, {files['written']} files written)")
 
 
 @weights_app.command("list")
@@ -300,6 +371,9 @@ def _load_families() -> None:
 
 
 def main() -> None:
+    from pipeline import logs
+
+    logs.NATIVE_FILTER_ALLOWED = True  # a real process: fd 2 may be filtered (never under CliRunner)
     app()
 
 

@@ -165,6 +165,30 @@ def resolve(
     return cfg
 
 
+def gpu_available(cfg: RunConfig) -> bool:
+    """A CUDA GPU for this run (``num_gpus`` decides when given; torch is imported only where a
+    GPU device node exists, so CPU machines never pay for it here)."""
+    if cfg.num_gpus is not None:
+        return cfg.num_gpus > 0
+    import os
+
+    if not os.path.exists("/dev/nvidiactl"):
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def choose_executor(cfg: RunConfig) -> str:
+    """auto: Ray where it pays (a GPU, a cluster), one process on a CPU-only machine."""
+    if cfg.executor != "auto":
+        return cfg.executor
+    return "ray" if cfg.ray_address or gpu_available(cfg) else "local"
+
+
 def build_stage(name: str, values: dict[str, Any]) -> Stage:
     """Instantiate a stage from its field values, checking names and simple types."""
     cls = stage_registry.stage_class(name)

@@ -22,6 +22,7 @@ from pipeline.manifest import sha256_file
 from pipeline.manifest import stable_hash, write_done, write_json
 from pipeline.read import SOURCE_IMAGE
 from pipeline.store import StoredFiles, compact
+from pipeline.wids_index import write_wids_index
 from schemas.common import COMMON
 from schemas.shard import IMAGE, META, meta_section
 
@@ -156,3 +157,4 @@ def _image_bytes(ctx: RunContext, key: str, frame_stage: str | None, stores: dic
 def write_index(out: Path, entries: dict[str, dict]) -> None:
     write_json({"shards": dict(sorted(entries.items())),
                 "samples": sum(e["samples"] for e in entries.values())}, out / "shards" / "index.json")
+    write_wids_index(out, entries)  # the same shards for wids.ShardListDataset (random access)

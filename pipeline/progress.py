@@ -10,7 +10,7 @@ from rich.table import Table
 
 
 class Progress:
-    """Prints a progress line per finished shard and a final summary table (to stderr)."""
+    """Prints a progress line per finished shard (stderr) and a final summary table (stdout)."""
 
     def __init__(self, quiet: bool = False, total_samples: int = 0):
         self.quiet = quiet
@@ -61,4 +61,4 @@ class Progress:
         for name, st in summary["stages"].items():
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(st["reasons"].items(), key=lambda kv: -kv[1])[:3])
             table.add_row(name, *(str(st["status"].get(s, 0)) for s in ("ok", "skipped", "error")), reasons)
-        self.console.print(table)
+        Console(file=sys.stdout, highlight=False).print(table)  # a result: stdout; progress lines: stderr

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import stages as stage_registry
 from pipeline import plan as plan_mod
-from pipeline.config import ConfigError, RunConfig, build_stage
+from pipeline.config import ConfigError, RunConfig, build_stage, choose_executor, gpu_available  # noqa: F401
 from pipeline.execute import FRAME_FORMATS, RunContext, StageRun
 from pipeline.manifest import stable_hash
 from pipeline.sources import get_source
@@ -107,7 +107,7 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         })
         device = str(values.get("device", "cpu"))
         if device == "auto":
-            device = "cuda" if _gpu_available(cfg) else "cpu"
+            device = "cuda" if gpu_available(cfg) else "cpu"
         ctx.stage_runs[name] = StageRun(name, values, lineage, frame_from, tuple(stage.reads), optional,
                                         type(stage).produces_frame,
                                         type(stage).gpus if device.startswith("cuda") else 0.0,
@@ -121,7 +121,7 @@ def _decode_device(cfg: RunConfig, names: list[str], instances: dict) -> str:
     """cuda only when every stage that sees the source image is a GPU stage (it decodes there)."""
     if cfg.decode not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"decode must be auto, cpu or cuda, got {cfg.decode!r}")
-    if cfg.decode == "cpu" or not _gpu_available(cfg):
+    if cfg.decode == "cpu" or not gpu_available(cfg):
         return "cpu"
     if cfg.decode == "auto":
         import torch
@@ -139,24 +139,6 @@ def _decode_device(cfg: RunConfig, names: list[str], instances: dict) -> str:
     if cfg.decode == "cuda" or (source_seers and on_gpu and all(type(s).gpus > 0 for s in source_seers)):
         return "cuda"
     return "cpu"
-
-
-def choose_executor(cfg: RunConfig) -> str:
-    """auto: Ray where it pays (a GPU, a cluster), one process on a CPU-only machine."""
-    if cfg.executor != "auto":
-        return cfg.executor
-    return "ray" if cfg.ray_address or _gpu_available(cfg) else "local"
-
-
-def _gpu_available(cfg: RunConfig) -> bool:
-    if cfg.num_gpus is not None:
-        return cfg.num_gpus > 0
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def groups_of(ctx: RunContext, names: list[str], fuse: bool = True) -> list[list[str]]:

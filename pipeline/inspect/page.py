@@ -44,6 +44,17 @@ def banner(random_stages: dict[str, str]) -> str:
             f"are <b>not real annotations</b>: use this output for smoke tests only.</div>")
 
 
+def input_of(cfg: dict) -> str:
+    """The input folder of the run; for ``sample`` (no --input) the bundled photos' folder."""
+    if cfg.get("input"):
+        return str(cfg["input"])
+    if cfg.get("source") == "sample":
+        from pipeline.sources.sample import SAMPLE_DIR
+
+        return f"{SAMPLE_DIR} (the bundled sample photos)"
+    return "–"
+
+
 def run_section(data: RunData, cards: list[Card]) -> str:
     summary, cfg = data.run.get("summary", {}), data.config
     src = data.stages.get("source")
@@ -59,7 +70,7 @@ def run_section(data: RunData, cards: list[Card]) -> str:
     when = dt.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S") if started else "–"
     versions = ", ".join(f"{e(k)} {e(v)}" for k, v in sorted(data.run.get("versions", {}).items()))
     return (f'<section id="run"><h2>Run</h2><div class="facts">{grid}</div>'
-            f'<p class="muted">input <code>{e(cfg.get("input"))}</code> · started {e(when)} · '
+            f'<p class="muted">input <code>{e(input_of(cfg))}</code> · started {e(when)} · '
             f'stages {e(", ".join(data.stage_names[1:]))}<br>{versions}</p>'
             f"<details><summary>config.yaml (resolved)</summary><pre>{e(data.config_text or '(missing)')}</pre>"
             f"</details></section>")
