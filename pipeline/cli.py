@@ -50,8 +50,10 @@ def run(
         _fail(exc)
     errors = sum(s["status"].get("error", 0) for s in summary["stages"].values())
     if not quiet:
+        left_out = ", ".join(f"{n} {why}" for why, n in sorted(summary.get("skipped_files", {}).items()))
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
-                   f"{cfg.out}/shards ({errors} error rows in the manifests)", err=True)
+                   f"{cfg.out}/shards ({errors} error rows in the manifests"
+                   f"{'; input files left out: ' + left_out if left_out else ''})", err=True)
 
 
 @app.command()

@@ -62,6 +62,8 @@ class RunContext:
     """Stages whose error rows this run recomputes (--retry-errors)."""
     decode_device: str = "cpu"
     """Where source JPEGs are decoded for stages that see the source frame."""
+    max_decode_mb: int = imaging.DEFAULT_MAX_DECODE_MB
+    """Decode-memory guard (see ``imaging.decode_mb``)."""
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -121,7 +123,7 @@ def run_source_shard(ctx: RunContext, source: Any, rows: list[dict[str, Any]], s
                 import hashlib
 
                 rec["sha256"], rec["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-                _, probe, reason = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side)
+                _, probe, reason = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side, ctx.max_decode_mb)
                 if probe is not None:
                     rec.update(width=probe.width, height=probe.height, format=probe.format,
                                mode=probe.mode, note=probe.note)

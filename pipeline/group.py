@@ -127,7 +127,8 @@ class GroupWorker:
                 except OSError as exc:
                     images[row["key"]] = (None, f"unreadable: {type(exc).__name__}")
                 else:
-                    img, _, reason = imaging.decode_rgb(data, self.ctx.max_pixels, self.ctx.min_side)
+                    img, _, reason = imaging.decode_rgb(data, self.ctx.max_pixels, self.ctx.min_side,
+                                                            self.ctx.max_decode_mb)
                     images[row["key"]] = (img, f"decode_failed: {reason}" if img is None else "")
             return images[row["key"]]
 

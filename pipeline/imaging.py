@@ -5,11 +5,16 @@ return a snake_case reason instead of raising for bad data:
 
 - ``empty_file``: no bytes at all
 - ``not_an_image``: PIL cannot identify the bytes (or the format is not one we decode)
+- ``unsupported_format: <name>``: a known image format we do not decode (``heic``, ``heif``,
+  ``avif`` where Pillow lacks it, ``jxl``, ``jpeg2000``, ``psd``, ``svg``), told by its signature
 - ``truncated``: the header is fine but the pixel data is cut short or corrupt
 - ``too_small``: a side is shorter than ``min_side``
 - ``decompression_bomb``: width * height exceeds ``max_pixels`` (refused from the header,
   before any pixel is decoded; PIL's own hard cap also reports this reason)
 - ``unsupported_mode: <mode>``: a pixel mode we do not convert (e.g. float ``F``)
+- ``decode_memory: ...``: decoding would need more than ``max_decode_mb`` (pixels x the peak
+  bytes per pixel of its mode, ``DECODE_BYTES_PER_PIXEL``); refused from the header, so a
+  small 16-bit PNG of huge size cannot take gigabytes
 
 Successful conversions are recorded in ``Probe.note`` as ``;``-joined items:
 ``converted:<mode>->RGB`` (alpha is composited on white, because transparent pixels usually
@@ -24,19 +29,32 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
+
+from pipeline import jpeg_layout
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MIN_SIDE = 16
 
 # Only formats whose decoders run in-process (EPS would shell out to ghostscript);
 # multi-picture JPEGs (format "MPO") open through the JPEG plugin.
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF") + (("AVIF",) if features.check("avif") else ())
 _PLAIN = {"RGB"}
 _CONVERTIBLE = {"1", "L", "P", "RGBX", "CMYK", "YCbCr"}
 _ALPHA = {"LA", "La", "PA", "RGBA", "RGBa"}
 _SIXTEEN = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ORIENTATION_TAG = 0x0112
+_SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)  # rounded v/257
+DEFAULT_MAX_DECODE_MB = 512
+# Peak bytes per pixel of decoding one pixel mode to RGB here (Pillow's buffer, our conversion
+# and the HxWx3 output), measured by bench/decode_memory.py; modes not listed count as RGBA.
+DECODE_BYTES_PER_PIXEL = {"1": 8, "L": 8, "P": 8, "RGB": 7, "RGBX": 11, "CMYK": 11, "YCbCr": 11,
+                          "I;16": 8, "I;16L": 8, "I;16B": 8, "I;16N": 8, "I": 16}
+_ALPHA_BYTES_PER_PIXEL = 23
+# libjpeg reads up to 25 bits ahead of the last code of a scan; zeros decode as data, so a cut
+# scan still runs out a few blocks later.
+_SCAN_PADDING = b"\x00" * 16
+_SCAN_FILLER = b"\x7f" * 16  # bits a cut scan would decode differently from libjpeg's zero fill
 
 
 @dataclass
@@ -61,7 +79,36 @@ def _open(data: bytes) -> tuple[Image.Image | None, str]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None, "decompression_bomb"
     except (UnidentifiedImageError, Exception):  # incl. headers broken in unclassified ways
-        return None, "not_an_image"
+        kind = sniff_unsupported(data)
+        if not kind or (kind == "avif" and "AVIF" in FORMATS):  # a broken AVIF, not a missing decoder
+            return None, "not_an_image"
+        return None, f"unsupported_format: {kind}"
+
+
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+_SIGNATURES = ((b"8BPS", "psd"), (b"\xff\x0a", "jxl"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "jxl"),
+               (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "jpeg2000"), (b"\xff\x4f\xff\x51", "jpeg2000"))
+
+
+def sniff_unsupported(data: bytes) -> str:
+    """The name of a known image format we do not decode (``heic``, ``avif``...), or ""."""
+    if data[4:8] == b"ftyp":  # ISO-BMFF: major brand, then compatible brands
+        size = int.from_bytes(data[:4], "big")
+        brands = {data[8:12]} | {data[i:i + 4] for i in range(16, min(size, 64), 4)}
+        if brands & {b"avif", b"avis"}:
+            return "avif"
+        if brands & _HEIF_BRANDS:
+            return "heic"
+        if brands & {b"mif1", b"msf1"}:
+            return "heif"
+        return ""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    head = data[:512].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "svg"
+    return ""
 
 
 def _orientation(im: Image.Image) -> int:
@@ -72,8 +119,15 @@ def _orientation(im: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _probe_open(im: Image.Image, max_pixels: int, min_side: int) -> tuple[Probe | None, str]:
-    """Probe an opened image and check its size and mode against the limits."""
+def decode_mb(width: int, height: int, mode: str, transparent: bool = False) -> int:
+    """Estimated peak MB of decoding a ``width`` x ``height`` image of ``mode`` to RGB."""
+    per_pixel = _ALPHA_BYTES_PER_PIXEL if transparent else DECODE_BYTES_PER_PIXEL.get(mode, _ALPHA_BYTES_PER_PIXEL)
+    return -(-width * height * per_pixel // 1_000_000)
+
+
+def _probe_open(im: Image.Image, max_pixels: int, min_side: int,
+                max_decode_mb: int = DEFAULT_MAX_DECODE_MB) -> tuple[Probe | None, str]:
+    """Probe an opened image and check its size, mode and decode memory against the limits."""
     width, height = im.size
     orientation = _orientation(im)
     notes = []
@@ -95,37 +149,55 @@ def _probe_open(im: Image.Image, max_pixels: int, min_side: int) -> tuple[Probe 
     if mode not in _PLAIN | _CONVERTIBLE | _ALPHA | _SIXTEEN:
         probe_.note = ""
         return probe_, f"unsupported_mode: {mode}"
+    need = decode_mb(width, height, mode, mode == "P" and "transparency" in im.info)
+    if need > max_decode_mb:
+        return probe_, f"decode_memory: {width}x{height} {mode} needs ~{need} MB, over max_decode_mb={max_decode_mb}"
     return probe_, ""
 
 
 def probe(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
+    max_decode_mb: int = DEFAULT_MAX_DECODE_MB,
 ) -> tuple[Probe | None, str]:
     """Read the header only: (probe, "") or (probe or None, reason)."""
     im, reason = _open(data)
     if im is None:
         return None, reason
     try:
-        return _probe_open(im, max_pixels, min_side)
+        return _probe_open(im, max_pixels, min_side, max_decode_mb)
     except Exception:
         return None, "not_an_image"
     finally:
         im.close()
 
 
-def _jpeg_complete(data: bytes) -> bool:
-    """An end-of-image marker follows the last start-of-scan (neither can occur in scan data)."""
-    sos = data.rfind(b"\xff\xda")
-    return sos >= 0 and data.find(b"\xff\xd9", sos) >= 0
+def _jpeg_source(im: Image.Image, data: bytes) -> tuple[Image.Image | None, Image.Image | None, str]:
+    """(image to load, twin to compare with or None, "") for a JPEG, or (None, None, "truncated").
+
+    An end marker after a cut scan is not enough (libjpeg fills the rest with grey). A
+    single-scan file is decoded with its end marker replaced by a few zero bytes: enough for
+    libjpeg's bit read-ahead after a complete scan, while a cut scan runs out of data and fails
+    as truncated. A multi-scan file must carry every scan (see ``jpeg_layout``), and its last
+    scan must not depend on what follows it: a twin with filler bytes before the end marker
+    must decode to the same pixels (a complete scan skips the filler; a cut one decodes it).
+    """
+    layout = jpeg_layout.parse(data)
+    if layout is None or layout.eoi is None or not jpeg_layout.scans_complete(layout):
+        return None, None, "truncated"
+    head = data[: layout.eoi]
+    if len(layout.scans) != 1:
+        return im, Image.open(io.BytesIO(head + _SCAN_FILLER + b"\xff\xd9"), formats=("JPEG",)), ""
+    return Image.open(io.BytesIO(head + _SCAN_PADDING), formats=("JPEG",)), None, ""
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """Convert a loaded image of a supported mode to HxWx3 uint8 RGB."""
     mode = im.mode
     if mode in _SIXTEEN:
-        values = np.asarray(im).astype(np.int64)
-        gray = np.clip(values, 0, 65535) * 255 + 32767  # rounded value / 257
-        gray = (gray // 65535).astype(np.uint8)
+        values = np.asarray(im)
+        if values.dtype != np.uint16:  # mode I: 32-bit signed
+            values = np.clip(values, 0, 65535).astype(np.uint16)
+        gray = _SIXTEEN_TO_EIGHT[values]  # a table, not int64 arithmetic: 1 byte per pixel
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode in _ALPHA or (mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
@@ -135,15 +207,17 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def decode_rgb(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
+    max_decode_mb: int = DEFAULT_MAX_DECODE_MB,
 ) -> tuple[np.ndarray | None, Probe | None, str]:
     """Decode to (HxWx3 uint8 RGB, probe, "") or (None, probe or None, reason)."""
     im, reason = _open(data)
     if im is None:
         return None, None, reason
+    opened: list[Image.Image] = []
     try:
         try:
-            info, reason = _probe_open(im, max_pixels, min_side)
+            info, reason = _probe_open(im, max_pixels, min_side, max_decode_mb)
         except Exception:
             return None, None, "not_an_image"
         if reason:
@@ -154,10 +228,18 @@ def decode_rgb(
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im.seek(0)
-                im.load()
-                if im.format in ("JPEG", "MPO") and not _jpeg_complete(data):
+                twin = None
+                if im.format in ("JPEG", "MPO"):
+                    source, twin, reason = _jpeg_source(im, data)
+                    if source is None:
+                        return None, info, reason
+                    opened += [x for x in (source, twin) if x is not None and x is not im]
+                else:
+                    source = im
+                source.load()
+                if twin is not None and twin.tobytes() != source.tobytes():
                     return None, info, "truncated"
-                frame = ImageOps.exif_transpose(im) if "exif_transpose" in info.note else im
+                frame = ImageOps.exif_transpose(source) if "exif_transpose" in info.note else source
                 rgb = _to_rgb(frame)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             return None, info, "decompression_bomb"
@@ -169,6 +251,8 @@ def decode_rgb(
             info.width, info.height = rgb.shape[1], rgb.shape[0]
         return rgb, info, ""
     finally:
+        for other in opened:
+            other.close()
         im.close()
 
 

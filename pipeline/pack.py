@@ -126,7 +126,7 @@ def _image_bytes(ctx: RunContext, source: Any, src: dict, frame_stage: str | Non
     data = source.read(src["location"])
     if src["format"] == "JPEG" and not src["note"]:
         return data  # the original bytes: no second JPEG generation loss
-    image, _, _ = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side)
+    image, _, _ = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side, ctx.max_decode_mb)
     return _encode_jpeg(image)
 
 

@@ -85,6 +85,7 @@ def create(out: Path, source: Any, source_name: str, input_path: str | None, sha
         "n_samples": len(entries),
         "n_shards": len(set(rows["shard"])),
         "plan_sha256": sha256_file(table_path),
+        "skipped_files": dict(getattr(source, "skipped", {})),  # left out on purpose, by reason
     }
     write_json(info, info_path)
     return Plan(info, table)

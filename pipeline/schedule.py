@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import stages as stage_registry
+from pipeline import imaging
 from pipeline import plan as plan_mod
 from pipeline.config import ConfigError, RunConfig, build_stage
 from pipeline.execute import RunContext, StageRun
@@ -78,14 +79,16 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instances: dict) -> RunContext:
-    source_lineage = stable_hash({"plan": plan.info["plan_sha256"], "max_pixels": cfg.max_pixels,
-                                  "min_side": cfg.min_side, "version": 1})
+    limits = {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side}
+    if cfg.max_decode_mb != imaging.DEFAULT_MAX_DECODE_MB:  # the default keeps earlier lineages
+        limits["max_decode_mb"] = cfg.max_decode_mb
+    source_lineage = stable_hash({"plan": plan.info["plan_sha256"], **limits, "version": 1})
     retry = tuple(names) if "all" in cfg.retry_errors else tuple(cfg.retry_errors)
     unknown = set(retry) - set(names)
     if unknown:
         raise ConfigError(f"--retry-errors names stages not in this run: {sorted(unknown)}")
     ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage,
-                     retry=retry)
+                     retry=retry, max_decode_mb=cfg.max_decode_mb)
     ctx.decode_device = _decode_device(cfg, names, instances)
     frame_from = None
     for name in names:

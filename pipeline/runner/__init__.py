@@ -89,7 +89,8 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
         write_index(out, index)
         summary = summarize(out, [SOURCE, *names], shards)
         summary.update(seconds=round(time.time() - started, 2), samples=len(plan),
-                       packed=sum(e["samples"] for e in index.values()))
+                       packed=sum(e["samples"] for e in index.values()),
+                       skipped_files=plan.info.get("skipped_files", {}))
         write_json({"config": cfg.to_dict(), "stages": names, "summary": summary, "started": started,
                     "provenance": {n: dataclasses.asdict(s.provenance()) for n, s in instances.items()},
                     "versions": _versions()}, out / "run.json")
