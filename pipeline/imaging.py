@@ -45,12 +45,15 @@ _ALPHA = {"LA", "La", "PA", "RGBA", "RGBa"}
 _SIXTEEN = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ORIENTATION_TAG = 0x0112
 _SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)  # rounded v/257
-DEFAULT_MAX_DECODE_MB = 512
+DEFAULT_MAX_DECODE_MB = 1024
 # Peak bytes per pixel of decoding one pixel mode to RGB here (Pillow's buffer, our conversion
-# and the HxWx3 output), measured by bench/decode_memory.py; modes not listed count as RGBA.
-DECODE_BYTES_PER_PIXEL = {"1": 8, "L": 8, "P": 8, "RGB": 7, "RGBX": 11, "CMYK": 11, "YCbCr": 11,
-                          "I;16": 8, "I;16L": 8, "I;16B": 8, "I;16N": 8, "I": 16}
-_ALPHA_BYTES_PER_PIXEL = 23
+# and the HxWx3 output, which numpy's asarray briefly holds twice), measured by
+# bench/decode_memory.py and rounded up ~10%; modes not listed count as with alpha.
+DECODE_BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 11, "RGBX": 16, "CMYK": 16, "YCbCr": 16,
+                          "I;16": 9, "I;16L": 9, "I;16B": 9, "I;16N": 9, "I": 16}
+_ALPHA_BYTES_PER_PIXEL = 28
+# A progressive JPEG: libjpeg's whole-image coefficient buffer and the twin decode of the check
+_MULTI_SCAN_BYTES_PER_PIXEL = 2
 # libjpeg reads up to 25 bits ahead of the last code of a scan; zeros decode as data, so a cut
 # scan still runs out a few blocks later.
 _SCAN_PADDING = b"\x00" * 16
@@ -119,19 +122,46 @@ def _orientation(im: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def decode_mb(width: int, height: int, mode: str, transparent: bool = False) -> int:
+def decode_mb(width: int, height: int, mode: str, transparent: bool = False, progressive: bool = False) -> int:
     """Estimated peak MB of decoding a ``width`` x ``height`` image of ``mode`` to RGB."""
     per_pixel = _ALPHA_BYTES_PER_PIXEL if transparent else DECODE_BYTES_PER_PIXEL.get(mode, _ALPHA_BYTES_PER_PIXEL)
+    if progressive:
+        per_pixel += _MULTI_SCAN_BYTES_PER_PIXEL
     return -(-width * height * per_pixel // 1_000_000)
+
+
+def _limits(im: Image.Image, max_pixels: int, min_side: int, max_decode_mb: int) -> str:
+    """The reason the header refuses the image, or "" (all checks are orientation-invariant)."""
+    width, height = im.size
+    mode = im.mode
+    if width * height > max_pixels:
+        return "decompression_bomb"
+    if min(width, height) < min_side:
+        return "too_small"
+    if mode not in _PLAIN | _CONVERTIBLE | _ALPHA | _SIXTEEN:
+        return f"unsupported_mode: {mode}"
+    need = decode_mb(width, height, mode, mode == "P" and "transparency" in im.info,
+                     bool(im.info.get("progressive") or im.info.get("progression")))
+    if need > max_decode_mb:
+        return f"decode_memory: {width}x{height} {mode} needs ~{need} MB, over max_decode_mb={max_decode_mb}"
+    return ""
 
 
 def _probe_open(im: Image.Image, max_pixels: int, min_side: int,
                 max_decode_mb: int = DEFAULT_MAX_DECODE_MB) -> tuple[Probe | None, str]:
-    """Probe an opened image and check its size, mode and decode memory against the limits."""
+    """Probe an opened image and check its size, mode and decode memory against the limits.
+
+    The limits are checked first: reading EXIF can decode the whole file (PNG keeps it after
+    the pixel data), which is what the limits must prevent.
+    """
     width, height = im.size
+    mode = im.mode
+    reason = _limits(im, max_pixels, min_side, max_decode_mb)
+    if reason:
+        note = f"converted:{mode}->RGB" if mode in _CONVERTIBLE | _ALPHA | _SIXTEEN else ""
+        return Probe(width, height, im.format or "", mode, note), reason
     orientation = _orientation(im)
     notes = []
-    mode = im.mode
     if mode not in _PLAIN:
         notes.append(f"converted:{mode}->RGB")
     if orientation in (5, 6, 7, 8):
@@ -141,18 +171,7 @@ def _probe_open(im: Image.Image, max_pixels: int, min_side: int,
     n_frames = getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) else 1
     if n_frames > 1:
         notes.append(f"first_frame_of:{n_frames}")
-    probe_ = Probe(width, height, im.format or "", im.mode, ";".join(notes))
-    if width * height > max_pixels:
-        return probe_, "decompression_bomb"
-    if min(width, height) < min_side:
-        return probe_, "too_small"
-    if mode not in _PLAIN | _CONVERTIBLE | _ALPHA | _SIXTEEN:
-        probe_.note = ""
-        return probe_, f"unsupported_mode: {mode}"
-    need = decode_mb(width, height, mode, mode == "P" and "transparency" in im.info)
-    if need > max_decode_mb:
-        return probe_, f"decode_memory: {width}x{height} {mode} needs ~{need} MB, over max_decode_mb={max_decode_mb}"
-    return probe_, ""
+    return Probe(width, height, im.format or "", mode, ";".join(notes)), ""
 
 
 def probe(
@@ -190,6 +209,15 @@ def _jpeg_source(im: Image.Image, data: bytes) -> tuple[Image.Image | None, Imag
     return Image.open(io.BytesIO(head + _SCAN_PADDING), formats=("JPEG",)), None, ""
 
 
+def _same_pixels(a: Image.Image, b: Image.Image, rows: int = 256) -> bool:
+    """Pixel equality, band by band (no full-size copy of either image)."""
+    if a.size != b.size or a.mode != b.mode:
+        return False
+    width, height = a.size
+    return all(a.crop((0, y, width, min(y + rows, height))).tobytes()
+               == b.crop((0, y, width, min(y + rows, height))).tobytes() for y in range(0, height, rows))
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """Convert a loaded image of a supported mode to HxWx3 uint8 RGB."""
     mode = im.mode
@@ -203,7 +231,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, rgba)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert() would copy an RGB image too
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
 def decode_rgb(
@@ -237,8 +266,12 @@ def decode_rgb(
                 else:
                     source = im
                 source.load()
-                if twin is not None and twin.tobytes() != source.tobytes():
-                    return None, info, "truncated"
+                if twin is not None:
+                    twin.load()
+                    same = _same_pixels(source, twin)
+                    twin.close()
+                    if not same:
+                        return None, info, "truncated"
                 frame = ImageOps.exif_transpose(source) if "exif_transpose" in info.note else source
                 rgb = _to_rgb(frame)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
