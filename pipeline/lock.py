@@ -50,7 +50,10 @@ def _folder_mutex(folder: Path) -> Iterator[None]:
     """Exclusive flock on the folder itself for a short critical section (no file left behind)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without flock: link() alone still makes taking atomic
+            warnings.warn(f"no flock on {folder} ({exc}); a stale-lock takeover is not serialised", stacklevel=3)
         yield
     finally:
         os.close(fd)  # closing releases the flock
