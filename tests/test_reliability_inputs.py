@@ -107,6 +107,9 @@ def _input_tree(tmp_path):
     os.symlink(outside, tree / "0000003" / "outdir")
     os.symlink(tree / "0000003" / "missing.jpg", tree / "0000003" / "dangling.jpg")
     os.mkfifo(tree / "0000003" / "pipe.jpg")
+    os.symlink(tree / "0000003" / "pipe.jpg", tree / "0000003" / "to_pipe.jpg")  # reading it would block
+    os.symlink(tree / "0000003" / "self.jpg", tree / "0000003" / "self.jpg")  # never resolves
+    os.symlink(outside / "x.jpg", tree / "0000003" / "out.txt")  # a non-image name: skipped, not followed
     return tree
 
 
@@ -116,9 +119,10 @@ EXPECTED_ROWS = {
     "0000002/anim.gif": "", "0000002/page.tif": "", "0000002/phone.heic": "unsupported_format: heic",
     "0000002/..dots..jpg": "", "0000002/big16.png": "decode_memory: 2000x2000 I;16 needs ~36 MB, over max_decode_mb=20",
     "0000003/outside.jpg": "link_escapes_input", "0000003/outdir": "link_escapes_input",
-    "0000003/dangling.jpg": "unreadable: FileNotFoundError", "cover.jpg": "not_in_identity_folder",
+    "0000003/dangling.jpg": "unreadable: FileNotFoundError", "0000003/self.jpg": "link_loop",
+    "cover.jpg": "not_in_identity_folder",
 }
-EXPECTED_SKIPPED = {"hidden": 3, "non_image": 3, "hidden_folder": 1, "special_file": 1}
+EXPECTED_SKIPPED = {"hidden": 3, "non_image": 4, "hidden_folder": 1, "special_file": 2}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +133,7 @@ def hostile_run(tmp_path_factory):
     return out, summary
 
 
-@pytest.mark.fault("input files that used to vanish", injection="GIF, TIFF, HEIC, AVIF, ..dots..jpg, escaping file and folder links, a dangling link, a FIFO, a flat file in a CASIA root, .DS_Store/._*/swap files, .txt/.json, a hidden folder", behaviour="each image-like file is one row: decoded (GIF first frame, TIFF, AVIF where Pillow has it) or an error (unsupported_format: heic, link_escapes_input, unreadable, not_in_identity_folder); the rest is counted by reason in the run summary", compared="source manifest location -> error; summary skipped_files and reasons; every stage manifest has every key")
+@pytest.mark.fault("input files that used to vanish", injection="GIF, TIFF, HEIC, AVIF, ..dots..jpg, escaping file and folder links, a dangling link, a self-loop link, a FIFO and a link to it, a flat file in a CASIA root, .DS_Store/._*/swap files, .txt/.json, a hidden folder", behaviour="each image-like file is one row: decoded (GIF first frame, TIFF, AVIF where Pillow has it) or an error (unsupported_format: heic, link_escapes_input, link_loop, unreadable, not_in_identity_folder); the rest is counted by reason in the run summary", compared="source manifest location -> error; summary skipped_files and reasons; every stage manifest has every key")
 def test_every_input_file_is_a_row_or_counted(hostile_run):
     out, summary = hostile_run
     rows = {r["location"]: r for r in pq.read_table(out / "manifests" / "source").to_pylist()}

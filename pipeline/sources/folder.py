@@ -48,8 +48,8 @@ def walk(root: Path) -> Walk:
     """Every file and link under ``root`` that is not an obvious non-image (see ``skip_reason``).
 
     Hidden folders are not entered; a link leading outside ``root`` (to a file or a folder) is
-    listed with the error ``link_escapes_input``, never followed; each real folder is visited
-    once, under its real path when it has one.
+    listed with the error ``link_escapes_input`` (``link_loop`` for a link that never resolves),
+    never followed; each real folder is visited once, under its real path when it has one.
     """
     root = root.resolve()
     result = Walk()
@@ -88,6 +88,10 @@ def walk(root: Path) -> Walk:
             if is_dir and child.name.startswith("."):
                 result.skipped["hidden_folder"] += 1
                 continue
+            reason = "" if is_dir else skip_reason(child.name)
+            if reason:
+                result.skipped[reason] += 1
+                continue
             problem = _link_problem(Path(child.path), root) if is_link else ""
             if problem:
                 result.files.append(child_rel)
@@ -96,14 +100,10 @@ def walk(root: Path) -> Walk:
             if is_dir:
                 (linked if is_link else pending).append((Path(child.path), child_rel))
                 continue
-            if not is_file and not is_link:
+            if not is_file and (not is_link or os.path.exists(child.path)):
                 result.skipped["special_file"] += 1  # FIFO, socket, device: reading could block
                 continue
-            reason = skip_reason(child.name)
-            if reason:
-                result.skipped[reason] += 1
-            else:
-                result.files.append(child_rel)  # a dangling link inside becomes an unreadable row
+            result.files.append(child_rel)  # a dangling link inside becomes an unreadable row
     result.files.sort()
     return result
 
