@@ -48,7 +48,7 @@ def _dead_pid() -> int:
 def test_exactly_one_holder_every_round(tmp_path, start):
     out = tmp_path / "out"
     out.mkdir()
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # no fork of a test process that may hold threads (Ray)
     barrier = ctx.Barrier(TAKERS + 1, timeout=60)
     held = ctx.Array("b", TAKERS * ROUNDS, lock=False)
     stale = {"pid": _dead_pid(), "host": socket.gethostname(), "started": 0}
