@@ -54,10 +54,6 @@ DECODE_BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 11, "RGBX": 16, "CMY
 _ALPHA_BYTES_PER_PIXEL = 28
 # A progressive JPEG: libjpeg's whole-image coefficient buffer and the twin decode of the check
 _MULTI_SCAN_BYTES_PER_PIXEL = 2
-# libjpeg reads up to 25 bits ahead of the last code of a scan; zeros decode as data, so a cut
-# scan still runs out a few blocks later.
-_SCAN_PADDING = b"\x00" * 16
-_SCAN_FILLER = b"\x7f" * 16  # bits a cut scan would decode differently from libjpeg's zero fill
 
 
 @dataclass
@@ -190,34 +186,6 @@ def probe(
         im.close()
 
 
-def _jpeg_source(im: Image.Image, data: bytes) -> tuple[Image.Image | None, Image.Image | None, str]:
-    """(image to load, twin to compare with or None, "") for a JPEG, or (None, None, "truncated").
-
-    An end marker after a cut scan is not enough (libjpeg fills the rest with grey). A
-    single-scan file is decoded with its end marker replaced by a few zero bytes: enough for
-    libjpeg's bit read-ahead after a complete scan, while a cut scan runs out of data and fails
-    as truncated. A multi-scan file must carry every scan (see ``jpeg_layout``), and its last
-    scan must not depend on what follows it: a twin with filler bytes before the end marker
-    must decode to the same pixels (a complete scan skips the filler; a cut one decodes it).
-    """
-    layout = jpeg_layout.parse(data)
-    if layout is None or layout.eoi is None or not jpeg_layout.scans_complete(layout):
-        return None, None, "truncated"
-    head = data[: layout.eoi]
-    if len(layout.scans) != 1:
-        return im, Image.open(io.BytesIO(head + _SCAN_FILLER + b"\xff\xd9"), formats=("JPEG",)), ""
-    return Image.open(io.BytesIO(head + _SCAN_PADDING), formats=("JPEG",)), None, ""
-
-
-def _same_pixels(a: Image.Image, b: Image.Image, rows: int = 256) -> bool:
-    """Pixel equality, band by band (no full-size copy of either image)."""
-    if a.size != b.size or a.mode != b.mode:
-        return False
-    width, height = a.size
-    return all(a.crop((0, y, width, min(y + rows, height))).tobytes()
-               == b.crop((0, y, width, min(y + rows, height))).tobytes() for y in range(0, height, rows))
-
-
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """Convert a loaded image of a supported mode to HxWx3 uint8 RGB."""
     mode = im.mode
@@ -259,7 +227,7 @@ def decode_rgb(
                 im.seek(0)
                 twin = None
                 if im.format in ("JPEG", "MPO"):
-                    source, twin, reason = _jpeg_source(im, data)
+                    source, twin, reason = jpeg_layout.checked_source(im, data)
                     if source is None:
                         return None, info, reason
                     opened += [x for x in (source, twin) if x is not None and x is not im]
@@ -268,7 +236,7 @@ def decode_rgb(
                 source.load()
                 if twin is not None:
                     twin.load()
-                    same = _same_pixels(source, twin)
+                    same = jpeg_layout.same_pixels(source, twin)
                     twin.close()
                     if not same:
                         return None, info, "truncated"

@@ -1,21 +1,24 @@
-"""The marker layout of a JPEG's first image, to tell a complete file from a truncated one.
+"""Is a JPEG's scan data complete? The marker layout of its first image, and the checked decode.
 
 libjpeg treats an end-of-image marker inside the scan data as "premature end of data", warns
 (Pillow silences the warning) and fills the rest of the image with grey. So an end marker is
-no proof of a complete file. What can be checked without decoding:
+no proof of a complete file. ``checked_source`` (used by ``imaging.decode_rgb``) tells:
 
-- single-scan files (baseline and most sequential JPEGs): decoding the bytes *before* the end
-  marker must still succeed, because a complete scan needs no end marker to produce every
-  row; a cut scan makes libjpeg ask for more data, which Pillow reports as truncated (see
-  ``imaging.decode_rgb``);
-- progressive and multi-scan files: the scans present must cover every component (and, when
-  progressive, every DCT coefficient down to the last bit, ``Al = 0``); a file cut before its
-  last scan does not. A cut inside the last scan is not detected this way.
+- single-scan files (baseline and most sequential JPEGs) are decoded with the end marker
+  replaced by zero padding: a complete scan needs no end marker, a cut one makes libjpeg ask
+  for more data, which Pillow reports as truncated (no extra decode);
+- progressive and multi-scan files must have scans covering every component (and, when
+  progressive, every DCT coefficient down to the last bit, ``Al = 0``), which a file cut before
+  its last scan has not; a cut inside the last scan is caught by a second decode with filler
+  bytes before the end marker, which must give the same pixels.
 """
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
+
+from PIL import Image
 
 # SOF markers of the Huffman and arithmetic processes (C4 = DHT, C8 = JPG, CC = DAC are not SOFs)
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -23,6 +26,10 @@ _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: no length field
 # The next marker after scan data: FF not followed by a stuffed 00, a restart marker or fill FF.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# libjpeg reads up to 25 bits ahead of the last code of a scan; zeros decode as data, so a cut
+# scan still runs out a few blocks later.
+_SCAN_PADDING = b"\x00" * 16
+_SCAN_FILLER = b"\x7f" * 16  # bits a cut scan would decode differently from libjpeg's zero fill
 
 
 @dataclass
@@ -104,3 +111,31 @@ def scans_complete(layout: JpegLayout) -> bool:
         return all(all(bits) for bits in done.values())
     covered = {c for scan in layout.scans for c in scan.components}
     return set(layout.components) <= covered
+
+
+def checked_source(im: Image.Image, data: bytes) -> tuple[Image.Image | None, Image.Image | None, str]:
+    """(image to load, twin to compare with or None, "") for a JPEG, or (None, None, "truncated").
+
+    An end marker after a cut scan is not enough (libjpeg fills the rest with grey). A
+    single-scan file is decoded with its end marker replaced by a few zero bytes: enough for
+    libjpeg's bit read-ahead after a complete scan, while a cut scan runs out of data and fails
+    as truncated. A multi-scan file must carry every scan (``scans_complete``), and its last
+    scan must not depend on what follows it: a twin with filler bytes before the end marker
+    must decode to the same pixels (a complete scan skips the filler; a cut one decodes it).
+    """
+    layout = parse(data)
+    if layout is None or layout.eoi is None or not scans_complete(layout):
+        return None, None, "truncated"
+    head = data[: layout.eoi]
+    if len(layout.scans) != 1:
+        return im, Image.open(io.BytesIO(head + _SCAN_FILLER + b"\xff\xd9"), formats=("JPEG",)), ""
+    return Image.open(io.BytesIO(head + _SCAN_PADDING), formats=("JPEG",)), None, ""
+
+
+def same_pixels(a: Image.Image, b: Image.Image, rows: int = 256) -> bool:
+    """Pixel equality, band by band (no full-size copy of either image)."""
+    if a.size != b.size or a.mode != b.mode:
+        return False
+    width, height = a.size
+    return all(a.crop((0, y, width, min(y + rows, height))).tobytes()
+               == b.crop((0, y, width, min(y + rows, height))).tobytes() for y in range(0, height, rows))
