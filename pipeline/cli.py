@@ -108,8 +108,10 @@ def run(
         raise typer.Exit(130)
     errors = sum(s["status"].get("error", 0) for s in summary["stages"].values())
     if not quiet and not summary.get("nothing_to_do"):
+        left_out = ", ".join(f"{n} {why}" for why, n in sorted(summary.get("skipped_files", {}).items()))
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
-                   f"{cfg.out}/shards ({errors} error rows in the manifests)")
+                   f"{cfg.out}/shards ({errors} error rows in the manifests"
+                   f"{'; input files left out: ' + left_out if left_out else ''})")
 
 
 def _say_assumed(cfg, flags: dict, preset: Optional[str], config: Optional[str]) -> None:

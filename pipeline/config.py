@@ -51,6 +51,9 @@ class RunConfig:
     """Images with more pixels are refused from their header (decompression-bomb guard)."""
     min_side: int = 16
     """Images with a smaller side are refused as too small."""
+    max_decode_mb: int = 1024
+    """Images whose decode would need more memory (pixels x peak bytes per pixel of their mode) are
+    refused from their header, e.g. a small 16-bit PNG of 10000x10000."""
     executor: str = "auto"
     """``auto`` (Ray when a GPU or a cluster address is there, else one process), ``ray`` (embedded
     local Ray, or a cluster via ray_address) or ``local`` (one process)."""

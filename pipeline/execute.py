@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline import imaging
 from pipeline.manifest import ShardOutputs, read_manifest, write_json
 from pipeline.read import SOURCE
 from stages.base import OK, Result, Sample, Stage
@@ -66,6 +67,8 @@ class RunContext:
     """After packing, drop from payloads/ what the shard holds byte for byte."""
     store_source_image: bool = False
     """Keep the verified input image in the source payload (runs where no stage makes a frame)."""
+    max_decode_mb: int = imaging.DEFAULT_MAX_DECODE_MB
+    """Decode-memory guard (see ``imaging.decode_mb``)."""
 
 
 FRAME_FORMATS = ("jpg", "png")

@@ -153,7 +153,7 @@ class GroupWorker:
 
     def _read_inputs(self, rows: list[dict], src: _SourcePending, images: dict, extras: dict) -> list[dict]:
         """The source step for one chunk: read, verify, decode each file once; return its rows."""
-        records, gpu = [], []
+        records = []
         for row in rows:
             t0 = time.perf_counter()
             key = row["key"]
@@ -164,7 +164,7 @@ class GroupWorker:
                     src.tar.add(f"{key}.{suffix}", data)
                     extras.setdefault(key, {})[suffix] = data
                 continue
-            item = reader.read_input(self.ctx, self.source, row, decode=self.ctx.decode_device == "cpu")
+            item = reader.read_input(self.ctx, self.source, row)
             rec = item.record
             if rec["status"] == OK and self.source.files:
                 files, err = reader.extra_files(self.source, rec)
@@ -173,9 +173,7 @@ class GroupWorker:
                 extras[key] = files
                 for suffix, blob in sorted(files.items()):
                     src.tar.add(f"{key}.{suffix}", blob)
-            if rec["status"] == OK and item.image is None:
-                gpu.append(item)
-            elif rec["status"] == OK:
+            if rec["status"] == OK:
                 images[key] = (item.image, "")
                 if self.ctx.store_source_image:
                     src.tar.add(f"{key}.{reader.SOURCE_IMAGE}", reader.image_member(item))
@@ -184,21 +182,6 @@ class GroupWorker:
             rec.update(duration_s=dt, stage=SOURCE, stage_version="1", frame=None, model=None,
                        weights_sha256=None, weights_random=None, config_hash=self.ctx.source_lineage)
             records.append(rec)
-        if gpu:
-            t0 = time.perf_counter()
-            decoded = imaging.decode_jpeg_batch([it.data for it in gpu], self.ctx.decode_device)
-            for item, image in zip(gpu, decoded):
-                rec = item.record
-                if image is None:
-                    image, _, reason = imaging.decode_rgb(item.data, self.ctx.max_pixels, self.ctx.min_side)
-                    if image is None:
-                        rec.update(status="error", error=reason)
-                        continue
-                item.image = image
-                images[rec["key"]] = (image, "")
-                if self.ctx.store_source_image:
-                    src.tar.add(f"{rec['key']}.{reader.SOURCE_IMAGE}", reader.image_member(item))
-            src.seconds += time.perf_counter() - t0
         src.rows.extend(records)
         return records
 
@@ -229,7 +212,8 @@ class GroupWorker:
 
         def source_image(row: dict) -> tuple[np.ndarray | None, str]:
             if row["key"] not in images:  # a later run: read again, checked against the recorded sha256
-                images[row["key"]] = reader.reread(self.source, row, self.ctx.max_pixels, self.ctx.min_side)
+                images[row["key"]] = reader.reread(self.source, row, self.ctx.max_pixels, self.ctx.min_side,
+                                                      self.ctx.max_decode_mb)
             return images[row["key"]]
 
         if self.ctx.decode_device != "cpu" and src is None:
@@ -354,7 +338,8 @@ class GroupWorker:
             return
         for row, data, image in zip(todo, datas, imaging.decode_jpeg_batch(datas, self.ctx.decode_device)):
             if image is None:
-                image, _, reason = imaging.decode_rgb(data, self.ctx.max_pixels, self.ctx.min_side)
+                image, _, reason = imaging.decode_rgb(data, self.ctx.max_pixels, self.ctx.min_side,
+                                                      self.ctx.max_decode_mb)
                 images[row["key"]] = (image, f"decode_failed: {reason}" if image is None else "")
             else:
                 images[row["key"]] = (image, "")

@@ -94,7 +94,8 @@ def create(out: Path, source: Any, source_name: str, input_path: str | None, sha
     for i, row in enumerate(rows):
         row["shard"] = shard_name(i // shard_size)
     info = {"source": source_name, "input": str(Path(input_path).resolve()) if input_path else None,
-            "shard_size": shard_size}
+            "shard_size": shard_size,
+            "skipped_files": dict(getattr(source, "skipped", {}))}  # left out on purpose, by reason
     return write(out, info, rows)
 
 

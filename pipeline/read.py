@@ -59,13 +59,11 @@ def verify(data: bytes, expected_sha: str | None, expected_size: int | None) -> 
     return ""
 
 
-def read_input(ctx: Any, source: Any, row: dict[str, Any], previous_sha: str | None = None,
-               decode: bool = True) -> Input:
+def read_input(ctx: Any, source: Any, row: dict[str, Any], previous_sha: str | None = None) -> Input:
     """Read one planned file once: the source manifest record plus the decoded image.
 
     ``previous_sha`` is the sha256 an earlier run recorded for this key (if any): the new bytes
-    must match it, or the sample becomes ``input_changed``. ``decode=False`` leaves clean JPEGs
-    undecoded (``image`` None, ``data`` set) for a batched GPU decode by the caller.
+    must match it, or the sample becomes ``input_changed``.
     """
     rec = {"key": row["key"], "identity": row["identity"], "location": row["location"],
            "meta": row["meta"], "sha256": None, "bytes": None, "width": None, "height": None,
@@ -82,15 +80,9 @@ def read_input(ctx: Any, source: Any, row: dict[str, Any], previous_sha: str | N
     if rec["error"]:
         return _finish(item)
     rec["sha256"], rec["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    if not decode:  # the caller batch-decodes clean JPEGs on the GPU (decode_device)
-        probe, reason = imaging.probe(data, ctx.max_pixels, ctx.min_side)
-        if probe is not None and not reason and probe.format == "JPEG" and not probe.note \
-                and imaging._jpeg_complete(data):
-            rec.update(width=probe.width, height=probe.height, format=probe.format, mode=probe.mode,
-                       note=probe.note, jpeg_quality=jpeg_quality_from_bytes(data))
-            item.data = data
-            return _finish(item)
-    image, probe, reason = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side)
+    # PIL's full decode is also the validity check (truncated scans, decode-memory guard), so the
+    # first read decodes on the CPU even where later reads batch-decode on the GPU.
+    image, probe, reason = imaging.decode_rgb(data, ctx.max_pixels, ctx.min_side, ctx.max_decode_mb)
     if probe is not None:
         rec.update(width=probe.width, height=probe.height, format=probe.format, mode=probe.mode,
                    note=probe.note)
@@ -102,7 +94,8 @@ def read_input(ctx: Any, source: Any, row: dict[str, Any], previous_sha: str | N
     return _finish(item)
 
 
-def reread(source: Any, record: dict[str, Any], max_pixels: int, min_side: int) -> tuple[np.ndarray | None, str]:
+def reread(source: Any, record: dict[str, Any], max_pixels: int, min_side: int,
+           max_decode_mb: int = imaging.DEFAULT_MAX_DECODE_MB) -> tuple[np.ndarray | None, str]:
     """A later run's read of an already recorded file, checked against its recorded sha256."""
     data, reason = read_bytes(source, record["location"])
     if data is None:
@@ -110,7 +103,7 @@ def reread(source: Any, record: dict[str, Any], max_pixels: int, min_side: int) 
     reason = verify(data, record["sha256"], record["bytes"])
     if reason:
         return None, reason
-    image, _, reason = imaging.decode_rgb(data, max_pixels, min_side)
+    image, _, reason = imaging.decode_rgb(data, max_pixels, min_side, max_decode_mb)
     return (image, "") if image is not None else (None, f"decode_failed: {reason}")
 
 

@@ -99,7 +99,7 @@ def compare(out: Path, plan: plan_mod.Plan, now: list[dict[str, Any]], source: A
     return changes
 
 
-def apply(out: Path, plan: plan_mod.Plan, changes: InputChanges) -> plan_mod.Plan:
+def apply(out: Path, plan: plan_mod.Plan, changes: InputChanges, source: Any = None) -> plan_mod.Plan:
     """Re-plan: drop changed/deleted keys from their shards' outputs, add new shards for added keys."""
     gone = {r["key"] for r in changes.deleted} | {r["key"] for r in changes.changed}
     updates = {r["key"]: r for r in changes.changed + changes.touched}
@@ -110,7 +110,9 @@ def apply(out: Path, plan: plan_mod.Plan, changes: InputChanges) -> plan_mod.Pla
     next_index = max((int(r["shard"]) for r in rows), default=-1) + 1
     for i, row in enumerate(sorted(changes.added, key=lambda r: r["key"])):
         rows.append({**row, "shard": plan_mod.shard_name(next_index + i // size)})
-    new_plan = plan_mod.write(out, {k: plan.info[k] for k in ("source", "input", "shard_size")}, rows)
+    info = {k: plan.info[k] for k in ("source", "input", "shard_size")}
+    info["skipped_files"] = dict(getattr(source, "skipped", plan.info.get("skipped_files", {})))
+    new_plan = plan_mod.write(out, info, rows)
     remaining = set(new_plan.shards)
     for shard in sorted(affected):
         if shard in remaining:

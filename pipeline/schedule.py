@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import stages as stage_registry
+from pipeline import imaging
 from pipeline import plan as plan_mod
 from pipeline.config import ConfigError, RunConfig, build_stage, choose_executor, gpu_available  # noqa: F401
 from pipeline.execute import FRAME_FORMATS, RunContext, StageRun
@@ -81,8 +82,10 @@ class MissingWeightsError(FileNotFoundError):
 def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instances: dict) -> RunContext:
     # Not the plan's sha256: --refresh re-plans some shards, and only their changed keys redo.
     store_image = not any(stage_registry.stage_class(n).produces_frame for n in names)
-    source_lineage = stable_hash({"source": plan.info["source"], "input": plan.info["input"],
-                                  "max_pixels": cfg.max_pixels, "min_side": cfg.min_side,
+    limits = {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side}
+    if cfg.max_decode_mb != imaging.DEFAULT_MAX_DECODE_MB:
+        limits["max_decode_mb"] = cfg.max_decode_mb
+    source_lineage = stable_hash({"source": plan.info["source"], "input": plan.info["input"], **limits,
                                   "store_image": store_image, "version": 2})
     retry = tuple(names) if "all" in cfg.retry_errors else tuple(cfg.retry_errors)
     unknown = set(retry) - set(names)
@@ -92,7 +95,8 @@ def make_context(cfg: RunConfig, plan: plan_mod.Plan, names: list[str], instance
         raise ConfigError(f"frames must be one of {FRAME_FORMATS}, got {cfg.frames!r}")
     ctx = RunContext(Path(cfg.out), cfg.source, cfg.input, cfg.max_pixels, cfg.min_side, source_lineage,
                      retry=retry, frame_format=cfg.frames, store_source_image=store_image,
-                     compact=cfg.compact, source_files=tuple(get_source(cfg.source).files))
+                     compact=cfg.compact, source_files=tuple(get_source(cfg.source).files),
+                     max_decode_mb=cfg.max_decode_mb)
     ctx.decode_device = _decode_device(cfg, names, instances)
     frame_from = None
     for name in names:

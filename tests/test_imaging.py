@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipeline import imaging
+from pipeline import imaging, jpeg_layout
 from pipeline.imaging import decode_rgb, probe
 
 try:
@@ -135,7 +135,7 @@ def test_truncation_detected_even_if_pil_is_told_to_allow_it(
 ) -> None:
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     assert decode_rgb(photo[:-200])[2] == "truncated"
-    assert imaging._jpeg_complete(photo) and not imaging._jpeg_complete(photo[:-2])
+    assert jpeg_layout.parse(photo).eoi is not None and jpeg_layout.parse(photo[:-2]).eoi is None
 
 
 def test_never_raises_on_garbage(photo: bytes) -> None:

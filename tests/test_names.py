@@ -13,7 +13,7 @@ from tests.conftest import lfw_people
 from tests.test_runner import cfg_for
 
 
-@pytest.mark.fault("hostile file names", injection="unicode, spaces, dots, 200-char names, leading dashes, hidden files, case/extension twins, symlink loop, dangling and escaping symlinks", behaviour="keys dot-free, unique, <=120 chars; a collision is an error row; hidden and escaping files skipped", compared="plan keys, manifests, tar member names, every output path inside OUT")
+@pytest.mark.fault("hostile file names", injection="unicode, spaces, dots, 200-char names, leading dashes, hidden files, case/extension twins, symlink loop, dangling and escaping symlinks", behaviour="keys dot-free, unique, <=120 chars; a collision is an error row; hidden folders skipped; a dot-named image is a row; an escaping link is the error row link_escapes_input, never read", compared="plan keys, manifests, tar member names, every output path inside OUT")
 def test_hostile_names(tmp_path):
     photo = lfw_people(1, 1)[0][1][0]
     tree = tmp_path / "tree"
@@ -37,8 +37,9 @@ def test_hostile_names(tmp_path):
     assert len(keys) == len(set(keys)) and len({k.lower() for k in keys}) == len(keys)
     assert all("." not in k and "/" not in k and not k.startswith("-") and len(k) <= 120 for k in keys)
     locations = {r["location"] for r in plan}
-    assert not any("hidden" in loc for loc in locations)
-    assert not any(loc.startswith("..") or "outside" in loc for loc in locations)
+    assert not any(loc.startswith(".hidden") for loc in locations) and "vis/.hidden.jpg" in locations
+    assert not any(loc.startswith("..") for loc in locations)
+    assert [r["error"] for r in plan if r["location"] == "vis/outside.jpg"] == ["link_escapes_input"]
     collisions = [r for r in plan if r["error"].startswith("key_collision")]
     # Photo.jpg vs photo.JPG and same.jpg vs same.png map to one key each: the later one is an error row
     assert sorted(r["location"] for r in collisions) == ["case/photo.JPG", "ext/same.png"]

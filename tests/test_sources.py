@@ -91,8 +91,11 @@ def test_folder_layout(tmp_path: Path, photos: list[Path]) -> None:
         ("00042", "00042", "00042.jpg", ""),
         ("Colin_Powell_001", "Colin Powell", "Colin Powell/001.jpg", ""),
         ("Colin_Powell_sub_dir_002", "Colin Powell", "Colin Powell/sub/dir/002.JPEG", ""),
+        ("Tony_Blair__hidden", "Tony_Blair", "Tony_Blair/.hidden.jpg", ""),  # a dot name with an image extension
         ("Tony_Blair_a_b", "Tony_Blair", "Tony_Blair/a.b.png", ""),
+        ("Tony_Blair_clip", "Tony_Blair", "Tony_Blair/clip.gif", ""),
     ]
+    assert source.skipped == {"non_image": 1, "hidden_folder": 1}  # notes.txt, .cache/
     assert source.read("Colin Powell/sub/dir/002.JPEG") == photos[1].read_bytes()
     assert list(source.list()) == entries  # deterministic
     assert decode_rgb(source.read(entries[0].location))[0].shape == (250, 250, 3)
@@ -134,7 +137,9 @@ def test_symlink_loop_and_escape(tmp_path: Path, photos: list[Path]) -> None:
     os.symlink(outside / "2.jpg", root / "id" / "linked.jpg")
     assert walk_images(root) == ["id/1.jpg"]
     source = open_source("folder", root)
-    assert [e.location for e in source.list()] == ["id/1.jpg"]
+    # links leading out are rows with a reason, never followed; aliases of visited folders are not rows
+    assert [(e.location, e.error) for e in source.list()] == [
+        ("escape", "link_escapes_input"), ("id/1.jpg", ""), ("id/linked.jpg", "link_escapes_input")]
     for bad in ("../outside/2.jpg", "escape/2.jpg", "id/linked.jpg", str(outside / "2.jpg")):
         with pytest.raises(ValueError):
             source.read(bad)
@@ -172,7 +177,7 @@ def test_casia_folder_layout(tmp_path: Path, photos: list[Path]) -> None:
     put(tmp_path, "0000045/001.jpg", photos[0])
     put(tmp_path, "0000045/002.jpg", photos[1])
     put(tmp_path, "0000099/001.jpg", photos[2])
-    put(tmp_path, "stray.jpg", photos[3])  # not in an identity folder: skipped
+    put(tmp_path, "stray.jpg", photos[3])  # not in an identity folder: an error row
     source = get_source("casia-webface")(tmp_path)
     assert source.layout == "folder"
     entries = list(source.list())
@@ -180,7 +185,9 @@ def test_casia_folder_layout(tmp_path: Path, photos: list[Path]) -> None:
         ("0000045_001", "0000045"),
         ("0000045_002", "0000045"),
         ("0000099_001", "0000099"),
+        ("stray", "unknown"),
     ]
+    assert entries[3].error == "not_in_identity_folder"
     assert source.read(entries[2].location) == photos[2].read_bytes()
     clone = pickle.loads(pickle.dumps(source))
     assert clone.read(entries[0].location) == photos[0].read_bytes()

@@ -100,7 +100,8 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
         write_index(out, index)
         summary = summarize(reports, [SOURCE, *names])
         summary.update(seconds=round(time.time() - started, 2), samples=len(plan),
-                       packed=sum(e["samples"] for e in index.values()), executor=cfg.executor)
+                       packed=sum(e["samples"] for e in index.values()), executor=cfg.executor,
+                       skipped_files=plan.info.get("skipped_files", {}))
         write_json({"config": cfg.to_dict(), "stages": names, "summary": summary, "started": started,
                     "provenance": {n: dataclasses.asdict(s.provenance()) for n, s in instances.items()},
                     "lineages": {SOURCE: ctx.source_lineage, **{n: ctx.stage_runs[n].lineage for n in names}},
@@ -127,7 +128,7 @@ def _plan(out: Path, source: Any, cfg: RunConfig) -> plan_mod.Plan:
         raise InputChangedError(f"{changes.message()}. Rerun with --refresh to recompute just those "
                                 f"samples (deleted ones leave the manifests and shards), or use another --out")
     if changes or changes.touched:
-        plan = refresh.apply(out, plan, changes)
+        plan = refresh.apply(out, plan, changes, source)
         if changes:
             warnings.warn(f"refreshed: {changes.message().split(': ', 1)[1]}", stacklevel=2)
     return plan

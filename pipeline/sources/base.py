@@ -14,7 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                        ".avif"})
+"""Extensions of formats the pipeline decodes (AVIF where Pillow has it; else an error row)."""
+OTHER_IMAGE_EXTS = frozenset({".heic", ".heif", ".jxl", ".jp2", ".j2k", ".psd", ".svg", ".ico", ".tga",
+                              ".ppm", ".pgm", ".pbm", ".dng", ".cr2", ".nef", ".arw"})
+"""Image formats that are listed but not decoded: each becomes an error row with a reason."""
+NON_IMAGE_EXTS = frozenset({
+    ".txt", ".md", ".rst", ".json", ".jsonl", ".csv", ".tsv", ".yaml", ".yml", ".xml", ".html", ".htm",
+    ".ini", ".cfg", ".toml", ".log", ".pdf", ".py", ".sh", ".ipynb",
+    ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar",
+    ".mat", ".npy", ".npz", ".pkl", ".pickle", ".parquet", ".h5", ".hdf5", ".lmdb", ".mdb", ".db", ".sqlite",
+    ".rec", ".idx", ".lst", ".pth", ".pt", ".onnx", ".bin",
+    ".mp4", ".avi", ".mov", ".mkv", ".webm", ".mp3", ".wav",
+})
+"""Obvious non-images (text, metadata, archives, arrays, weights, video): skipped and counted."""
+SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", ".directory"})
 MAX_KEY_LEN = 120
 _HASH_LEN = 8
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -115,6 +130,22 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS
 
 
+def skip_reason(name: str) -> str:
+    """Why a file is not listed ("" when it is: it becomes a row, decoded or with a reason).
+
+    ``hidden``: system files (.DS_Store, Thumbs.db), AppleDouble ``._*`` companions and names
+    starting with a dot that do not end in an image extension (editor and download temp files,
+    ``.gitignore``); a dot name with an image extension (``..dots..jpg``) is listed.
+    ``non_image``: an extension in NON_IMAGE_EXTS. Everything else is listed.
+    """
+    suffix = Path(name).suffix.lower()
+    if name.lower() in SYSTEM_FILES or name.startswith("._"):
+        return "hidden"
+    if name.startswith("."):
+        return "" if suffix in IMAGE_EXTS | OTHER_IMAGE_EXTS else "hidden"
+    return "non_image" if suffix in NON_IMAGE_EXTS else ""
+
+
 class Source:
     """Base class: lists a dataset's samples and reads their raw bytes."""
 
@@ -122,6 +153,8 @@ class Source:
 
     def __init__(self, input: Path | str | None) -> None:
         self.root = check_input_dir(input, self.name)
+        self.skipped: dict[str, int] = {}
+        """What the last ``list()`` left out on purpose, by reason (e.g. ``non_image``)."""
 
     def list(self) -> Iterator[Entry]:
         """Every sample, deterministically ordered (the runner sorts by key anyway)."""

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Iterator
 
 from .base import Entry, Source, is_image_name, resolve_collisions, sanitize_key
-from .folder import walk_images
+from .folder import log_listing, walk
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ class FFHQSource(Source):
         metadata = load_metadata(self.metadata_file) if self.metadata_file else {}
         prefix = self.image_dir.relative_to(self.root).as_posix()
         entries = []
-        for rel in walk_images(self.image_dir):
+        found = walk(self.image_dir)
+        for rel in found.files:
             if len(PurePosixPath(rel).parts) > MAX_DEPTH:
                 log.warning("skipping %s: deeper than FFHQ's thousand-folders", rel)
                 continue
@@ -90,7 +91,10 @@ class FFHQSource(Source):
             key = sanitize_key("ffhq", stem)
             meta = {"ffhq": metadata[number]} if number in metadata else {}
             location = rel if prefix == "." else f"{prefix}/{rel}"
-            entries.append(Entry(key=key, identity=key, location=location, meta=meta))
+            entries.append(Entry(key=key, identity=key, location=location, meta=meta,
+                                 error=found.errors.get(rel, "")))
+        self.skipped = dict(found.skipped)
+        log_listing(self.image_dir, len(entries), found.skipped)
         yield from resolve_collisions(entries)
 
     def describe(self) -> dict[str, Any]:

@@ -2,26 +2,57 @@
 
 ``<root>/<identity>/<...>/<file>`` -> identity = the first-level folder, key =
 ``<identity>_<rest of the path without extension>``. Files directly in the root get identity =
-key = their stem. Hidden files and folders are skipped, symlinks are followed only while they
-stay inside the root, and each real folder is visited once (so symlink loops end), under its
-real path when it has one.
+key = their stem. Every file and link under the root is a row (decoded, or an error row with a
+reason) except the obvious non-images of ``base.skip_reason`` and hidden folders, which are
+counted in ``Source.skipped``. Symlinks are followed only while they stay inside the root (a link
+leading out is the error row ``link_escapes_input``), and each real folder is visited once (so
+symlink loops end), under its real path when it has one.
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import ClassVar, Iterator
 
-from .base import Entry, Source, is_image_name, resolve_collisions, sanitize_key
+from .base import Entry, Source, is_image_name, resolve_collisions, sanitize_key, skip_reason
 
 log = logging.getLogger(__name__)
 
 
-def walk_images(root: Path) -> list[str]:
-    """Relative POSIX paths of every visible image file under ``root``, sorted."""
+@dataclass
+class Walk:
+    """What a walk of the input found."""
+
+    files: list[str] = field(default_factory=list)
+    """Relative POSIX paths of every listed file (and link), sorted."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Location -> reason for listed entries known bad already (``link_escapes_input``)."""
+    skipped: Counter = field(default_factory=Counter)
+    """Reason -> count of what was left out (see ``base.skip_reason``; ``special_file``,
+    ``unreadable_folder``)."""
+
+
+def _link_problem(path: Path, root: Path) -> str:
+    """Why a symlink cannot be followed ("" when it stays inside ``root``)."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return "link_loop"
+    return "" if target.is_relative_to(root) else "link_escapes_input"
+
+
+def walk(root: Path) -> Walk:
+    """Every file and link under ``root`` that is not an obvious non-image (see ``skip_reason``).
+
+    Hidden folders are not entered; a link leading outside ``root`` (to a file or a folder) is
+    listed with the error ``link_escapes_input`` (``link_loop`` for a link that never resolves),
+    never followed; each real folder is visited once, under its real path when it has one.
+    """
     root = root.resolve()
-    found: list[str] = []
+    result = Walk()
     seen: set[tuple[int, int]] = set()
     # Real folders first, so files are listed under their real path rather than an alias.
     pending: list[tuple[Path, str]] = [(root, "")]
@@ -33,9 +64,7 @@ def walk_images(root: Path) -> list[str]:
             stat = real.stat()
         except OSError as exc:
             log.warning("skipping unreadable folder %s: %s", folder, exc)
-            continue
-        if not real.is_relative_to(root):
-            log.warning("skipping %s: it leads outside the input folder", folder)
+            result.skipped["unreadable_folder"] += 1
             continue
         if (stat.st_dev, stat.st_ino) in seen:
             continue
@@ -45,34 +74,54 @@ def walk_images(root: Path) -> list[str]:
                 children = sorted(it, key=lambda d: d.name)
         except OSError as exc:
             log.warning("skipping unreadable folder %s: %s", folder, exc)
+            result.skipped["unreadable_folder"] += 1
             continue
         for child in children:
-            if child.name.startswith("."):
-                continue
             child_rel = f"{rel}/{child.name}" if rel else child.name
             try:
                 is_dir = child.is_dir()  # follows symlinks
                 is_file = not is_dir and child.is_file()
+                is_link = child.is_symlink()
             except OSError:
+                is_dir = is_file = False
+                is_link = True
+            if is_dir and child.name.startswith("."):
+                result.skipped["hidden_folder"] += 1
+                continue
+            reason = "" if is_dir else skip_reason(child.name)
+            if reason:
+                result.skipped[reason] += 1
+                continue
+            problem = _link_problem(Path(child.path), root) if is_link else ""
+            if problem:
+                result.files.append(child_rel)
+                result.errors[child_rel] = problem
                 continue
             if is_dir:
-                (linked if child.is_symlink() else pending).append((Path(child.path), child_rel))
-            elif is_file and is_image_name(child.name):
-                if child.is_symlink() and not Path(child.path).resolve().is_relative_to(root):
-                    log.warning("skipping %s: it links outside the input folder", child.path)
-                    continue
-                found.append(child_rel)
-    found.sort()
-    return found
+                (linked if is_link else pending).append((Path(child.path), child_rel))
+                continue
+            if not is_file and (not is_link or os.path.exists(child.path)):
+                result.skipped["special_file"] += 1  # FIFO, socket, device: reading could block
+                continue
+            result.files.append(child_rel)  # a dangling link inside becomes an unreadable row
+    result.files.sort()
+    return result
 
 
-def entry_for(location: str, allow_flat: bool = True) -> Entry | None:
-    """The entry of one relative image path (None for a flat file when those are not allowed)."""
+def walk_images(root: Path) -> list[str]:
+    """Relative paths of the listed files under ``root`` that are not known bad (see ``walk``)."""
+    found = walk(root)
+    return [f for f in found.files if f not in found.errors]
+
+
+def entry_for(location: str, allow_flat: bool = True) -> Entry:
+    """The entry of one relative path (an error row for a flat file when those are not allowed)."""
     parts = PurePosixPath(location).parts
     stem = PurePosixPath(parts[-1]).stem
     if len(parts) == 1:
         if not allow_flat:
-            return None
+            return Entry(key=sanitize_key(stem), identity="unknown", location=location,
+                         error="not_in_identity_folder")
         return Entry(key=sanitize_key(stem), identity=stem, location=location)
     identity = parts[0]
     key = sanitize_key(identity, *parts[1:-1], stem)
@@ -97,11 +146,19 @@ class FolderSource(Source):
             raise ValueError(f"no {what} in {self.root}")
 
     def list(self) -> Iterator[Entry]:
+        found = walk(self.root)
         entries = []
-        for location in walk_images(self.root):
+        for location in found.files:
             entry = entry_for(location, self.allow_flat)
-            if entry is None:
-                log.warning("skipping %s: not inside an identity folder", location)
-            else:
-                entries.append(entry)
+            if location in found.errors:
+                entry.error = found.errors[location]
+            entries.append(entry)
+        self.skipped = dict(found.skipped)
+        log_listing(self.root, len(entries), found.skipped)
         yield from resolve_collisions(entries)
+
+
+def log_listing(root: Path, listed: int, skipped: Counter) -> None:
+    """One log line: how many files became rows and what was left out, by reason."""
+    left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "nothing"
+    log.info("%s: %d files listed; left out: %s", root, listed, left_out)

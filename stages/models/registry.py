@@ -1,7 +1,9 @@
 """The weights registry: model name -> where its file comes from, its sha256, and who builds it.
 
 Weights live in a weights directory (``--weights-dir``, else ``$FACEWEAVE_WEIGHTS``, else the
-user cache ``~/.cache/faceweave/weights``) or, for the lite preset, inside this package. A file
+user cache ``~/.cache/faceweave/weights``) or, for the lite preset, inside this package; a
+bundled entry is taken from the weights directory when a copy with its pinned sha256 is there
+(a copy that does not match is not used, with a warning). A file
 is opened only after its sha256 matches, and only with ``torch.load(weights_only=True)``.
 A run never writes into the weights directory; only ``pipeline weights fetch`` does.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -95,11 +98,31 @@ def weights_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def path_of(name: str, root: str | os.PathLike | None = None) -> Path:
-    """Where the file of ``name`` is expected (it may not exist)."""
+    """Where the file of ``name`` is expected (it may not exist).
+
+    A bundled entry uses a copy in the weights directory when one is there and matches the
+    pinned sha256, else the bundled file, with a warning saying why the copy was not used.
+    """
     spec = get(name)
     if spec.bundled:
-        return BUNDLED_DIR / spec.filename
+        return _bundled_path(spec, root)
     return weights_dir(root) / spec.filename
+
+
+def _bundled_path(spec: WeightsSpec, root: str | os.PathLike | None) -> Path:
+    bundled = BUNDLED_DIR / spec.filename
+    copy = weights_dir(root) / spec.filename
+    if not copy.is_file() or copy.resolve() == bundled.resolve():
+        return bundled
+    if not spec.sha256:
+        why = "the entry has no pinned sha256 to check it against"
+    else:
+        actual = sha256_of(copy)
+        if actual == spec.sha256:
+            return copy
+        why = f"its sha256 {actual} is not the pinned {spec.sha256}"
+    warnings.warn(f"not using {copy} for '{spec.name}': {why}; using the bundled {bundled}", stacklevel=3)
+    return bundled
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
