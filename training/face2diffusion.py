@@ -190,6 +190,7 @@ class Face2Diffusion(TrainableParts):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         gen = self._generator(batch_idx)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))  # the mappers' dropout, also on resume
         n = len(batch["image"])
         flip = (torch.rand(n, generator=gen) < 0.5) & self.cfg.hflip
         keep = torch.rand(n, generator=gen) >= self.cfg.p_drop_exp
