@@ -112,6 +112,24 @@ def test_msid_holds_out_identities(shards):
     assert len(dm.train_rows) == 9 and len(dm.held_rows) == 6
 
 
+def test_msid_stream_same_batches_with_workers_and_from_any_start(shards):
+    from torch.utils.data import DataLoader
+
+    from training.msid import FaceStream, MSIDDataModule
+
+    dm = MSIDDataModule(shards, MSIDDataConfig(batch_size=2, num_workers=0, holdout_identities=2))
+
+    def labels(workers: int, start: int = 0, n: int = 5) -> list[list[int]]:
+        stream = FaceStream(dm.index, dm.train_rows, dm.train_labels, dm.cfg, start)
+        it = iter(DataLoader(stream, batch_size=None, num_workers=workers))
+        return [next(it)["label"].tolist() for _ in range(n)]
+
+    one = labels(0, n=7)
+    assert labels(2) == one[:5]  # workers take turns by batch; the loader returns them in order
+    assert labels(0, start=2) == one[2:7]  # a resumed stream starts at the batch it stopped at
+    assert sorted(sum(one[:4], []) + one[4][:1]) == sorted(dm.train_labels.tolist())  # epoch 0 = every face once
+
+
 # -- Face2Diffusion --------------------------------------------------------------------------------
 
 def test_batch_has_expression_and_own_face(batch):
@@ -241,3 +259,12 @@ def test_shipped_configs_parse():
     assert make(MSIDDataConfig, load_config("msid")["data"], "data").batch_size == 1024
     with pytest.raises(ValueError):
         make(F2DConfig, {"p_typo": 1}, "model")
+
+
+@pytest.mark.gpu
+def test_train_bf16_on_gpu(shards, tmp_path):
+    sets = [f"trainer.root_dir={tmp_path}", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
+            "model.frozen_dtype=bf16", "model.gradient_checkpointing=true", "data.num_workers=2"]
+    summary = train("face2diffusion", shards, "tiny", "face2diffusion_tiny", sets)
+    state = torch.load(summary["checkpoint"], weights_only=False)["state_dict"]
+    assert summary["steps"] == 2 and all(torch.isfinite(v.float()).all() for v in state.values())

@@ -112,7 +112,9 @@ def trained(shards, tmp_path_factory) -> dict:
 
     unbroken = run("a", 3)
     run("b", 2)
-    partial = torch.load(root / "b" / "sefi_ide_tiny" / "checkpoints" / "last.ckpt", weights_only=False)
+    key = unbroken["key"]
+    assert Path(unbroken["root"]) == root / "a" / "sefi_ide_tiny" / key  # one folder per face
+    partial = torch.load(root / "b" / "sefi_ide_tiny" / key / "checkpoints" / "last.ckpt", weights_only=False)
     return {"unbroken": unbroken, "partial": partial, "resumed": run("b", 3, resume="last")}
 
 
@@ -161,3 +163,12 @@ def test_shipped_configs_parse():
     m, o = make(SeFiConfig, paper["model"], "model"), make(OptimConfig, paper["optim"], "optim")
     assert (m.stages, m.lambda_attention, o.lr, o.weight_decay, paper["trainer"]["max_steps"]) == (5, 0.003, 5e-3, 0.0, 1000)
     assert len(m.prompts) == 7
+
+
+@pytest.mark.gpu
+def test_train_bf16_on_gpu(shards, tmp_path):
+    sets = ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "model.frozen_dtype=bf16",
+            "trainer.max_steps=2"]
+    summary = train("sefi-ide", shards, "tiny", "tiny", sets, runs_dir=tmp_path, key="0000001_001")
+    tokens = torch.load(summary["tokens"], weights_only=False)
+    assert summary["steps"] == 2 and torch.isfinite(tokens["k"]).all() and torch.isfinite(tokens["v"]).all()

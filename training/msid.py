@@ -8,7 +8,7 @@ discriminate identities too. The concatenated features are v_id.
 Data: every shard sample with an image is a face of its identity label (single-image identities
 included); ``holdout_identities`` identities with 2+ images are kept out of training, and at the
 end the same/different AUC per depth on them is reported (``run_summary``). The stream is endless
-and deterministic per seed, so a resumed run skips exactly the batches it consumed.
+and deterministic per seed, so a resumed run starts at exactly the batch it stopped at.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from schemas.shard import IMAGE, META
-from training.data import _imdecode, _rgb_tensor, reference_face
+from training.data import _imdecode, _rank_world, _rgb_tensor, reference_face
 from training.dense_face import OptimConfig
 from training.module_base import TrainableParts
 from training.pairs import PairConfig, PairIndex, load_index
@@ -164,22 +164,40 @@ def load_face(index: PairIndex, row: int, flip: bool = False) -> torch.Tensor:
 
 
 class FaceStream(IterableDataset):
-    """Endless seeded epochs of (face, class) batches over the training rows; skips ``start_batch``."""
+    """Endless seeded epochs of (face, class) batches over the training rows, from batch ``start_batch``.
+
+    Sample p of the stream is row perm_e[p % N] of epoch e = p // N, so any batch can be built
+    directly: loader workers and ranks take turns by batch (the loader returns them in order).
+    """
 
     def __init__(self, index: PairIndex, rows: np.ndarray, labels: np.ndarray, cfg: MSIDDataConfig,
                  start_batch: int = 0):
         self.index, self.rows, self.labels, self.cfg, self.start = index, rows, labels, cfg, start_batch
+        self.rank, self.world = _rank_world()  # here, in the main process, where the process group lives
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None
 
-    def _order(self) -> Iterator[tuple[int, int, bool]]:
-        for epoch in itertools.count():
+    def item(self, p: int) -> tuple[int, int, bool]:
+        epoch, i = divmod(p, len(self.rows))
+        if self._epoch is None or self._epoch[0] != epoch:
             rng = np.random.default_rng([self.cfg.seed, epoch])
-            perm, flips = rng.permutation(len(self.rows)), rng.random(len(self.rows)) < 0.5
-            for i in perm:
-                yield int(self.rows[i]), int(self.labels[i]), bool(flips[i] and self.cfg.hflip)
+            self._epoch = (epoch, rng.permutation(len(self.rows)), rng.random(len(self.rows)) < 0.5)
+        _, perm, flips = self._epoch
+        j = int(perm[i])
+        return int(self.rows[j]), int(self.labels[j]), bool(flips[i] and self.cfg.hflip)
+
+    def global_batch(self, local: int, n_workers: int) -> int:
+        """The stream batch that this rank's ``local``-th loader batch is."""
+        return (local // n_workers) * self.world * n_workers + self.rank * n_workers + local % n_workers
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        items = itertools.islice(self._order(), self.start * self.cfg.batch_size, None)
-        while chunk := list(itertools.islice(items, self.cfg.batch_size)):
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        b = self.cfg.batch_size
+        for local in itertools.count(self.start):
+            if local % n_workers != worker:
+                continue
+            g = self.global_batch(local, n_workers)
+            chunk = [self.item(p) for p in range(g * b, (g + 1) * b)]
             yield {"face": torch.stack([load_face(self.index, r, f) for r, _, f in chunk]),
                    "label": torch.tensor([c for _, c, _ in chunk])}
 
@@ -196,8 +214,6 @@ class MSIDDataModule(L.LightningDataModule):
         self.train_labels = np.array([position[i] for i in self.index.identity[self.train_rows]])
 
     def train_dataloader(self) -> DataLoader:
-        if self.cfg.num_workers > 1:  # one reader: the order is the seeded permutation, not a worker mix
-            raise ValueError("msid data.num_workers must be 0 or 1")
         stream = FaceStream(self.index, self.train_rows, self.train_labels, self.cfg, self.consumed)
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers)
 

@@ -13,7 +13,8 @@ reference prompt (the placeholder read as "person", same queries: Algorithm 1, o
 ``attention_target: face_mask`` the identity token's reference map is also cut to the face mask
 from the shards, so its attention stays on the face. Augmentation (Appendix 6.4): colour jitter,
 horizontal flip (p 0.5), random down-scaling. Resume is exact: every draw comes from (seed, step).
-The learned tokens go to ``<run>/tokens.pt`` (``infer_sefi_ide`` composes them into prompts).
+Each face gets its own run folder, ``<root_dir>/<key>/``; the learned tokens go to its
+``tokens.pt`` (``infer_sefi_ide`` composes them into prompts).
 """
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ class SeFiIDE(TrainableParts):
         self.state = KVState()
         self.n_cross = install_kv(self.unet, self.state)
         self.history: list[dict[str, float]] = []
-        self.key, self.identity = "", ""
+        self.key, self.identity, self.run_name = "", "", ""
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
 
@@ -281,5 +282,6 @@ def build(cfg: dict, shards: Path, base: str, key: str | None = None, identity: 
     dm = OneFaceDataModule(shards, make(SeFiDataConfig, cfg.get("data"), "data"), key=key, identity=identity)
     module = SeFiIDE(load_sd(base), model_cfg, optim)
     module.key, module.identity = dm.key, dm.identity
+    module.run_name = dm.key  # one run folder per learned face
     return module, dm
 

@@ -181,7 +181,7 @@ def train(model_name: str, shards: str | Path, base: str, config: str | Path | N
         raise ValueError(f"unknown keys in trainer: {sorted(unknown)}")
     L.seed_everything(int((cfg.get("model") or {}).get("seed", 0)), workers=True, verbose=False)
     module, dm = MODELS[model_name](cfg, Path(shards), base, key=key, identity=identity)
-    root = run_root(model_name, tcfg["root_dir"], shards, runs_dir)
+    root = run_root(model_name, tcfg["root_dir"], shards, runs_dir) / getattr(module, "run_name", "")
     ckpt = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=root / "checkpoints", every_n_train_steps=tcfg["checkpoint_every_n_steps"],
         save_top_k=tcfg["keep_checkpoints"], save_last=True, filename="step{step:07d}",
