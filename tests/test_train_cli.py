@@ -34,8 +34,7 @@ def test_help_lists_every_model_with_its_configs():
     assert "--runs-dir" in out and "OUT/runs" in out
     listing = invoke("train", "configs")
     assert listing.exit_code == 0 and "portraitbooth_tiny" in listing.output and "sefi_ide_tiny" in listing.output
-    owned = {e.paper for e in MODELS.values()} | {e.tiny for e in MODELS.values()}
-    assert set(shipped_configs()) <= owned  # every shipped config belongs to a model
+    assert all(name in listing.output for name in shipped_configs())  # none left unlisted
 
 
 def test_config_aliases_and_mixups():

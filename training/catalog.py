@@ -75,4 +75,7 @@ def describe() -> str:
     for name, e in MODELS.items():
         base = "" if e.needs_base else "  (no --base)"
         lines.append(f"{name:<15} configs: {e.paper} (paper, default), {e.tiny} (tiny){base}  -- {e.summary}")
+    others = [c for c in shipped_configs() if owner(c) is None]
+    if others:
+        lines.append(f"{'other configs':<15} {', '.join(others)}  (pass with --config NAME)")
     return "\n".join(lines)
