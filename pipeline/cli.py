@@ -152,6 +152,7 @@ def train_cmd(
                                            "RUNS_DIR/<trainer.root_dir>; default: OUT/runs, i.e. runs/ beside the shards folder)."),
     key: Optional[str] = typer.Option(None, help="sefi-ide: sample key of the one face to learn."),
     identity: Optional[str] = typer.Option(None, help="sefi-ide: identity whose reference face the pairs index picks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Keep Lightning's own info lines and warnings."),
 ) -> None:
     from training.catalog import MODELS, describe
 
@@ -164,7 +165,7 @@ def train_cmd(
 
     try:
         summary = train(model, shards, base or "", config, set_, resume=resume, runs_dir=runs_dir, key=key,
-                        identity=identity)
+                        identity=identity, verbose=verbose)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
     typer.echo(f"done: {summary['steps']} steps, checkpoint {summary['checkpoint']}")

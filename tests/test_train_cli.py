@@ -69,6 +69,7 @@ def test_cli_trains_into_runs_dir_with_progress_lines(shards, tmp_path):
     steps = re.findall(r"step (\d+)/3 +loss [0-9.e+-]+ depth1 [0-9.e+-]+.* it/s", text)
     assert steps == ["1", "2", "3"], text  # one line per step with interval 0, not a tty
     assert "trained 3 steps (3/3)" in text and not ANSI.search(text)
+    assert "GPU available" not in text and "eval mode" not in text  # Lightning's own lines: only with -v
 
 
 def test_progress_bar_on_a_terminal(shards, tmp_path, monkeypatch):

@@ -273,7 +273,6 @@ class MSID(TrainableParts):
     def on_train_end(self) -> None:
         if self.held_out is not None and len(self.held_out[0]):
             self.auc = self.depth_auc(*self.held_out)
-            print("MSID held-out same/different AUC: " + ", ".join(f"{k} {v:.4f}" for k, v in self.auc.items()))
 
     def run_summary(self) -> dict[str, Any]:
         return {"held_out_auc": self.auc, "held_out_samples": 0 if self.held_out is None else len(self.held_out[1])}

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import lightning as L
 import numpy as np
@@ -166,13 +169,39 @@ def run_root(model_name: str, root_dir: str, shards: str | Path, runs_dir: str |
     return (Path(runs_dir) if runs_dir is not None else Path(shards).resolve().parent / "runs") / root
 
 
+@contextmanager
+def lightning_quiet(verbose: bool = False) -> Iterator[None]:
+    """Without ``verbose``: no Lightning info lines (accelerator, tips) and no warnings about what
+    these trainers do on purpose (frozen modules in eval mode); our progress lines stay."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
 def train(model_name: str, shards: str | Path, base: str, config: str | Path | None = None,
           overrides: Iterable[str] = (), resume: str | None = None, runs_dir: str | Path | None = None,
-          key: str | None = None, identity: str | None = None) -> dict[str, Any]:
+          key: str | None = None, identity: str | None = None, verbose: bool = False) -> dict[str, Any]:
     """Train ``model_name`` on ``shards``; returns where the checkpoints went and the pairing counts.
 
-    ``key`` / ``identity`` pick SeFi-IDE's one reference face (ignored by the other models).
+    ``key`` / ``identity`` pick SeFi-IDE's one reference face (ignored by the other models);
+    ``verbose`` keeps Lightning's own info lines and warnings.
     """
+    with lightning_quiet(verbose):
+        return _train(model_name, shards, base, config, overrides, resume, runs_dir, key, identity)
+
+
+def _train(model_name: str, shards: str | Path, base: str, config: str | Path | None, overrides: Iterable[str],
+           resume: str | None, runs_dir: str | Path | None, key: str | None, identity: str | None) -> dict[str, Any]:
     check_model(model_name)
     cfg = load_config(resolve_config(model_name, config), overrides)
     tcfg = {**TRAINER_DEFAULTS, **(cfg.get("trainer") or {})}
