@@ -204,23 +204,51 @@ def inspect_out(
         print_summary(report)
 
 
-@app.command("train")
+def _train_help() -> str:
+    from training.catalog import describe
+
+    models = "\n\n".join(describe().splitlines())
+    return ("Train a model on the shards (training/ depends only on schemas/ and stages/models/).\n\n"
+            "`pipeline train configs` lists the shipped configs; --config paper (default) / tiny pick the "
+            "model's own. Models:\n\n" + models)
+
+
+@app.command("train", help=_train_help())
 def train_cmd(
-    model: str = typer.Argument(..., help="Model to train: dense-face or portraitbooth."),
-    shards: str = typer.Option(..., help="Shards folder (OUT/shards)."),
-    base: str = typer.Option(..., help="Stable Diffusion: diffusers folder, hub id, or 'tiny'."),
-    config: str = typer.Option(..., "--config", help="Training YAML (path or shipped name, e.g. dense_face, tiny)."),
+    model: str = typer.Argument(..., help="Model: dense-face, portraitbooth, msid, face2diffusion, sefi-ide; "
+                                          "or 'configs' to list the shipped configs."),
+    shards: Optional[str] = typer.Option(None, help="Shards folder (OUT/shards). Required."),
+    base: Optional[str] = typer.Option(None, help="Stable Diffusion: diffusers folder, hub id, or 'tiny' "
+                                                  "(required except for msid)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Training YAML: path, shipped name, 'paper' "
+                                                                "or 'tiny' (default: paper, the model's paper setup)."),
     set_: list[str] = typer.Option([], "--set", help="SECTION.FIELD=VALUE override (repeatable)."),
     resume: Optional[str] = typer.Option(None, help="Checkpoint to resume from, or 'last'."),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="Folder of the runs (a run writes to "
+                                           "RUNS_DIR/<trainer.root_dir>; default: OUT/runs, i.e. runs/ beside the shards folder)."),
+    key: Optional[str] = typer.Option(None, help="sefi-ide: sample key of the one face to learn."),
+    identity: Optional[str] = typer.Option(None, help="sefi-ide: identity whose reference face the pairs index picks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Keep Lightning's own info lines and warnings."),
 ) -> None:
-    """Train a model on the shards (training/ depends only on schemas/ and stages/models/)."""
+    from training.catalog import MODELS, describe
+
+    if model == "configs":
+        typer.echo(describe())
+        return
+    if model in MODELS and (shards is None or (MODELS[model].needs_base and base is None)):
+        _fail(ValueError("--shards is required" if shards is None else f"--base is required for {model}"))
     from training.train import train
 
     try:
-        summary = train(model, shards, base, config, set_, resume=resume)
+        summary = train(model, shards, base or "", config, set_, resume=resume, runs_dir=runs_dir, key=key,
+                        identity=identity, verbose=verbose)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
-    typer.echo(f"done: {summary['steps']} steps, checkpoint {summary['checkpoint']}", err=True)
+    typer.echo(f"done: {summary['steps']} steps, checkpoint {summary['checkpoint']}")
+    if summary.get("held_out_auc"):
+        typer.echo("held-out AUC: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["held_out_auc"].items()))
+    if summary.get("tokens"):
+        typer.echo(f"tokens: {summary['tokens']}")
 
 
 @app.command("audit")

@@ -1,32 +1,39 @@
-"""Training entry point: ``train("dense-face" | "portraitbooth", shards, base, config, overrides)``.
+"""Training entry point: ``train(model, shards, base, config, overrides, runs_dir=..., key=..., identity=...)``.
 
+Models (``training.catalog``): dense-face, portraitbooth, msid, face2diffusion, sefi-ide.
 The config is a YAML with sections ``model``, ``optim``, ``data`` (with ``pairs``) and ``trainer``;
-``overrides`` are ``SECTION.FIELD=VALUE`` strings (values parsed as YAML). ``config`` is a path or
-the name of a shipped config (``dense_face``, ``tiny``, ``portraitbooth``, ``portraitbooth_tiny``).
+``overrides`` are ``SECTION.FIELD=VALUE`` strings (values parsed as YAML). ``config`` is a path, a
+shipped config name, ``paper`` / None (the model's paper setup) or ``tiny`` (its tiny config).
 ``base`` is a diffusers folder, a hub id or ``tiny`` (random miniature SD, for smoke runs).
+A run writes under ``trainer.root_dir``; a relative one is taken under ``runs_dir`` (default:
+``runs/`` next to the shards folder, i.e. ``OUT/runs/``).
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import lightning as L
 import numpy as np
 import yaml
 
 from schemas.shard import META, meta_section
+from training.catalog import CONFIG_DIR, check_model, resolve_config
 from training.data import DataConfig, FaceShardDataModule
 from training.pairs import EMBEDDING, PairConfig
+from training.progress import StepProgress
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TRAINER_DEFAULTS: dict[str, Any] = dict(
     max_steps=1000, precision="bf16-mixed", accumulate_grad_batches=1, gradient_clip_val=None,
     log_every_n_steps=50, checkpoint_every_n_steps=1000, keep_checkpoints=1, accelerator="auto",
-    devices="auto", strategy="auto", root_dir="runs/dense_face", progress_bar=True,
-)
+    devices="auto", strategy="auto", root_dir="", progress_bar=True, progress_interval=10.0,
+)  # root_dir "": the model's name under runs_dir
 
 
 def config_path(name_or_path: str | Path) -> Path:
@@ -77,7 +84,7 @@ def data_config(cfg: dict, identity_word: str) -> DataConfig:
     return make(DataConfig, {**data, "pairs": pairs, "identity_word": identity_word}, "data")
 
 
-def _dense_face(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, FaceShardDataModule]:
+def _dense_face(cfg: dict, shards: Path, base: str, **_: Any) -> tuple[L.LightningModule, FaceShardDataModule]:
     from training.dense_face import DenseFace, DenseFaceConfig, OptimConfig
     from training.sd import load_sd
 
@@ -105,7 +112,7 @@ def _shard_identity(dm: FaceShardDataModule) -> tuple[int, str]:
     return int(np.load(io.BytesIO(dm.index.read(int(rows[0]), EMBEDDING))).shape[0]), str(model)
 
 
-def _portraitbooth(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModule, FaceShardDataModule]:
+def _portraitbooth(cfg: dict, shards: Path, base: str, **_: Any) -> tuple[L.LightningModule, FaceShardDataModule]:
     from training.dense_face import OptimConfig
     from training.portraitbooth import PortraitBooth, PortraitBoothConfig
     from training.sd import load_sd
@@ -126,37 +133,99 @@ def _portraitbooth(cfg: dict, shards: Path, base: str) -> tuple[L.LightningModul
     return PortraitBooth(load_sd(base), model_cfg, optim), dm
 
 
-MODELS: dict[str, Callable[[dict, Path, str], tuple[L.LightningModule, FaceShardDataModule]]] = {
+def _msid(cfg: dict, shards: Path, base: str, **_: Any) -> tuple[L.LightningModule, L.LightningDataModule]:
+    from training.msid import build as build_msid
+
+    return build_msid(cfg, shards)
+
+
+def _face2diffusion(cfg: dict, shards: Path, base: str, **_: Any) -> tuple[L.LightningModule, L.LightningDataModule]:
+    from training.face2diffusion import build as build_f2d
+
+    return build_f2d(cfg, shards, base)
+
+
+def _sefi_ide(cfg: dict, shards: Path, base: str, key: str | None = None, identity: str | None = None,
+              **_: Any) -> tuple[L.LightningModule, L.LightningDataModule]:
+    from training.sefi_ide import build as build_sefi
+
+    return build_sefi(cfg, shards, base, key=key, identity=identity)
+
+
+MODELS: dict[str, Callable[..., tuple[L.LightningModule, L.LightningDataModule]]] = {
     "dense-face": _dense_face,
     "portraitbooth": _portraitbooth,
+    "msid": _msid,
+    "face2diffusion": _face2diffusion,
+    "sefi-ide": _sefi_ide,
 }
 
 
-def train(model_name: str, shards: str | Path, base: str, config: str | Path, overrides: Iterable[str] = (),
-          resume: str | None = None) -> dict[str, Any]:
-    """Train ``model_name`` on ``shards``; returns where the checkpoints went and the pairing counts."""
-    if model_name not in MODELS:
-        raise ValueError(f"unknown model {model_name!r}; choose from {sorted(MODELS)}")
-    cfg = load_config(config, overrides)
+def run_root(model_name: str, root_dir: str, shards: str | Path, runs_dir: str | Path | None) -> Path:
+    """Where a run writes: ``root_dir`` if absolute, else under ``runs_dir`` (default ``OUT/runs``)."""
+    root = Path(root_dir or model_name.replace("-", "_"))
+    if root.is_absolute():
+        return root
+    return (Path(runs_dir) if runs_dir is not None else Path(shards).resolve().parent / "runs") / root
+
+
+@contextmanager
+def lightning_quiet(verbose: bool = False) -> Iterator[None]:
+    """Without ``verbose``: no Lightning info lines (accelerator, tips) and no warnings about what
+    these trainers do on purpose (frozen modules in eval mode); our progress lines stay."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def train(model_name: str, shards: str | Path, base: str, config: str | Path | None = None,
+          overrides: Iterable[str] = (), resume: str | None = None, runs_dir: str | Path | None = None,
+          key: str | None = None, identity: str | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Train ``model_name`` on ``shards``; returns where the checkpoints went and the pairing counts.
+
+    ``key`` / ``identity`` pick SeFi-IDE's one reference face (ignored by the other models);
+    ``verbose`` keeps Lightning's own info lines and warnings.
+    """
+    with lightning_quiet(verbose):
+        return _train(model_name, shards, base, config, overrides, resume, runs_dir, key, identity)
+
+
+def _train(model_name: str, shards: str | Path, base: str, config: str | Path | None, overrides: Iterable[str],
+           resume: str | None, runs_dir: str | Path | None, key: str | None, identity: str | None) -> dict[str, Any]:
+    check_model(model_name)
+    cfg = load_config(resolve_config(model_name, config), overrides)
     tcfg = {**TRAINER_DEFAULTS, **(cfg.get("trainer") or {})}
     unknown = set(tcfg) - set(TRAINER_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown keys in trainer: {sorted(unknown)}")
     L.seed_everything(int((cfg.get("model") or {}).get("seed", 0)), workers=True, verbose=False)
-    module, dm = MODELS[model_name](cfg, Path(shards), base)
-    root = Path(tcfg["root_dir"])
+    module, dm = MODELS[model_name](cfg, Path(shards), base, key=key, identity=identity)
+    root = run_root(model_name, tcfg["root_dir"], shards, runs_dir) / getattr(module, "run_name", "")
     ckpt = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=root / "checkpoints", every_n_train_steps=tcfg["checkpoint_every_n_steps"],
         save_top_k=tcfg["keep_checkpoints"], save_last=True, filename="step{step:07d}",
         auto_insert_metric_name=False,
     )
+    callbacks: list[L.Callback] = [ckpt]
+    if tcfg["progress_bar"]:
+        callbacks.append(StepProgress(interval=float(tcfg["progress_interval"])))
     trainer = L.Trainer(
         max_steps=tcfg["max_steps"], precision=tcfg["precision"],
         accumulate_grad_batches=tcfg["accumulate_grad_batches"],
         gradient_clip_val=tcfg["gradient_clip_val"], log_every_n_steps=tcfg["log_every_n_steps"],
         accelerator=tcfg["accelerator"], devices=tcfg["devices"], strategy=tcfg["strategy"],
-        default_root_dir=root, callbacks=[ckpt], logger=L.pytorch.loggers.CSVLogger(root, name="logs"),
-        enable_progress_bar=tcfg["progress_bar"], enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=root, callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(root, name="logs"),
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0,
     )
     if resume == "last":
@@ -164,8 +233,11 @@ def train(model_name: str, shards: str | Path, base: str, config: str | Path, ov
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     final = root / "checkpoints" / "final.ckpt"
     trainer.save_checkpoint(final)
-    summary = {"model": model_name, "steps": trainer.global_step, "checkpoint": str(final),
-               "pairs": asdict(dm.index.stats), "consumed_batches": dm.consumed, "config": cfg}
+    index = getattr(dm, "index", None)
+    summary = {"model": model_name, "steps": trainer.global_step, "checkpoint": str(final), "root": str(root),
+               "pairs": asdict(index.stats) if index is not None else None,
+               "consumed_batches": getattr(dm, "consumed", None), "config": cfg}
+    summary.update(getattr(module, "run_summary", lambda: {})())
     if trainer.is_global_zero:
         (root / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
