@@ -313,9 +313,7 @@ class Attributes(Stage):
                 cols.update(celeba_columns(p, self.celeba_threshold, celeba_ground_truth(meta)))
         return out
 
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if not getattr(self, "_ready", False):
-            self.setup()
+    def compute(self, batch: list[Sample]) -> list[Result]:
         results: list[Result | None] = [None] * len(batch)
         crops, idx = {}, []
         for i, sample in enumerate(batch):

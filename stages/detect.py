@@ -17,8 +17,9 @@ import numpy as np
 
 import schemas.detect
 from stages import align, face_choice
-from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
-from stages.models import common, load, registry, retinaface
+from stages.base import SKIPPED, Result, Sample
+from stages.model_stage import ModelStage
+from stages.models import registry, retinaface
 
 SELECT = ("auto", "largest", "central")
 LOW_SCORE_FLOOR = 0.5
@@ -26,7 +27,7 @@ LOW_SCORE_FLOOR = 0.5
 
 
 @dataclass
-class Detect(Stage):
+class Detect(ModelStage):
     name: ClassVar[str] = "detect"
     version: ClassVar[str] = "2"
     schema: ClassVar = schemas.detect.SCHEMA
@@ -35,14 +36,6 @@ class Detect(Stage):
 
     model: str = "retinaface_resnet50"
     """Registry name: retinaface_resnet50 (accurate) or retinaface_mobile0.25 (lite, bundled)."""
-    weights: str = "pretrained"
-    """pretrained (verified file) or random (real architecture, random init; for tests only)."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 (autocast; weights stay fp32)."""
-    batch_size: int = 32
-    """Images per forward pass; a batch is padded to its largest image."""
     conf_threshold: float = 0.8
     """Detections scoring below this are not faces (real faces score 0.95-1.0)."""
     nms_iou: float = 0.4
@@ -56,12 +49,10 @@ class Detect(Stage):
     crop_size: int = 512
     """Side of the aligned crop, px."""
     max_side: int = 1024
-    """Images with a longer side are detected downscaled (the crop still uses full resolution)."""
-    weights_dir: str | None = None
-    """Weights directory (the runner fills it from --weights-dir)."""
+    """Images with a longer side are detected downscaled (the crop still uses full resolution);
+    a batch is padded to its largest image."""
 
-    def check(self) -> None:
-        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
+    def check_model(self) -> None:
         if registry.get(self.model).family != "retinaface":
             raise ValueError(f"model {self.model!r} is not a RetinaFace detector")
         if not 0.0 < self.conf_threshold < 1.0:
@@ -72,36 +63,17 @@ class Detect(Stage):
             raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
         if self.crop_size < 64 or self.min_face_size < 0 or self.max_side < 0:
             raise ValueError("crop_size must be >= 64, min_face_size and max_side >= 0")
-        common.check_weights(self.model, self.weights, self.weights_dir)
 
     def setup(self) -> None:
-        self._device = common.torch_device(self.device)
-        self._net = load(self.model, self.weights_dir, device=self._device, dtype=self.dtype,
-                         random_init=self.weights == "random")
+        super().setup()
         self._template = align.ffhq_template(self.crop_size)
 
-    def provenance(self) -> Provenance:
-        return common.provenance(self.model, self.weights == "random", self.weights_dir)
-
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_net", None) is None:
-            self.setup()
-        results: list[Result | None] = [None] * len(batch)
-        valid = []
-        for i, sample in enumerate(batch):
-            image = sample.image
-            if image is None or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-                results[i] = Result.fail("bad_image", ERROR)
-            else:
-                valid.append(i)
-        for idx in common.chunks(valid, self.batch_size):
-            images = [np.ascontiguousarray(batch[i].image, dtype=np.uint8) for i in idx]
-            dets = retinaface.detect(self._net, images, self._device, self.dtype,
-                                     score_floor=min(LOW_SCORE_FLOOR, self.conf_threshold),
-                                     nms_iou=self.nms_iou, max_side=self.max_side)
-            for i, image, det in zip(idx, images, dets):
-                results[i] = self._one(image, det)
-        return results  # type: ignore[return-value]
+    def compute(self, batch: list[Sample]) -> list[Result]:
+        images = [np.ascontiguousarray(s.image) for s in batch]
+        dets = retinaface.detect(self._net, images, self._device, self.dtype,
+                                 score_floor=min(LOW_SCORE_FLOOR, self.conf_threshold),
+                                 nms_iou=self.nms_iou, max_side=self.max_side)
+        return [self._one(image, det) for image, det in zip(images, dets)]
 
     def _one(self, image: np.ndarray, det: np.ndarray) -> Result:
         faces = det[det[:, 4] >= self.conf_threshold] if len(det) else det

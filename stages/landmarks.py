@@ -16,7 +16,6 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,19 +50,6 @@ def landmark_model(refine: bool) -> Path:
 @functools.cache
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def encode_npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-def encode_png(img: np.ndarray) -> bytes:
-    ok, data = cv2.imencode(".png", img)
-    if not ok:
-        raise ValueError("png encoding failed")
-    return data.tobytes()
 
 
 @dataclass
@@ -143,15 +129,13 @@ class LandmarksStage(Stage):
             weights_random=False,
         )
 
-    def process(self, batch: list[Sample]) -> list[Result]:
+    def compute(self, batch: list[Sample]) -> list[Result]:
         return [self._one(s) for s in batch]
 
     def _one(self, sample: Sample) -> Result:
         img = sample.image
-        if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            return Result.fail("bad_image")
         h, w = img.shape[:2]
-        if self._mesh is None:
+        if self._mesh is None:  # rebuilt after a graph error (see below)
             self.setup()
         try:
             found = self._mesh.process(np.ascontiguousarray(img)).multi_face_landmarks or []
@@ -199,7 +183,7 @@ class LandmarksStage(Stage):
             "pose_rmse_px": rmse,
             "face_frac": float((depth > 0).mean()),
         }
-        files = {"lmk.npy": encode_npy(pts), "depth.png": encode_png(depth), "mask.png": encode_png(mask)}
+        files = {"lmk.npy": pts, "depth.png": depth, "mask.png": mask}
         return Result(columns=columns, files=files)
 
 
