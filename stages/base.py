@@ -99,10 +99,20 @@ class Stage:
         """The model work on samples whose image is valid (or on every sample: needs_image=False)."""
         raise NotImplementedError
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "setup" in cls.__dict__:  # a direct setup() call counts too: the framework never repeats it
+            own = cls.__dict__["setup"]
+
+            def setup(self: "Stage") -> None:
+                own(self)
+                self.__dict__["_set_up"] = True
+            setup.__doc__ = own.__doc__
+            cls.setup = setup  # type: ignore[method-assign]
+
     def ensure_setup(self) -> None:
         if not self.__dict__.get("_set_up"):
             self.setup()
-            self.__dict__["_set_up"] = True
 
     def process(self, batch: list[Sample]) -> list[Result]:
         """Framework side: setup once, ``bad_image`` rows without a model call, files encoded."""

@@ -142,7 +142,7 @@ def test_arcface_random_weights(tmp_path, monkeypatch, detected):
 
 
 def test_bad_config_raises():
-    for bad in (dict(model="retinaface_mobile0.25"), dict(weights="x"), dict(batch_size=0)):
+    for bad in (dict(model="retinaface_mobile0.25"), dict(weights="x"), dict(batch_size=-1)):  # 0 = automatic
         with pytest.raises(ValueError):
             Identity(**{"model": "mobilefacenet", **bad}).check()
 
