@@ -3,8 +3,9 @@ encoder and the face-recognition network stay frozen.
 
 * subject text-embedding augmentation (Eq. 4): the caption's subject word ("man", "woman", ...) is
   the identity token; its conditioning vector becomes MLP([text embedding || face feature of the
-  reference]). The face feature is the shards' identity embedding (``embedding``), the frozen
-  recogniser's embedding of the reference face (``id_net``) or its pooled shallow features;
+  reference]). The face feature is, as in the paper, the frozen recogniser's shallow features of
+  the reference face (``shallow``: the end of its first 56x56 stage, average-pooled to 4x4, 1024-d),
+  or its deep embedding (``id_net``), or the shards' identity embedding (``embedding``);
 * dynamic identity preservation (Eq. 5-6): for t <= R_t, z0 is estimated in one step, decoded,
   the target's face aligned (detect's five points) and embedded by the frozen recogniser;
   L_id = 1 - cos(reference embedding, estimate embedding), the reference embedded by the same net;
@@ -36,10 +37,10 @@ ID_REFERENCES = ("id_net", "embedding")
 class PortraitBoothConfig:
     """Model and loss settings (``model:`` in the YAML)."""
 
-    face_feature: str = "embedding"  # embedding (shards' id.npy) | id_net | shallow
-    shallow_layer: str = "dw_conv"  # id_net submodule whose output is the shallow feature
+    face_feature: str = "shallow"  # shallow (paper) | id_net (its deep embedding) | embedding (shards' id.npy)
+    shallow_layer: str = ""  # id_net submodule of the shallow feature; "": SHALLOW_LAYERS of its family
     shallow_grid: int = 4  # shallow feature maps are average-pooled to grid x grid
-    id_net: str = "mobilefacenet"  # frozen recogniser of L_id (registry name)
+    id_net: str = ""  # frozen recogniser of the features and L_id (registry name); "": the embedder
     id_net_weights: str = "pretrained"  # pretrained | random (tests)
     id_reference: str = "id_net"  # L_id's reference: id_net on the reference face | embedding (id.npy)
     embedder: str = ""  # the identity stage's model that wrote id.npy; "": read from the shards
@@ -84,6 +85,19 @@ class Pass:
     maps: list[torch.Tensor]  # per cross-attention layer (B, 2, h, w)
 
 
+def recogniser_of(embedder: str) -> str:
+    """The shards' identity model when it is a registered face recogniser, else MobileFaceNet (bundled):
+    conditioning and L_id then use the network that embedded the dataset."""
+    from stages.models import registry
+
+    try:
+        if registry.get(embedder).family in ("arcface", "mobilefacenet"):
+            return embedder
+    except (KeyError, ValueError):
+        pass
+    return "mobilefacenet"
+
+
 class PortraitBooth(TrainableParts):
     """PortraitBooth on SD components; checkpoints hold the UNet and the subject MLP only."""
 
@@ -107,6 +121,7 @@ class PortraitBooth(TrainableParts):
                 m.to(DTYPES[cfg.frozen_dtype])
         self.tokenizer, self.scheduler = sd.tokenizer, sd.scheduler
         self.n_text = min(sd.tokenizer.model_max_length, sd.text_encoder.config.max_position_embeddings)
+        cfg.id_net = cfg.id_net or recogniser_of(cfg.embedder)  # stored resolved: inference reads it
         self.id_net = FaceEmbedder(cfg.id_net, cfg.id_net_weights, cfg.weights_dir or None)
         probe = torch.zeros(1, 3, FACE_SIZE, FACE_SIZE)
         with torch.no_grad():
