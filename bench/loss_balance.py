@@ -5,7 +5,8 @@
 Without ``--shards`` the test fixture's pipeline output (real LFW/CASIA-style photos through
 detect, landmarks, identity, pose) is built under /tmp. Per term: its value and the L2 norm of its
 gradient over the trainable parameters (Dense-Face: also over the annotation head alone), at
-initialisation and after ``--steps`` AdamW steps on the total loss of one fixed batch. Tiny random
+initialisation and after ``--steps`` AdamW steps on the total loss of one fixed batch (values unweighted, gradient norms of the unweighted terms;
+"total" is the weighted sum); Dense-Face also prints each annotation term's floor for a trivial head. Tiny random
 SD components: the magnitudes of the annotation terms (which depend only on the targets and the
 head) carry over to SD 2.1, the noise and attention terms only roughly.
 """
@@ -58,6 +59,29 @@ def dense_face(shards: Path, dense_size: int, steps: int, reduction: str, lambda
     return report(model, lambda: model.training_step(batch, 0), params, steps)
 
 
+def trivial_floors(shards: Path, dense_size: int, sigma: float = 1.5) -> str:
+    """Each annotation term for a trivial head: zero heatmaps, class-prior mask logits, mean depth."""
+    from schemas import pseudo_mask
+    from training.dense_losses import dense_terms
+    from training.heatmaps import dense_targets, landmark_subset
+
+    dm = FaceShardDataModule(shards, DataConfig(batch_size=4, resolution=64, num_workers=0, shuffle_buffer=4,
+                                                prompt_dropout=0.0))
+    b = next(iter(dm.stream()))
+    heat, mask, depth = dense_targets(b["landmarks"], b["mask"], b["depth"], 64, dense_size,
+                                      torch.from_numpy(landmark_subset("all")), sigma)
+    n = len(pseudo_mask.NAMES)
+    prior = torch.bincount(mask.flatten(), minlength=n).float() / mask.numel()
+    logits = prior.clamp_min(1e-6).log().view(1, n, 1, 1).expand(len(mask), n, dense_size, dense_size)
+    flat = depth.mean((-2, -1), keepdim=True).expand_as(depth)
+    lines = [f"**Trivial-head floors, {dense_size}^2, sigma {sigma}, {len(mask)} samples**", "",
+             "| reduction | landmarks | mask | depth |", "|---|---|---|---|"]
+    for reduction in ("mean", "map_sum"):
+        t = dense_terms(torch.zeros_like(heat), heat, logits, mask, flat, depth, reduction)
+        lines.append(f"| {reduction} | {float(t['landmarks']):.3g} | {float(t['mask']):.3g} | {float(t['depth']):.3g} |")
+    return "\n".join(lines) + "\n"
+
+
 def portraitbooth(shards: Path, steps: int):
     from training.portraitbooth import PortraitBooth, PortraitBoothConfig
 
@@ -96,7 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         args.shards = pipeline_output(Path("/tmp/faceweave_loss_balance")) / "shards"
     torch.manual_seed(0)
     if args.only != "portraitbooth":
-        for reduction, lambdas in (("mean", (1.0, 0.1, 1.0)), ("map_sum", (1.0, 0.1, 1.0))):
+        from training.dense_face import DenseFaceConfig
+
+        print(trivial_floors(args.shards, args.dense_size))
+        d = DenseFaceConfig()
+        for reduction, lambdas in (("mean", (1.0, 0.1, 1.0)),
+                                   ("map_sum", (d.lambda_landmarks, d.lambda_mask, d.lambda_depth))):
             rows = dense_face(args.shards, args.dense_size, args.steps, reduction, lambdas)
             print(table(f"Dense-Face, reduction={reduction}, lambdas={lambdas}, dense {args.dense_size}^2", rows))
     if args.only != "dense-face":
