@@ -126,7 +126,7 @@ def test_localization_loss_reaches_the_attention_and_falls_when_trained():
     losses = []
     for _ in range(6):
         loss = model.localization_loss(batch, model.forward_pass(batch, d))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
