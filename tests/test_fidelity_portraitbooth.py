@@ -64,6 +64,14 @@ def test_identity_token_is_man_or_woman_with_its_source():
     assert dense.text == "a face on a beach"  # Dense-Face's identity word is unchanged
 
 
+def test_caption_stage_inserts_only_confident_emotion_words():
+    from stages.caption import Caption, confident
+
+    assert Caption().emotion_word is True
+    assert confident({"emotion": "happy", "emotion_confident": True})
+    assert not confident({"emotion": "happy"}) and not confident({"emotion_confident": False}) and not confident(None)
+
+
 def test_caption_less_samples_get_a_prompt_from_their_labels():
     labels = [name == "Eyeglasses" for name in CELEBA_ATTRIBUTES]
     p = prompt(meta(emotion="happy", emotion_confident=True, gender_label="female", celeba_labels=labels))

@@ -57,6 +57,7 @@ def test_batch_has_subject_word_expression_and_reference_face(batch, shards):
     assert batch["ref_face"].shape == (2, 3, 112, 112)
     assert batch["points5"].shape == (2, 5, 2) and torch.isfinite(batch["points5"]).all()
     assert 0 < batch["points5"].min() and batch["points5"].max() < 64  # detect's points at 64 px
+    assert batch["id_token_source"] == ["none", "none"]  # no attributes, no gendered caption word: "person"
     for cap, span, emo in zip(batch["caption"], batch["id_span"].tolist(), batch["emotion_span"].tolist()):
         assert cap[span[0]:span[1]] == "person" and cap[emo[0]:emo[1]] == "smiling"
     # the reference crop is the identity stage's alignment of the reference's shard image
