@@ -26,6 +26,7 @@ from training.dense_face import DTYPES, OptimConfig, identity_positions
 from training.portraitbooth_blocks import (FACE_SIZE, AttentionRecorder, FaceEmbedder, SubjectMLP, align_faces,
                                            identity_loss, install_recorder, localization_term)
 from training.module_base import TrainableParts
+from training.prompts import SOURCE_NONE
 from training.sd import SDComponents
 
 TRAINABLE = ("unet", "subject_mlp")
@@ -286,6 +287,9 @@ class PortraitBooth(TrainableParts):
         n = len(d.latents)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=n)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        sources = batch.get("id_token_source")
+        if sources:  # share of man/woman tokens (attributes' gender label or a gendered caption word)
+            self.log("train/gendered_token", sum(s != SOURCE_NONE for s in sources) / len(sources), batch_size=n)
         return {"loss": loss, "terms": terms}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
