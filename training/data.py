@@ -324,6 +324,7 @@ class FaceShardDataModule(L.LightningDataModule):
     def __init__(self, shards: str | Path, cfg: DataConfig | None = None):
         super().__init__()
         self.shards, self.cfg = Path(shards), cfg or DataConfig()
+        _check(self.cfg)  # a bad prompt setting fails here, not inside a loader worker
         self.index: PairIndex | None = None
         self.consumed = 0
 
