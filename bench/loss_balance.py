@@ -5,8 +5,8 @@
 Without ``--shards`` the test fixture's pipeline output (real LFW/CASIA-style photos through
 detect, landmarks, identity, pose) is built under /tmp. Per term: its value and the L2 norm of its
 gradient over the trainable parameters (Dense-Face: also over the annotation head alone), at
-initialisation and after ``--steps`` AdamW steps on the total loss of one fixed batch (values unweighted, gradient norms of the unweighted terms;
-"total" is the weighted sum); Dense-Face also prints each annotation term's floor for a trivial head. Tiny random
+initialisation and after ``--steps`` AdamW steps on the total loss of one fixed batch (values
+and gradient norms of the unweighted terms; "total" is the weighted sum); Dense-Face also prints each annotation term's floor for a trivial head. Tiny random
 SD components: the magnitudes of the annotation terms (which depend only on the targets and the
 head) carry over to SD 2.1, the noise and attention terms only roughly.
 """

@@ -265,10 +265,10 @@ def resolve_location(location: str, what: str, allow_download: bool = False,
         if allow_download and not _weight_files(snapshot):
             snapshot = Path(snapshot_download(location, allow_patterns=["*.bin"], **pin))
     except Exception as exc:  # hub errors vary by version: offline, gated, not cached, ...
+        at, flag = (f" at revision {revision}", f" --revision {revision}") if revision else ("", "")
         raise FileNotFoundError(
-            f"{what}: model '{location}'" + (f" at revision {revision}" if revision else "")
-            + f" is not available offline ({type(exc).__name__}). Download it where internet exists "
-            f"(`hf download {location}" + (f" --revision {revision}" if revision else "") + "`) and either keep the Hugging Face cache "
+            f"{what}: model '{location}'{at} is not available offline ({type(exc).__name__}). Download it "
+            f"where internet exists (`hf download {location}{flag}`) and either keep the Hugging Face cache "
             f"(HF_HOME) or copy the snapshot folder to {copied} or any directory given in the stage's "
             f"model_paths / clip_model; or set allow_download: true."
         ) from None
