@@ -18,8 +18,9 @@ and the batch's keys: reruns of the same batches give the same captions.
 
 When the ``attributes`` stage ran, each kept caption's emotion word is compared with its
 emotion label (``schemas.attributes.caption_emotion_columns``; a label that is not
-``emotion_confident`` counts as uncertain); ``emotion_word`` optionally
-inserts the label's word before the subject word of captions naming no emotion.
+``emotion_confident`` counts as uncertain); ``emotion_word`` (on by default, PortraitBooth's
+expression-aware prompts) inserts a confident label's word before the subject word of captions
+naming no emotion.
 """
 from __future__ import annotations
 
@@ -91,6 +92,12 @@ class ClipScorer:
                 for i, per_image in enumerate(texts)]
 
 
+def confident(attributes: dict | None) -> bool:
+    """Whether an attributes row's emotion label may name the caption's expression: only where the
+    stage marked it ``emotion_confident`` (a row without that column is not)."""
+    return bool(attributes) and attributes.get("emotion_confident") is True
+
+
 def select(cleaned: Sequence[str], scores: Sequence[float | None], k: int, min_score: float) -> list[int]:
     """Indices of the kept candidates: distinct non-empty scored texts (best score each),
     >= min_score, best first (ties: earlier candidate), at most k."""
@@ -135,7 +142,8 @@ class Caption(Stage):
     gpus: ClassVar[float] = 0.5
 
     captioners: list[str] = field(default_factory=lambda: ["blip_base", "blip_large"])
-    """Registered captioner names (stages/captioners.py): blip_base, blip_large, git_base, git_large."""
+    """Registered captioner names (stages/captioners.py): blip_base, blip_large, git_base, git_large,
+    blip2_opt_2_7b, blip2_flan_t5_xl."""
     model_paths: dict[str, str] = field(default_factory=dict)
     """Captioner name -> HF model id or local snapshot directory, overriding the registry default."""
     clip_model: str = CLIP_DEFAULT
@@ -163,9 +171,10 @@ class Caption(Stage):
     capitalised words) by the caption's class word."""
     names: list[str] = field(default_factory=list)
     """Extra person names to remove ("_" reads as a space)."""
-    emotion_word: bool = False
-    """Insert the attributes emotion word ("a happy man") into kept captions that name no emotion
-    (needs attributes in the run; scores stay those of the caption before the insertion)."""
+    emotion_word: bool = True
+    """Insert the attributes emotion word ("a happy man") into kept captions that name no emotion,
+    where the label is confident (``emotion_confident``; rows without that column are not); needs
+    attributes in the run, scores stay those of the caption before the insertion."""
     allow_download: bool = False
     """Let missing models download from the Hugging Face hub; off: local files only."""
     device: str = "auto"
@@ -180,6 +189,10 @@ class Caption(Stage):
     def locations(self) -> dict[str, str]:
         """Captioner name -> configured model location."""
         return {name: self.model_paths.get(name) or caps.get(name).default for name in self.captioners}
+
+    def revision(self, name: str) -> str:
+        """The registry's pinned hub revision of a captioner at its default location, else ""."""
+        return "" if name in self.model_paths else caps.get(name).revision
 
     def check(self) -> None:
         common.check_common(self.device, self.dtype, "pretrained", self.batch_size)
@@ -203,7 +216,8 @@ class Caption(Stage):
         """Resolved local directories of the captioners and of CLIP (key ``""``); cached."""
         if getattr(self, "_resolved", None) is None:
             dirs = {name: caps.resolve_location(loc, f"caption captioner '{name}'", self.allow_download,
-                                                self.weights_dir) for name, loc in self.locations().items()}
+                                                self.weights_dir, self.revision(name))
+                    for name, loc in self.locations().items()}
             dirs[""] = caps.resolve_location(self.clip_model, "caption clip_model", self.allow_download,
                                              self.weights_dir)
             self._resolved = dirs
@@ -279,7 +293,8 @@ class Caption(Stage):
                 label = attrs.columns.get("emotion") if attrs is not None else None
                 if attrs is not None and attrs.columns.get("emotion_confident") is False:
                     label = aschema.UNCERTAIN  # only confident labels name an emotion
+                add = self.emotion_word and confident(attrs.columns if attrs is not None else None)
                 cols["captions"], cols["subject_spans"], agreement = aschema.caption_emotion_columns(
-                    cols["captions"], cols["subject_spans"], label, self.emotion_word)
+                    cols["captions"], cols["subject_spans"], label, add)
                 results[i] = Result(columns={**cols, **agreement})
         return results  # type: ignore[return-value]

@@ -1,11 +1,13 @@
 """Pluggable image captioners for the caption stage, and where their Hugging Face weights live.
 
 A captioner is a small class registered under a name (``blip_base``, ``blip_large``,
-``git_base``, ...) with a default model location. ``load(path, device, dtype)`` loads it from a
+``git_base``, ``blip2_opt_2_7b``, ...) with a default model location (and, for the hub, a pinned
+revision). ``load(path, device, dtype)`` loads it from a
 local directory; ``generate(images, n_beam, n_sample, prompt, max_new_tokens)`` returns, per
 image, ``n_beam`` beam-search captions followed by ``n_sample`` nucleus-sampled ones, raw
-(decoded without special tokens, artifacts left in). Another family (BLIP-2, ...) is one
-``register()`` call away; the stage never changes.
+(decoded without special tokens, artifacts left in). BLIP-2 with OPT-2.7b or FlanT5-XL (the
+captioners Dense-Face ranks beside BLIP) is registered too; another family is one ``register()``
+call away and the stage never changes.
 
 Model locations are a local directory (a copied snapshot) or a Hugging Face model id, resolved
 in the local cache only unless downloads are allowed. A directory holding ``RANDOM_MARKER``
@@ -142,6 +144,39 @@ class GitCaptioner(Captioner):
         return torch.tensor([ids], device=self.device).repeat(batch, 1)
 
 
+class Blip2Captioner(Captioner):
+    """BLIP-2 (Blip2ForConditionalGeneration): a frozen ViT-g, the Q-Former's query tokens projected
+    into OPT or FlanT5. A prompt follows the query tokens; a decoder-only model (OPT) returns it in
+    the caption, an encoder-decoder one (T5) does not.
+    """
+
+    def _model_class(self) -> Any:
+        from transformers import Blip2ForConditionalGeneration
+
+        return Blip2ForConditionalGeneration
+
+    def load(self, path: str | Path, device: torch.device, dtype: torch.dtype) -> None:
+        """Like ``Captioner.load``, but on GPU the weights are held in the run's dtype: at ~3.9 B
+        parameters fp32 would take ~15 GiB per model (bf16: ~7.5)."""
+        from transformers import AutoProcessor
+
+        self.device, self.dtype = device, dtype
+        self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        held = dtype if device.type == "cuda" else torch.float32
+        self.model = self._model_class().from_pretrained(str(path), local_files_only=True, dtype=held)
+        self.model.eval().requires_grad_(False).to(device)
+
+    def pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return super().pixel_values(images).to(self.model.dtype)
+
+    def prompt_ids(self, prompt: str, batch: int) -> torch.Tensor:
+        # what Blip2Processor builds: num_query_tokens image placeholders, then the tokenized prompt
+        cfg = self.model.config
+        text = self.processor.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        image = torch.full((1, cfg.num_query_tokens), cfg.image_token_index, dtype=text.dtype)
+        return torch.cat([image, text], 1).repeat(batch, 1).to(self.device)
+
+
 @dataclass(frozen=True)
 class CaptionerSpec:
     """A registered captioner: its class and default model location."""
@@ -150,14 +185,16 @@ class CaptionerSpec:
     cls: type[Captioner]
     default: str
     """Hugging Face model id or local directory used when the stage's model_paths has no entry."""
+    revision: str = ""
+    """Hub commit the default id resolves to ("" : the newest); model_paths entries are used as given."""
 
 
 CAPTIONERS: dict[str, CaptionerSpec] = {}
 
 
-def register(name: str, cls: type[Captioner], default: str) -> CaptionerSpec:
+def register(name: str, cls: type[Captioner], default: str, revision: str = "") -> CaptionerSpec:
     """Add a captioner under ``name`` (plugins and tests may re-register their own names)."""
-    spec = CaptionerSpec(name, cls, default)
+    spec = CaptionerSpec(name, cls, default, revision)
     CAPTIONERS[name] = spec
     return spec
 
@@ -173,6 +210,12 @@ register("blip_base", BlipCaptioner, "Salesforce/blip-image-captioning-base")
 register("blip_large", BlipCaptioner, "Salesforce/blip-image-captioning-large")
 register("git_base", GitCaptioner, "microsoft/git-base-coco")
 register("git_large", GitCaptioner, "microsoft/git-large-coco")
+# Dense-Face (Sec. 3.4) ranks BLIP-2 OPT and FlanT5 captions beside BLIP's; ~3.9 B parameters each
+# (fp32 weights ~15 GiB, run under bf16 autocast on GPU)
+register("blip2_opt_2_7b", Blip2Captioner, "Salesforce/blip2-opt-2.7b",
+         revision="51572668da0eb669e01a189dc22abe6088589a24")
+register("blip2_flan_t5_xl", Blip2Captioner, "Salesforce/blip2-flan-t5-xl",
+         revision="0eb0d3b46c14c1f8c7680bca2693baafdb90bb28")
 
 
 def set_offline_env() -> None:
@@ -195,11 +238,11 @@ def _check_model_dir(path: Path, what: str) -> Path:
 
 
 def resolve_location(location: str, what: str, allow_download: bool = False,
-                     weights_dir: str | os.PathLike | None = None) -> Path:
+                     weights_dir: str | os.PathLike | None = None, revision: str = "") -> Path:
     """Local directory of a model given as a directory or an HF id; FileNotFoundError if absent.
 
     An id is looked up as ``<weights dir>/<id>`` first (a copied snapshot), then in the Hugging
-    Face cache, downloading only when ``allow_download``.
+    Face cache at ``revision`` ("" : the newest cached), downloading only when ``allow_download``.
     """
     path = Path(location).expanduser()
     if path.is_dir():
@@ -215,15 +258,17 @@ def resolve_location(location: str, what: str, allow_download: bool = False,
         set_offline_env()
     from huggingface_hub import snapshot_download
 
+    pin = {"revision": revision} if revision else {}
     try:
         snapshot = Path(snapshot_download(location, local_files_only=not allow_download,
-                                          allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+                                          allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"], **pin))
         if allow_download and not _weight_files(snapshot):
-            snapshot = Path(snapshot_download(location, allow_patterns=["*.bin"]))
+            snapshot = Path(snapshot_download(location, allow_patterns=["*.bin"], **pin))
     except Exception as exc:  # hub errors vary by version: offline, gated, not cached, ...
+        at, flag = (f" at revision {revision}", f" --revision {revision}") if revision else ("", "")
         raise FileNotFoundError(
-            f"{what}: model '{location}' is not available offline ({type(exc).__name__}). Download it "
-            f"where internet exists (`hf download {location}`) and either keep the Hugging Face cache "
+            f"{what}: model '{location}'{at} is not available offline ({type(exc).__name__}). Download it "
+            f"where internet exists (`hf download {location}{flag}`) and either keep the Hugging Face cache "
             f"(HF_HOME) or copy the snapshot folder to {copied} or any directory given in the stage's "
             f"model_paths / clip_model; or set allow_download: true."
         ) from None

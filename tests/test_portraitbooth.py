@@ -57,6 +57,7 @@ def test_batch_has_subject_word_expression_and_reference_face(batch, shards):
     assert batch["ref_face"].shape == (2, 3, 112, 112)
     assert batch["points5"].shape == (2, 5, 2) and torch.isfinite(batch["points5"]).all()
     assert 0 < batch["points5"].min() and batch["points5"].max() < 64  # detect's points at 64 px
+    assert batch["id_token_source"] == ["none", "none"]  # no attributes, no gendered caption word: "person"
     for cap, span, emo in zip(batch["caption"], batch["id_span"].tolist(), batch["emotion_span"].tolist()):
         assert cap[span[0]:span[1]] == "person" and cap[emo[0]:emo[1]] == "smiling"
     # the reference crop is the identity stage's alignment of the reference's shard image
@@ -179,7 +180,7 @@ def test_text_only_and_unconditional_fractions():
 def test_subject_mlp_replaces_only_the_identity_token(batch):
     model = tiny_model()
     text, pos = model.encode_text([CAPTION] * 2, torch.tensor([MAN] * 2), torch.tensor([SMILING] * 2))
-    face = batch["ref_embedding"]
+    face = model.face_features(batch["ref_embedding"], batch["ref_face"])  # shallow features by default
     assert torch.equal(model.condition(text, pos[:, 0], face, torch.ones(2, dtype=torch.bool)), text)  # zero init
     with torch.no_grad():
         model.subject_mlp.net[-1].weight.normal_()
@@ -188,9 +189,9 @@ def test_subject_mlp_replaces_only_the_identity_token(batch):
     assert changed[0].nonzero().flatten().tolist() == [pos[0, 0].item()] and not changed[1].any()
 
 
-@pytest.mark.parametrize("feature,dim", [("id_net", 128), ("shallow", 64 * 16)])
+@pytest.mark.parametrize("feature,dim", [("id_net", 128), ("shallow", 64 * 16), ("embedding", 128)])
 def test_face_feature_sources(batch, feature, dim):
-    model = tiny_model(face_feature=feature, id_dim=0)
+    model = tiny_model(face_feature=feature, id_dim=0 if feature != "embedding" else 128)
     assert model.subject_mlp.face_norm.normalized_shape == (dim,)
     loss = model.training_step(batch, 0, draw=conditioned(model, batch, 10))["loss"]
     assert torch.isfinite(loss)

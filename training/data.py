@@ -3,8 +3,9 @@
 Per epoch the shards are permuted (seeded), cut among (node, worker) units and read as tar
 streams; samples without a usable reference are dropped; a shuffle buffer mixes the rest.
 References come from ``training.pairs`` (their embedding, and optionally image or aligned face
-crop, read by offset). Each batch also carries the caption's identity-word and first expression-word
-spans and detect's five face points.
+crop, read by offset). Each batch also carries the prompt's identity-token and first expression-word
+spans (``training.prompts``: confident emotion labels, man/woman tokens), the token's source and
+detect's five face points.
 The stream is endless and deterministic for a given seed, so a resumed run skips exactly the
 batches it consumed before: whole epochs are skipped by count, the rest is replayed undecoded.
 """
@@ -33,6 +34,8 @@ from schemas.shard import IMAGE, MEMBERS, META, meta_section
 from stages import align
 from training.heatmaps import N_MESH
 from training.pairs import EMBEDDING, PairConfig, PairIndex, load_index
+from training.prompts import (EMOTION_VOCABULARIES, PERSON, SOURCE_NONE, confident_emotion, gender_token,
+                              insert_before, label_prompt, names_emotion, prompt_word)
 
 LANDMARKS, DEPTH, MASK = "lmk.npy", "depth.png", "mask.png"
 assert {LANDMARKS, DEPTH, MASK, EMBEDDING, POSE_IMAGE, FACE_MASK_IMAGE} <= set(MEMBERS)
@@ -58,35 +61,74 @@ class DataConfig:
     reference_image: bool = False
     reference_face: bool = False  # adds ref_face: the reference's 112 ArcFace-aligned face crop
     keep_subject: bool = False  # keep the caption's subject word (id_span points at it) instead of identity_word
+    subject_token: str = "gendered"  # with keep_subject: gendered (man/woman from labels, else person) | caption
+    emotion_word: bool = True  # insert the confident emotion label's word before the subject when none is named
+    emotion_vocabulary: str = "paper"  # expression words: paper (PortraitBooth's 11) | synonyms (29, with neutral)
+    label_prompts: bool = True  # caption-less samples with attributes: prompt from labels, not fallback_caption
     require_pose: bool = False
     seed: int = 0
     pairs: PairConfig = field(default_factory=PairConfig)
 
 
-def make_caption(meta: dict, rng: random.Random, cfg: DataConfig) -> tuple[str, tuple[int, int]]:
-    """One kept caption (or the fallback) with its subject word replaced by the identity word
-    (kept as written with ``cfg.keep_subject``).
+@dataclass(frozen=True)
+class Prompt:
+    """One training prompt, its identity token's [start, end) span and where the token came from."""
 
-    Returns the caption and the identity word's [start, end) span, (-1, -1) when it has none.
-    """
+    text: str
+    id_span: tuple[int, int]
+    token_source: str = SOURCE_NONE  # prompts.SOURCE_*: attributes.gender_label | caption | none
+
+
+def _check(cfg: DataConfig) -> None:
+    if cfg.subject_token not in ("gendered", "caption") or cfg.emotion_vocabulary not in EMOTION_VOCABULARIES:
+        raise ValueError(f"data.subject_token must be gendered|caption and data.emotion_vocabulary one of "
+                         f"{sorted(EMOTION_VOCABULARIES)}, got {cfg.subject_token!r}, {cfg.emotion_vocabulary!r}")
+
+
+def make_prompt(meta: dict, rng: random.Random, cfg: DataConfig) -> Prompt:
+    """One kept caption (a prompt from the labels, or the fallback, without captions) with the
+    confident emotion label's word inserted (``cfg.emotion_word``) and its subject word replaced by
+    the identity token: ``cfg.identity_word``, or with ``cfg.keep_subject`` man/woman/person
+    (``subject_token: gendered``) or the word as written (``caption``)."""
+    _check(cfg)
     if rng.random() < cfg.prompt_dropout:
-        return "", NO_SPAN
+        return Prompt("", NO_SPAN)
+    attrs = meta.get(meta_section("attributes")) or None
+    emotion = confident_emotion(attrs) if cfg.emotion_word else None
     cap = meta.get("caption") or {}
     captions = cap.get("captions") or []
     if captions:
         i = rng.randrange(len(captions))
         text, spans = captions[i], cap.get("subject_spans") or []
         span = tuple(spans[i]) if i < len(spans) and spans[i] is not None else NO_SPAN
+    elif attrs and cfg.label_prompts:
+        token = gender_token(attrs) if cfg.keep_subject and cfg.subject_token == "gendered" else None
+        word = token.word if token else (PERSON if cfg.keep_subject else cfg.identity_word)
+        text, span = label_prompt(word, emotion, attrs, rng, cfg.emotion_vocabulary)
+        return Prompt(text, span, token.source if token else SOURCE_NONE)
     else:
         text = cfg.fallback_caption
         m = re.search(rf"\b{re.escape(cfg.fallback_subject)}\b", text)
         span = (m.start(), m.end()) if m else NO_SPAN
     s, e = span
     if not 0 <= s < e <= len(text):
-        return text, NO_SPAN
+        return Prompt(text, NO_SPAN)
+    if emotion and not names_emotion(text, cfg.emotion_vocabulary):
+        text, (s, e) = insert_before(text, (s, e), prompt_word(emotion, cfg.emotion_vocabulary))
+    if cfg.keep_subject and cfg.subject_token == "caption":
+        return Prompt(text, (s, e), SOURCE_NONE)
     if cfg.keep_subject:
-        return text, (s, e)
-    return text[:s] + cfg.identity_word + text[e:], (s, s + len(cfg.identity_word))
+        token = gender_token(attrs, text[s:e])
+        word, source = token.word, token.source
+    else:
+        word, source = cfg.identity_word, SOURCE_NONE
+    return Prompt(text[:s] + word + text[e:], (s, s + len(word)), source)
+
+
+def make_caption(meta: dict, rng: random.Random, cfg: DataConfig) -> tuple[str, tuple[int, int]]:
+    """``make_prompt``'s text and identity-token span; (-1, -1) when it has none."""
+    p = make_prompt(meta, rng, cfg)
+    return p.text, p.id_span
 
 
 def word_span(text: str, words: tuple[str, ...] = EXPRESSION_WORDS) -> tuple[int, int]:
@@ -250,8 +292,10 @@ class PairedShardStream(IterableDataset):
         if self.cfg.reference_face:
             face = reference_face(_imdecode(self.index.read(ref, IMAGE)), json.loads(self.index.read(ref, META)))
             sample["ref_face"] = _rgb_tensor(face) * 2 - 1
-        sample["caption"], sample["id_span"] = make_caption(meta, rng, self.cfg)
-        sample["emotion_span"] = word_span(sample["caption"])
+        prompt = make_prompt(meta, rng, self.cfg)
+        sample["caption"], sample["id_span"], sample["id_token_source"] = prompt.text, prompt.id_span, \
+            prompt.token_source
+        sample["emotion_span"] = word_span(sample["caption"], tuple(EMOTION_VOCABULARIES[self.cfg.emotion_vocabulary]))
         return sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -280,6 +324,7 @@ class FaceShardDataModule(L.LightningDataModule):
     def __init__(self, shards: str | Path, cfg: DataConfig | None = None):
         super().__init__()
         self.shards, self.cfg = Path(shards), cfg or DataConfig()
+        _check(self.cfg)  # a bad prompt setting fails here, not inside a loader worker
         self.index: PairIndex | None = None
         self.consumed = 0
 

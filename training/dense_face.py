@@ -2,12 +2,15 @@
 
 * pose branch: a copy of the UNet's first half (conv_in, time embedding, down and mid blocks)
   fed the pose image; its features are added to the UNet's skip connections, no zero-convolution;
-* identity MLP (Eq. 4): c' = lambda * MLP(c_id) + c_face, appended to the text context as extra tokens;
+* identity MLP (Eq. 4): c' = lambda * MLP(c_id) + c^Face, appended to the text context as extra tokens;
+  c^Face is the pre-trained word embedding of "face" (``c_face: word_embedding``, the paper's form) or
+  the text encoder's contextual output at the caption's identity word (``contextual``);
 * PC-adapter (Eq. 6): residual q/k/v projections on every UNet cross-attention, only in
   face-generation mode (the context carries identity tokens); k/v residuals act on the identity
   tokens (``pc_scope: identity``) or on the whole context (``all``);
 * annotation head (Eq. 7): the UNet decoder's block outputs, upsampled and concatenated, into
-  three conv blocks predicting landmark heatmaps, pseudo-mask logits and depth.
+  three conv blocks predicting landmark heatmaps, pseudo-mask logits and depth; their losses
+  (``training.dense_losses``) are per-map sums as Eq. 8 writes them, or per-pixel means.
 
 Text-editing mode (``face_mode=False``) is exactly the frozen SD.
 """
@@ -23,11 +26,13 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 from schemas import pseudo_mask
+from training.dense_losses import REDUCTIONS, dense_terms
 from training.heatmaps import dense_targets, landmark_subset
 from training.module_base import TrainableParts
 from training.sd import SDComponents
 
 TRAINABLE = ("pose_branch", "id_mlp", "pc_adapter", "head")
+C_FACE = ("word_embedding", "contextual")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -39,6 +44,7 @@ class DenseFaceConfig:
     landmark_subset: str = "all"
     heatmap_sigma: float = 1.5  # in cells of the dense map
     identity_word: str = "face"
+    c_face: str = "word_embedding"  # c^Face of Eq. 4: word_embedding (paper) | contextual (caption's encoding)
     id_dim: int = 0  # identity embedding size; 0: taken from the data
     id_scale: float = 1e-2  # lambda of Eq. 4
     id_tokens: int = 1
@@ -46,9 +52,12 @@ class DenseFaceConfig:
     pc_scope: str = "identity"
     pc_rank: int = 0  # 0: full-rank residual projections
     head_channels: int = 128
-    lambda_landmarks: float = 1.0
-    lambda_mask: float = 0.1
-    lambda_depth: float = 1.0
+    dense_reduction: str = "map_sum"  # map_sum (Eq. 8: squared L2 per map) | mean (per pixel)
+    # ours (the paper gives none): each term's trivial-predictor floor at 128^2 (zero heatmaps 7.1,
+    # class-prior mask 0.76, per-image mean depth 1.6e3; docs/training.md) weighted to ~0.15, SD's noise MSE
+    lambda_landmarks: float = 0.02
+    lambda_mask: float = 0.2
+    lambda_depth: float = 1e-4
     frozen_dtype: str = "fp32"
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -235,6 +244,8 @@ class DenseFace(TrainableParts):
         self.tokenizer, self.scheduler, self.vae_factor = sd.tokenizer, sd.scheduler, sd.vae_factor
         if cfg.pc_scope not in ("identity", "all"):
             raise ValueError(f"pc_scope must be identity or all, got {cfg.pc_scope!r}")
+        if cfg.c_face not in C_FACE or cfg.dense_reduction not in REDUCTIONS:
+            raise ValueError(f"c_face must be one of {C_FACE} and dense_reduction one of {REDUCTIONS}")
         n_text = min(sd.tokenizer.model_max_length, sd.text_encoder.config.max_position_embeddings)
         self.gate = Gate(n_text, cfg.id_tokens, cfg.pc_scope)
         self.pc_adapter = install_pc_adapter(self.unet, self.gate, cfg.pc_rank)
@@ -267,9 +278,23 @@ class DenseFace(TrainableParts):
         return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
 
     @torch.no_grad()
+    def word_embedding(self, word: str) -> torch.Tensor:
+        """(D,) the text encoder's input embedding of ``word`` (the mean of its tokens' rows)."""
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        table = self.text_encoder.get_input_embeddings()
+        return table(torch.tensor(ids, device=table.weight.device)).float().mean(0)
+
+    @torch.no_grad()
     def encode_text(self, captions: list[str], spans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen text context (B, L, D) and c_face (B, D): the identity word's contextual embedding,
-        or the word encoded alone when a caption has none."""
+        """Frozen text context (B, L, D) and c^Face (B, D): the identity word's pre-trained word
+        embedding (``c_face: word_embedding``), or its contextual encoding in the caption (the word
+        encoded alone when a caption has none)."""
+        if self.cfg.c_face == "word_embedding":
+            tok = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.gate.text_tokens,
+                                 return_tensors="pt")
+            hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
+            face = self.word_embedding(self.cfg.identity_word).to(hidden)
+            return hidden, face.expand(len(captions), -1)
         tok = self.tokenizer(captions + [self.cfg.identity_word], padding="max_length", truncation=True,
                              max_length=self.gate.text_tokens, return_offsets_mapping=True,
                              return_tensors="pt")
@@ -342,9 +367,7 @@ class DenseFace(TrainableParts):
             else self.scheduler.get_velocity(latents, noise, t)
         terms = {
             "eps": F.mse_loss(pred, target),  # Eq. 3
-            "landmarks": F.mse_loss(heat.float(), heat_gt),  # L^LD
-            "mask": F.cross_entropy(mask_logits.float(), mask_gt),  # L^PM
-            "depth": F.mse_loss(depth.float(), depth_gt),  # L^DE
+            **dense_terms(heat, heat_gt, mask_logits, mask_gt, depth, depth_gt, self.cfg.dense_reduction),  # Eq. 8
         }
         c = self.cfg
         loss = terms["eps"] + c.lambda_landmarks * terms["landmarks"] + c.lambda_mask * terms["mask"] \

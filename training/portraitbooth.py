@@ -3,8 +3,9 @@ encoder and the face-recognition network stay frozen.
 
 * subject text-embedding augmentation (Eq. 4): the caption's subject word ("man", "woman", ...) is
   the identity token; its conditioning vector becomes MLP([text embedding || face feature of the
-  reference]). The face feature is the shards' identity embedding (``embedding``), the frozen
-  recogniser's embedding of the reference face (``id_net``) or its pooled shallow features;
+  reference]). The face feature is, as in the paper, the frozen recogniser's shallow features of
+  the reference face (``shallow``: the end of its first 56x56 stage, average-pooled to 4x4, 1024-d),
+  or its deep embedding (``id_net``), or the shards' identity embedding (``embedding``);
 * dynamic identity preservation (Eq. 5-6): for t <= R_t, z0 is estimated in one step, decoded,
   the target's face aligned (detect's five points) and embedded by the frozen recogniser;
   L_id = 1 - cos(reference embedding, estimate embedding), the reference embedded by the same net;
@@ -25,6 +26,7 @@ from training.dense_face import DTYPES, OptimConfig, identity_positions
 from training.portraitbooth_blocks import (FACE_SIZE, AttentionRecorder, FaceEmbedder, SubjectMLP, align_faces,
                                            identity_loss, install_recorder, localization_term)
 from training.module_base import TrainableParts
+from training.prompts import SOURCE_NONE
 from training.sd import SDComponents
 
 TRAINABLE = ("unet", "subject_mlp")
@@ -36,10 +38,10 @@ ID_REFERENCES = ("id_net", "embedding")
 class PortraitBoothConfig:
     """Model and loss settings (``model:`` in the YAML)."""
 
-    face_feature: str = "embedding"  # embedding (shards' id.npy) | id_net | shallow
-    shallow_layer: str = "dw_conv"  # id_net submodule whose output is the shallow feature
+    face_feature: str = "shallow"  # shallow (paper) | id_net (its deep embedding) | embedding (shards' id.npy)
+    shallow_layer: str = ""  # id_net submodule of the shallow feature; "": SHALLOW_LAYERS of its family
     shallow_grid: int = 4  # shallow feature maps are average-pooled to grid x grid
-    id_net: str = "mobilefacenet"  # frozen recogniser of L_id (registry name)
+    id_net: str = ""  # frozen recogniser of the features and L_id (registry name); "": the embedder
     id_net_weights: str = "pretrained"  # pretrained | random (tests)
     id_reference: str = "id_net"  # L_id's reference: id_net on the reference face | embedding (id.npy)
     embedder: str = ""  # the identity stage's model that wrote id.npy; "": read from the shards
@@ -84,6 +86,19 @@ class Pass:
     maps: list[torch.Tensor]  # per cross-attention layer (B, 2, h, w)
 
 
+def recogniser_of(embedder: str) -> str:
+    """The shards' identity model when it is a registered face recogniser, else MobileFaceNet (bundled):
+    conditioning and L_id then use the network that embedded the dataset."""
+    from stages.models import registry
+
+    try:
+        if registry.get(embedder).family in ("arcface", "mobilefacenet"):
+            return embedder
+    except (KeyError, ValueError):
+        pass
+    return "mobilefacenet"
+
+
 class PortraitBooth(TrainableParts):
     """PortraitBooth on SD components; checkpoints hold the UNet and the subject MLP only."""
 
@@ -107,6 +122,7 @@ class PortraitBooth(TrainableParts):
                 m.to(DTYPES[cfg.frozen_dtype])
         self.tokenizer, self.scheduler = sd.tokenizer, sd.scheduler
         self.n_text = min(sd.tokenizer.model_max_length, sd.text_encoder.config.max_position_embeddings)
+        cfg.id_net = cfg.id_net or recogniser_of(cfg.embedder)  # stored resolved: inference reads it
         self.id_net = FaceEmbedder(cfg.id_net, cfg.id_net_weights, cfg.weights_dir or None)
         probe = torch.zeros(1, 3, FACE_SIZE, FACE_SIZE)
         with torch.no_grad():
@@ -271,6 +287,9 @@ class PortraitBooth(TrainableParts):
         n = len(d.latents)
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=n)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        sources = batch.get("id_token_source")
+        if sources:  # share of man/woman tokens (attributes' gender label or a gendered caption word)
+            self.log("train/gendered_token", sum(s != SOURCE_NONE for s in sources) / len(sources), batch_size=n)
         return {"loss": loss, "terms": terms}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -15,6 +15,8 @@ from stages import align
 from stages.models import load, registry
 
 FACE_SIZE = 112  # the ArcFace template crop every registered recogniser takes
+# per recogniser family, the end of its first 56x56 stage (64 channels): STEA's "shallow features"
+SHALLOW_LAYERS = {"mobilefacenet": "dw_conv", "arcface": "body.2"}
 
 
 class SubjectMLP(nn.Module):
@@ -182,7 +184,7 @@ class FaceEmbedder(nn.Module):
         spec = registry.get(name)
         if spec.family not in ("arcface", "mobilefacenet"):
             raise ValueError(f"{name!r} is not a face-recognition network")
-        self.name = name
+        self.name, self.family = name, spec.family
         self.net = load(name, root, random_init=weights == "random").float().requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor(spec.extra["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.extra["std"]).view(1, 3, 1, 1), persistent=False)
@@ -198,7 +200,9 @@ class FaceEmbedder(nn.Module):
         return F.normalize(self.net(self._input(faces)).float(), dim=1)
 
     def shallow(self, faces: torch.Tensor, layer: str, grid: int) -> torch.Tensor:
-        """The output of submodule ``layer``, average-pooled to ``grid`` x ``grid`` and flattened."""
+        """The output of submodule ``layer`` ("": ``SHALLOW_LAYERS`` of the family), average-pooled to
+        ``grid`` x ``grid`` and flattened: (B, channels * grid^2)."""
+        layer = layer or SHALLOW_LAYERS[self.family]
         kept: list[torch.Tensor] = []
 
         def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> None:
