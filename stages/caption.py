@@ -39,7 +39,7 @@ import schemas.attributes as aschema
 import schemas.caption as cs
 from stages import captioners as caps
 from stages import text
-from stages.base import ERROR, Provenance, Result, Sample, Stage
+from stages.base import Provenance, Result, Sample, Stage
 from stages.models import common
 
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"
@@ -270,31 +270,20 @@ class Caption(Stage):
             sources += [f"{name}:{caps.BEAM}"] * self.n_beam + [f"{name}:{caps.SAMPLE}"] * self.n_sample
         return raw, sources
 
-    def process(self, batch: list[Sample]) -> list[Result]:
-        if getattr(self, "_scorer", None) is None:
-            self.setup()
-        results: list[Result | None] = [None] * len(batch)
-        good = []
-        for i, sample in enumerate(batch):
-            image = sample.image
-            if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                results[i] = Result.fail("bad_image", ERROR)
-            else:
-                good.append(i)
-        for chunk in common.chunks(good, self.batch_size):
-            images = [np.require(batch[i].image, requirements=["C", "W"]) for i in chunk]
-            raw, sources = self._generate(images, [batch[i].key for i in chunk])
-            cleaned = [[text.clean(r, self.remove_names, self._names(batch[i])) for r in per_image]
-                       for i, per_image in zip(chunk, raw)]
-            scores = self._scorer.score(images, cleaned)
-            for i, r, c, s in zip(chunk, raw, cleaned, scores):
-                cols = caption_columns(r, c, s, sources, self.clip_model, self.k, self.min_score)
-                attrs = batch[i].upstream.get("attributes")
-                label = attrs.columns.get("emotion") if attrs is not None else None
-                if attrs is not None and attrs.columns.get("emotion_confident") is False:
-                    label = aschema.UNCERTAIN  # only confident labels name an emotion
-                add = self.emotion_word and confident(attrs.columns if attrs is not None else None)
-                cols["captions"], cols["subject_spans"], agreement = aschema.caption_emotion_columns(
-                    cols["captions"], cols["subject_spans"], label, add)
-                results[i] = Result(columns={**cols, **agreement})
-        return results  # type: ignore[return-value]
+    def compute(self, batch: list[Sample]) -> list[Result]:
+        images = [np.require(s.image, requirements=["C", "W"]) for s in batch]
+        raw, sources = self._generate(images, [s.key for s in batch])
+        cleaned = [[text.clean(r, self.remove_names, self._names(s)) for r in per_image]
+                   for s, per_image in zip(batch, raw)]
+        results = []
+        for sample, r, c, score in zip(batch, raw, cleaned, self._scorer.score(images, cleaned)):
+            cols = caption_columns(r, c, score, sources, self.clip_model, self.k, self.min_score)
+            attrs = sample.upstream.get("attributes")
+            label = attrs.columns.get("emotion") if attrs is not None else None
+            if attrs is not None and attrs.columns.get("emotion_confident") is False:
+                label = aschema.UNCERTAIN  # only confident labels name an emotion
+            add = self.emotion_word and confident(attrs.columns if attrs is not None else None)
+            cols["captions"], cols["subject_spans"], agreement = aschema.caption_emotion_columns(
+                cols["captions"], cols["subject_spans"], label, add)
+            results.append(Result(columns={**cols, **agreement}))
+        return results

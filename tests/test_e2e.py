@@ -74,7 +74,7 @@ def test_real_faces_have_sane_landmarks(landmarks_run):
         image = np.asarray(Image.open(io.BytesIO(s["jpg"])))
         h, w = image.shape[:2]
         lmk = np.load(io.BytesIO(s["lmk.npy"]))
-        assert lmk.shape == (468, 3)
+        assert lmk.shape == (478, 3)  # the full preset refines the mesh (irises: Dense-Face's 478 points)
         assert (lmk[:, 0] >= 0).all() and (lmk[:, 0] < w).all() and (lmk[:, 1] >= 0).all() and (lmk[:, 1] < h).all()
         eyes_y = lmk[[33, 263], 1].mean()
         mouth_y = lmk[[13, 14], 1].mean()
