@@ -112,6 +112,13 @@ def run(
         typer.echo(f"done: {summary['packed']} of {summary['samples']} samples packed into "
                    f"{cfg.out}/shards ({errors} error rows in the manifests"
                    f"{'; input files left out: ' + left_out if left_out else ''})")
+    failed = summary.get("failed_shards") or {}
+    if failed:
+        for why in failed.values():
+            typer.echo(f"error: {why}", err=True)
+        typer.echo(f"error: {len(failed)} shard(s) could not finish; the others did. Rerun the same command "
+                   "to redo what is missing", err=True)
+        raise typer.Exit(1)
 
 
 def _say_assumed(cfg, flags: dict, preset: Optional[str], config: Optional[str]) -> None:

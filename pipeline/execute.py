@@ -61,6 +61,8 @@ class RunContext:
     """Where source JPEGs are decoded for stages that see the source frame."""
     frame_format: str = "jpg"
     """How frames are stored between steps: jpg (compact, the shard image) or png (lossless)."""
+    lock_token: str | None = None
+    """The output lock's token: workers stop writing when the lock no longer names it."""
     source_files: tuple[str, ...] = ()
     """Per-sample files the source carries along (e.g. ground-truth label maps)."""
     compact: bool = True
@@ -148,6 +150,11 @@ def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seco
     return ShardReport.from_stats(stats)
 
 
+class ShardError(RuntimeError):
+    """This shard cannot go on in this run (an upstream output vanished or is unreadable); the
+    other shards finish, and the next run redoes what is missing."""
+
+
 class UpstreamStore:
     """Read access to a finished stage's results for one shard (manifest rows, files, frames)."""
 
@@ -155,7 +162,12 @@ class UpstreamStore:
         from pipeline.store import StoredFiles
 
         outs = ShardOutputs(ctx.out, run.name, shard)
-        table = read_manifest(outs.manifest)
+        try:
+            table = read_manifest(outs.manifest)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            outs.marker.unlink(missing_ok=True)  # so the next run redoes that stage for this shard
+            raise ShardError(f"shard {shard}: the {run.name} manifest is missing or unreadable "
+                             f"({type(exc).__name__}); rerun to redo it") from None
         self.rows = {row["key"]: row for row in table.to_pylist()}
         self.files = files
         self.frame_suffix = f"{run.frame_name}.{ctx.frame_format}" if run.frame_name else None

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import stages as stage_registry
-from pipeline import imaging
+from pipeline import guard, imaging
 from pipeline import plan as plan_mod
 from pipeline import read as reader
 from pipeline import refresh
@@ -68,6 +68,7 @@ class GroupWorker:
     """Holds the group's stages (set up once) and processes shards."""
 
     def __init__(self, ctx: RunContext, names: list[str], reads_source: bool = False):
+        guard.join(ctx.out, ctx.lock_token)
         self.ctx = ctx
         self.runs = [ctx.stage_runs[n] for n in names]
         for r in ctx.stage_runs.values():

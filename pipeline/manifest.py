@@ -28,8 +28,15 @@ def tmp_path(path: Path) -> Path:
 
 
 def fsync_rename(tmp: Path, final: Path) -> None:
+    from pipeline import guard
+
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    try:
+        guard.check()  # a worker whose run is gone never puts a file in place
+    except guard.RunGoneError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, final)
 
 
@@ -136,7 +143,8 @@ def read_marker(marker: Path) -> dict | None:
 def marker_valid(out: Path, marker: Path, lineage: str) -> bool:
     """Done = the marker names this lineage and its files exist with their recorded sizes.
 
-    Sizes catch truncation cheaply on every run; ``pipeline verify`` checks the sha256 too.
+    Sizes catch truncation cheaply on every run, and manifests (small) are hashed too;
+    ``pipeline verify`` checks every file's sha256.
     """
     data = read_marker(marker)
     if data is None or data["lineage"] != lineage:
@@ -145,9 +153,24 @@ def marker_valid(out: Path, marker: Path, lineage: str) -> bool:
         try:
             if (out / rel).stat().st_size != info["size"]:
                 return False
+            # manifests are small: their sha256 is cheap on every run (a flipped byte redoes the stage)
+            if rel.endswith(".parquet") and _sha256_cached(out / rel) != info["sha256"]:
+                return False
         except OSError:
             return False
     return True
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256_cached(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within a process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
 
 
 def write_marker(outs: ShardOutputs, lineage: str, counts: dict[str, int]) -> None:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pipeline import refresh
-from pipeline.execute import SOURCE, RunContext, decode_frame
+from pipeline.execute import SOURCE, RunContext, ShardError, decode_frame
 from pipeline.manifest import ShardOutputs, TarWriter, marker_valid, read_manifest, read_marker
 from pipeline.manifest import sha256_file
 from pipeline.manifest import stable_hash, write_done, write_json
@@ -132,7 +132,7 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
     return entry
 
 
-class UpstreamMissingError(FileNotFoundError):
+class UpstreamMissingError(ShardError):
     """A stage's outputs for a shard disappeared between its step and the pack."""
 
 

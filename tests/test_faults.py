@@ -31,6 +31,7 @@ def test_native_crash_costs_one_row(casia_tree, tmp_path):
     assert colour[victim]["error"] == "upstream_failed: center"
     assert len(rows) == len(set(rows)) == pq.read_table(out / "plan" / "plan.parquet").num_rows
     assert "worker died" in proc.stderr
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name], "a killed worker's temp files were left behind"
 
 
 def _ray_workers() -> list[int]:

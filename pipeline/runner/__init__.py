@@ -34,6 +34,9 @@ RUNTIME_RUN_FIELDS = ("executor", "ray_address", "num_cpus", "num_gpus", "refres
 
 class PackWorker:
     def __init__(self, ctx: RunContext, names: list[str]):
+        from pipeline import guard
+
+        guard.join(ctx.out, ctx.lock_token)
         self.ctx, self.names = ctx, names
 
     def run_shard(self, shard: str) -> "PackReport":
@@ -67,47 +70,61 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     if quick is not None:  # before importing any model code: a no-op rerun takes a second
         Progress(quiet=quiet).nothing_to_do(quick["summary"]["samples"], quick["n_shards"], quick["stages"], out)
         return _nothing_done(quick["summary"])
-    from pipeline.group import GroupWorker
-    from pipeline.schedule import choose_executor, groups_of, make_context, prepare
+    from pipeline import guard
+    from pipeline.schedule import prepare
 
     source, names, instances = prepare(cfg)
     started = time.time()
-    with OutputLock(out):
-        clean_temp_files(out)
-        plan = _plan(out, source, cfg)
-        cfg.shard_size = plan.info["shard_size"]
-        ctx = make_context(cfg, plan, names, instances)
-        shards = plan.shards
-        groups = groups_of(ctx, names, cfg.fuse)
-        progress = Progress(quiet=quiet, total_samples=len(plan))
-        if _all_done(ctx, names, shards):
-            progress.nothing_to_do(len(plan), len(shards), names, out)
-            return _nothing_done(json.loads((out / "run.json").read_text())["summary"])
-        config_yaml = _write_config(out, _config_data(cfg, names, instances))
-        index: dict[str, dict] = {}
-        reports: list[ShardReport] = []
-        steps = []
-        for i, group in enumerate(groups):
-            gpus = max(ctx.stage_runs[n].gpus for n in group)
-            label = "+".join(([SOURCE] if i == 0 else []) + group)
-            steps.append(Step(GroupWorker, (ctx, group, i == 0), gpus, progress.step(label, len(shards)),
-                              collect=reports.extend))
-        steps.append(Step(PackWorker, (ctx, names), 0.0, progress.step("pack", len(shards)),
-                          collect=lambda r: index.__setitem__(r.shard, r.index)))
-        cfg.executor = choose_executor(cfg)
-        with Executor(cfg) as ex:
-            ex.run(steps, shards)
-        write_index(out, index)
-        summary = summarize(reports, [SOURCE, *names])
-        summary.update(seconds=round(time.time() - started, 2), samples=len(plan),
-                       packed=sum(e["samples"] for e in index.values()), executor=cfg.executor,
-                       skipped_files=plan.info.get("skipped_files", {}))
-        write_json({"config": cfg.to_dict(), "stages": names, "summary": summary, "started": started,
-                    "provenance": {n: dataclasses.asdict(s.provenance()) for n, s in instances.items()},
-                    "lineages": {SOURCE: ctx.source_lineage, **{n: ctx.stage_runs[n].lineage for n in names}},
-                    "frames": ctx.frame_format, "config_yaml": config_yaml, "versions": _versions()},
-                   out / "run.json")
-        progress.summary(summary)
+    with OutputLock(out) as lock:
+        guard.join(out, lock.token)
+        try:
+            return _locked_run(cfg, quiet, out, lock, started, source, names, instances)
+        finally:
+            guard.leave()
+
+
+def _locked_run(cfg: RunConfig, quiet: bool, out: Path, lock: OutputLock, started: float, source: Any,
+                names: list[str], instances: dict) -> dict[str, Any]:
+    from pipeline.group import GroupWorker
+    from pipeline.schedule import choose_executor, groups_of, make_context
+
+    clean_temp_files(out)
+    plan = _plan(out, source, cfg)
+    cfg.shard_size = plan.info["shard_size"]
+    ctx = make_context(cfg, plan, names, instances)
+    ctx.lock_token = lock.token
+    shards = plan.shards
+    groups = groups_of(ctx, names, cfg.fuse)
+    progress = Progress(quiet=quiet, total_samples=len(plan))
+    if _all_done(ctx, names, shards):
+        progress.nothing_to_do(len(plan), len(shards), names, out)
+        return _nothing_done(json.loads((out / "run.json").read_text())["summary"])
+    config_yaml = _write_config(out, _config_data(cfg, names, instances))
+    index: dict[str, dict] = {}
+    reports: list[ShardReport] = []
+    steps = []
+    for i, group in enumerate(groups):
+        gpus = max(ctx.stage_runs[n].gpus for n in group)
+        label = "+".join(([SOURCE] if i == 0 else []) + group)
+        steps.append(Step(GroupWorker, (ctx, group, i == 0), gpus, progress.step(label, len(shards)),
+                          collect=reports.extend))
+    steps.append(Step(PackWorker, (ctx, names), 0.0, progress.step("pack", len(shards)),
+                      collect=lambda r: index.__setitem__(r.shard, r.index)))
+    cfg.executor = choose_executor(cfg)
+    with Executor(cfg) as ex:
+        failed = ex.run(steps, shards)
+    clean_temp_files(out)  # what killed workers left behind, now that every worker is done
+    write_index(out, index)
+    summary = summarize(reports, [SOURCE, *names])
+    summary.update(seconds=round(time.time() - started, 2), samples=len(plan),
+                   packed=sum(e["samples"] for e in index.values()), executor=cfg.executor,
+                   skipped_files=plan.info.get("skipped_files", {}), failed_shards=failed)
+    write_json({"config": cfg.to_dict(), "stages": names, "summary": summary, "started": started,
+                "provenance": {n: dataclasses.asdict(s.provenance()) for n, s in instances.items()},
+                "lineages": {SOURCE: ctx.source_lineage, **{n: ctx.stage_runs[n].lineage for n in names}},
+                "frames": ctx.frame_format, "config_yaml": config_yaml, "versions": _versions()},
+               out / "run.json")
+    progress.summary(summary)
     return summary
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.execute import ShardError
 
 
 @dataclass
@@ -60,14 +61,25 @@ class Executor:
         if self.ray is not None and not self.cfg.ray_address:
             self.ray.shutdown()
 
-    def run(self, steps: list[Step], shards: list[str]) -> None:
+    def run(self, steps: list[Step], shards: list[str]) -> dict[str, str]:
+        """Run every step over every shard; returns the shards that failed ({shard: why}): they
+        skip later steps, the others finish."""
         if self.ray is None:
+            failed: dict[str, str] = {}
             for step in steps:
                 worker = step.worker_cls(*step.args)
                 for shard in shards:
-                    step.done(worker.run_shard(shard))
-            return
-        _RayPipeline(self.ray, steps, shards, self.max_attempts).run()
+                    if shard in failed:
+                        continue
+                    try:
+                        step.done(worker.run_shard(shard))
+                    except ShardError as exc:
+                        failed[shard] = str(exc)
+                        warnings.warn(str(exc), stacklevel=2)
+            return failed
+        pipeline = _RayPipeline(self.ray, steps, shards, self.max_attempts)
+        pipeline.run()
+        return pipeline.failed
 
 
 class _RayPipeline:
@@ -87,6 +99,7 @@ class _RayPipeline:
         self.finished = [0] * len(steps)
         self.n_shards = len(shards)
         self.deaths: Counter = Counter()
+        self.failed: dict[str, str] = {}
 
     def _limit(self, step: Step, n_shards: int) -> int:
         if step.gpus > 0:
@@ -120,6 +133,10 @@ class _RayPipeline:
                 return True
         return False
 
+    def _retire_all(self) -> None:
+        for j in range(len(self.steps)):
+            self._retire(j)
+
     def _retire(self, i: int) -> None:
         """Step i will get no more work: free its actors for later steps."""
         if self.finished[i] == self.n_shards:
@@ -138,7 +155,8 @@ class _RayPipeline:
                 self.running[actor.run_shard.remote(shard)] = (i, actor, shard)
 
     def run(self) -> None:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+        from ray.exceptions import WorkerCrashedError
 
         died = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
         try:
@@ -150,6 +168,15 @@ class _RayPipeline:
                     result = self.ray.get(ref)
                 except died as exc:
                     self._died(i, actor, shard, exc)
+                    continue
+                except RayTaskError as exc:
+                    if not isinstance(exc.cause, ShardError):
+                        raise
+                    self.idle[i].append(actor)
+                    self.failed[shard] = str(exc.cause)
+                    warnings.warn(str(exc.cause), stacklevel=2)
+                    self.finished[i:] = [f + 1 for f in self.finished[i:]]  # it leaves every later step
+                    self._retire_all()
                     continue
                 self.idle[i].append(actor)
                 self.finished[i] += 1
