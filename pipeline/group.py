@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import stages as stage_registry
-from pipeline import guard, imaging
+from pipeline import guard, imaging, progress
 from pipeline import plan as plan_mod
 from pipeline import read as reader
 from pipeline import refresh
@@ -139,8 +139,11 @@ class GroupWorker:
                                        Journal(self.ctx.out, r.name, shard), old)
         try:
             chunk = max([getattr(p.stage, "batch_size", DEFAULT_BATCH) for p in pending.values()] or [DEFAULT_BATCH])
+            label = "+".join(([SOURCE] if self.reads_source else []) + [r.name for r in self.runs])
             for i in range(0, len(rows), chunk):
                 self._run_chunk(rows[i:i + chunk], pending, stores, src, source_files)
+                errors = sum(1 for p in pending.values() for r in p.rows if r["status"] == "error")
+                progress.report(self.ctx.out, label, shard, min(i + chunk, len(rows)), errors)
             out = [self._finish_source(src)] if src is not None else []
             return out + reports + [self._finish(p) for p in pending.values()]
         except BaseException:

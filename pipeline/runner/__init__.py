@@ -85,17 +85,27 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
 
 def _locked_run(cfg: RunConfig, quiet: bool, out: Path, lock: OutputLock, started: float, source: Any,
                 names: list[str], instances: dict) -> dict[str, Any]:
-    from pipeline.group import GroupWorker
-    from pipeline.schedule import choose_executor, groups_of, make_context
+    from pipeline.schedule import make_context
 
     clean_temp_files(out)
     plan = _plan(out, source, cfg)
     cfg.shard_size = plan.info["shard_size"]
     ctx = make_context(cfg, plan, names, instances)
     ctx.lock_token = lock.token
+    progress = Progress(quiet=quiet, total_samples=len(plan), out=out)
+    try:
+        return _run_steps(cfg, out, lock, started, source, names, instances, plan, ctx, progress)
+    finally:
+        progress.close()
+
+
+def _run_steps(cfg: RunConfig, out: Path, lock: OutputLock, started: float, source: Any, names: list[str],
+               instances: dict, plan: plan_mod.Plan, ctx: RunContext, progress: Progress) -> dict[str, Any]:
+    from pipeline.group import GroupWorker
+    from pipeline.schedule import choose_executor, groups_of
+
     shards = plan.shards
     groups = groups_of(ctx, names, cfg.fuse)
-    progress = Progress(quiet=quiet, total_samples=len(plan))
     if _all_done(ctx, names, shards):
         progress.nothing_to_do(len(plan), len(shards), names, out)
         return _nothing_done(json.loads((out / "run.json").read_text())["summary"])
@@ -112,7 +122,7 @@ def _locked_run(cfg: RunConfig, quiet: bool, out: Path, lock: OutputLock, starte
                       collect=lambda r: index.__setitem__(r.shard, r.index)))
     cfg.executor = choose_executor(cfg)
     with Executor(cfg) as ex:
-        failed = ex.run(steps, shards)
+        failed = ex.run(steps, shards, poll=progress.poll)
     clean_temp_files(out)  # what killed workers left behind, now that every worker is done
     write_index(out, index)
     summary = summarize(reports, [SOURCE, *names])

@@ -61,7 +61,7 @@ class Executor:
         if self.ray is not None and not self.cfg.ray_address:
             self.ray.shutdown()
 
-    def run(self, steps: list[Step], shards: list[str]) -> dict[str, str]:
+    def run(self, steps: list[Step], shards: list[str], poll: Callable[[], None] | None = None) -> dict[str, str]:
         """Run every step over every shard; returns the shards that failed ({shard: why}): they
         skip later steps, the others finish."""
         if self.ray is None:
@@ -77,7 +77,7 @@ class Executor:
                         failed[shard] = str(exc)
                         warnings.warn(str(exc), stacklevel=2)
             return failed
-        pipeline = _RayPipeline(self.ray, steps, shards, self.max_attempts)
+        pipeline = _RayPipeline(self.ray, steps, shards, self.max_attempts, poll)
         pipeline.run()
         return pipeline.failed
 
@@ -85,8 +85,9 @@ class Executor:
 class _RayPipeline:
     """The scheduling loop over Ray actors."""
 
-    def __init__(self, ray: Any, steps: list[Step], shards: list[str], max_attempts: int):
-        self.ray, self.steps, self.max_attempts = ray, steps, max_attempts
+    def __init__(self, ray: Any, steps: list[Step], shards: list[str], max_attempts: int,
+                 poll: Callable[[], None] | None = None):
+        self.ray, self.steps, self.max_attempts, self.poll = ray, steps, max_attempts, poll
         resources = ray.cluster_resources()
         self.cpus, self.gpus_total = max(1, int(resources.get("CPU", 1))), resources.get("GPU", 0.0)
         self.remote = [ray.remote(num_cpus=0 if s.gpus else 1, num_gpus=s.gpus, max_restarts=0)(s.worker_cls)
@@ -162,7 +163,12 @@ class _RayPipeline:
         try:
             while any(self.ready) or self.running:
                 self._submit()
-                (ref,), _ = self.ray.wait(list(self.running), num_returns=1)
+                ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=1.0)
+                if not ready:  # nothing finished this second: show what the workers reported
+                    if self.poll is not None:
+                        self.poll()
+                    continue
+                (ref,) = ready
                 i, actor, shard = self.running.pop(ref)
                 try:
                     result = self.ray.get(ref)
