@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_section  # noqa: E402
 from bench.timing import time_steps  # noqa: E402
-from stages import align  # noqa: E402
+from stages.models import align  # noqa: E402
 from training.portraitbooth import PortraitBooth, PortraitBoothConfig  # noqa: E402
 from training.sd import SCHEDULER_CONFIG, SD21_VAE, SDComponents, tiny_sd_components, tiny_tokenizer  # noqa: E402
 

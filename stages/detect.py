@@ -16,7 +16,8 @@ from typing import ClassVar
 import numpy as np
 
 import schemas.detect
-from stages import align, face_choice
+from stages import face_choice
+from stages.models import align
 from stages.base import SKIPPED, Result, Sample
 from stages.model_stage import ModelStage
 from stages.models import registry, retinaface

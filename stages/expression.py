@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import schemas.expression as xschema
-from stages import align
+from stages.models import align
 from stages.base import SKIPPED, Result, Sample
 from stages.model_stage import ModelStage
 from stages.models import common, registry, tddfa

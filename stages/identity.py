@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import schemas.identity
-from stages import align
+from stages.models import align
 from stages.base import ERROR, SKIPPED, Result, Sample
 from stages.model_stage import ModelStage
 from stages.models import common, registry

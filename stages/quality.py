@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import schemas.quality as qs
-from stages import align
+from stages.models import align
 from stages.jpeg import jpeg_quality_from_bytes
 from stages.base import SKIPPED, Provenance, Result, Sample, Stage
 from stages.expression import MIN_ROI, face_roi

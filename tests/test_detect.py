@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import schemas.detect
-from stages import align
+from stages.models import align
 from stages.base import OK, SKIPPED, Sample
 from stages.detect import Detect
 from stages.models import registry

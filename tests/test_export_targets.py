@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline.export import export
 from pipeline.export.embedding import MISMATCH
-from stages import align
+from stages.models import align
 from tests.test_audit import build_out
 from tests.test_export_dense_face import build_out_512
 

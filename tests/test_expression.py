@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from schemas import expression as xschema
-from stages import align
+from stages.models import align
 from stages.base import ERROR, OK, SKIPPED, Result, Sample
 from stages.expression import Expression, angle_diff, face_roi
 from stages.models import common, registry, tddfa

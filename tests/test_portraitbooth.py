@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import align
+from stages.models import align
 from stages.models import load
 from tests.conftest import lfw_people
 from tests.test_training_data import pipeline_output

@@ -31,7 +31,7 @@ from schemas.attributes import EMOTION_SYNONYMS
 from schemas.parsing import FACE_MASK_IMAGE
 from schemas.pose import POSE_IMAGE
 from schemas.shard import IMAGE, MEMBERS, META, meta_section
-from stages import align
+from stages.models import align
 from training.heatmaps import N_MESH
 from training.pairs import EMBEDDING, PairConfig, PairIndex, load_index
 from training.prompts import (EMOTION_VOCABULARIES, PERSON, SOURCE_NONE, confident_emotion, gender_token,

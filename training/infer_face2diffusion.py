@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
 
-from stages import align
+from stages.models import align
 from stages.models import load, retinaface
 from training.face2diffusion import F2DConfig, Face2Diffusion
 from training.sd import load_sd

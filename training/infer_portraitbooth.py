@@ -2,7 +2,7 @@
 classifier-free guidance 5).
 
 The reference's face is found with a registered RetinaFace (mobile0.25 is bundled), aligned to the
-ArcFace template (``stages.align``) and turned into the face feature the model was trained with:
+ArcFace template (``stages.models.align``) and turned into the face feature the model was trained with:
 the identity stage's embedding (re-embedded with the same network, ``model.cfg.embedder``), or the
 frozen recogniser's embedding / shallow features. The prompt's first subject word ("man", "woman",
 "person") is the identity token; the unconditional branch is the empty prompt, as in training.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from stages import align
+from stages.models import align
 from stages.models import load, retinaface
 from training.portraitbooth import PortraitBooth, PortraitBoothConfig
 from training.portraitbooth_blocks import FACE_SIZE, FaceEmbedder

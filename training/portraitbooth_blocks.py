@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from stages import align
+from stages.models import align
 from stages.models import load, registry
 
 FACE_SIZE = 112  # the ArcFace template crop every registered recogniser takes
@@ -143,7 +143,7 @@ def _crop_matrix(points: np.ndarray, size: int) -> tuple[np.ndarray, float]:
 def align_faces(images: torch.Tensor, points: torch.Tensor, size: int = FACE_SIZE) -> torch.Tensor:
     """Differentiable ArcFace-template crops of (B, 3, H, W) images at their (B, 5, 2) pixel points.
 
-    The same similarity as ``stages.align`` (Umeyama on the five points); like its ``warp``, a strong
+    The same similarity as ``stages.models.align`` (Umeyama on the five points); like its ``warp``, a strong
     downscale first shrinks the image by area so the bilinear sampling does not alias.
     """
     out = []

@@ -43,7 +43,7 @@ def expression_of(sample) -> np.ndarray | None:
 
 def warp112(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 112x112 ArcFace-template warp of ``image`` and its 3x3 matrix."""
-    from stages import align
+    from stages.models import align
 
     crop, matrix = align.align(image, points, align.ARCFACE_112, 112)
     return crop, np.vstack([matrix, [0.0, 0.0, 1.0]])
