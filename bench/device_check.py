@@ -1,0 +1,153 @@
+"""Every GPU figure from one command, each part in its own time budget, results written as they come.
+
+    bash bench/device_check.sh OUT                  # on the GPU machine: install from local files, then this
+    python bench/device_check.py OUT                # the check alone (venv ready)
+    python bench/device_check.py OUT --cpu-smoke    # tiny sizes and models on the CPU (the test suite runs it)
+
+Parts, in order of value (``--parts`` picks some): ``gpu_tests`` (pytest -m gpu), ``prep`` (synthetic
+JPEG trees, caption models), ``e2e_250`` and ``e2e_1024`` (every default stage through the real
+runner, random weights where the real file is absent, GPU busy % and peak memory), ``naive`` (the
+per-image composition of bench/naive.py, for the speed-up), ``stages`` (bench/stages_gpu.py at two
+batch sizes), ``dense_face`` and ``portraitbooth`` (bench/train_*.py step time and memory).
+
+Each part runs in a child process (``--part``) under its budget; the child saves its figures to a
+JSON file as soon as it has them, so a part killed at its budget keeps what it measured. After
+every part the parent rewrites OUT/report.json and OUT/report.md (the docs/benchmarks.md section,
+also written there unless ``--cpu-smoke`` or ``--no-docs``). A failed or slow part is recorded and
+the next one starts. The parent prints a compact table (figure, value, target, met?) and exits 0
+whenever it wrote a report. OUT ends up with at most 5 files: report.json, report.md, log.txt,
+gpu_tests.txt, setup.txt (the last written by device_setup.sh).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.device_parts import PARTS, Ctx  # noqa: E402
+from bench.device_report import render, summary_rows  # noqa: E402
+
+SECTION = "GPU check (bench/device_check.py)"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Seconds a part may take on the GPU machine and in --cpu-smoke."""
+
+    gpu: float
+    smoke: float
+
+
+# Sum of the GPU budgets + the install (device_setup.sh, ~60 s) stays under 8 minutes.
+BUDGETS = {
+    "gpu_tests": Budget(60, 25), "prep": Budget(45, 20), "e2e_250": Budget(90, 40), "e2e_1024": Budget(45, 30),
+    "naive": Budget(30, 25), "stages": Budget(50, 30), "dense_face": Budget(50, 30),
+    "portraitbooth": Budget(50, 30),
+}
+assert list(BUDGETS) == list(PARTS)
+
+
+def run_part(name: str, args: argparse.Namespace, work: Path, log, budget: float) -> dict:
+    """Run one part in a child process group under ``budget`` s; returns its record (never raises)."""
+    result = work / f"{name}.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), str(args.out), "--part", name, "--work", str(work)]
+    cmd += ["--cpu-smoke"] if args.cpu_smoke else []
+    cmd += ["--executor", args.executor] if args.executor else []
+    cmd += ["--faces", args.faces] if args.faces else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    log.write(f"\n===== {name} (budget {budget:.0f} s) =====\n")
+    log.flush()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    status = "ok"
+    try:
+        rc = proc.wait(timeout=budget)
+        status = "ok" if rc == 0 else f"failed (exit {rc})"
+    except subprocess.TimeoutExpired:
+        status = f"timeout after {budget:.0f} s"
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)  # the part's own process group: its Ray workers and pytest too
+                proc.wait(timeout=wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+    seconds = time.perf_counter() - t0
+    record = json.loads(result.read_text()) if result.exists() else {}
+    if status == "ok" and not record.get("figures"):
+        status = "failed (no figures)"
+    return {"status": status, "seconds": round(seconds, 1), "budget_s": budget, **record}
+
+
+def write_report(args: argparse.Namespace, report: dict) -> None:
+    out = Path(args.out)
+    tmp = out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
+    tmp.replace(out / "report.json")
+    body = render(report)
+    (out / "report.md").write_text(f"## {SECTION}\n\n{body}\n")
+    if not (args.cpu_smoke or args.no_docs):
+        from bench.report import write_section
+
+        write_section(SECTION, body, "bash bench/device_check.sh OUT")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="folder for report.json, report.md, log.txt, gpu_tests.txt")
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes and models on the CPU, seconds per part")
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset, run in the fixed order")
+    ap.add_argument("--total", type=float, default=None, help="seconds for all parts (default: sum of budgets)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every budget (a slow or busy machine)")
+    ap.add_argument("--executor", default=None, help="ray or local (default: ray where importable, local in smoke)")
+    ap.add_argument("--faces", default=None, help="folder of face JPEGs (default ../shared/faces/lfw10, else the "
+                                                    "bundled sample photos)")
+    ap.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md section")
+    ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.part:  # child: one part
+        ctx = Ctx(out=out, work=Path(args.work), smoke=args.cpu_smoke, executor=args.executor, faces=args.faces)
+        PARTS[args.part](ctx)
+        return 0
+    names = [n for n in PARTS if n in args.parts.split(",")]
+    if unknown := set(args.parts.split(",")) - set(PARTS):
+        ap.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+    work = out.parent / f".{out.name}.work"  # outside OUT: only the report files come back from a device run
+    work.mkdir(parents=True, exist_ok=True)
+    budgets = {n: (BUDGETS[n].smoke if args.cpu_smoke else BUDGETS[n].gpu) * args.scale for n in names}
+    deadline = time.perf_counter() + (args.total or sum(budgets.values()))
+    report = {"mode": "cpu-smoke" if args.cpu_smoke else "gpu", "started": time.strftime("%Y-%m-%d %H:%M UTC",
+              time.gmtime()), "machine": Ctx.machine(), "versions": Ctx.versions(), "parts": {}}
+    with open(out / "log.txt", "a") as log:
+        for name in names:
+            left = deadline - time.perf_counter()
+            if left < 5:
+                report["parts"][name] = {"status": "skipped (no time left)", "seconds": 0, "budget_s": 0}
+            else:
+                report["parts"][name] = run_part(name, args, work, log, min(budgets[name], left))
+            print(f"{name}: {report['parts'][name]['status']} in {report['parts'][name]['seconds']} s", flush=True)
+            write_report(args, report)
+    rows = summary_rows(report)
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'figure':<{width}}  {'value':>14}  {'target':>10}  met?")
+    for figure, value, target, met in rows:
+        print(f"{figure:<{width}}  {value:>14}  {target:>10}  {met}")
+    print(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""The parts of bench/device_check.py: each measures with the existing bench scripts' functions and
+saves its figures (``Ctx.save``) the moment it has them. One part runs per child process."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FACES = ROOT.parent / "shared" / "faces" / "lfw10"
+SAMPLE_FACES = ROOT / "pipeline" / "data" / "sample"
+E2E_STAGES = ["detect", "restore", "landmarks", "pose", "parsing", "identity"]
+# The full preset's GPU stages (the "combined" per-stage figure) and, in smoke, their lite stand-ins.
+DEFAULT_CASES = ["detect retinaface_resnet50", "restore codeformer w=0.5", "pose hopenet_r50", "parsing bisenet",
+                 "identity arcface_irse50"]
+SMOKE_CASES = ["detect retinaface_mobile0.25", "restore codeformer w=0.5", "pose lightweight_headpose",
+               "identity mobilefacenet"]
+# Sizes: (GPU, smoke).
+E2E_N = {250: (3000, 6), 1024: (500, 2)}
+SHARD = (500, 3)
+NAIVE_N = (20, 2)
+STAGE_BATCHES = ([32, 128], [1, 2])
+DENSE_FACE_BATCHES = ([1, 4], [1])
+PORTRAITBOOTH_BATCHES = ([2, 8], [1])
+
+
+@dataclass
+class Ctx:
+    """What a part needs: where to write, whether this is the CPU smoke run, the executor, the faces."""
+
+    out: Path
+    """The report folder (only gpu_tests writes a file there: gpu_tests.txt)."""
+    work: Path
+    """Scratch folder shared by the parts (trees, caption models, partial results)."""
+    smoke: bool
+    """Tiny sizes and models on the CPU."""
+    executor: str | None = None
+    """Pipeline executor for the e2e parts; None: ray where importable (local in smoke)."""
+    faces: str | None = None
+    """Folder of face JPEGs; None: ../shared/faces/lfw10, else the bundled sample photos."""
+    part: str = ""
+
+    def pick(self, pair: tuple):
+        return pair[1] if self.smoke else pair[0]
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.smoke else "cuda"
+
+    def faces_dir(self) -> Path:
+        for d in (Path(self.faces) if self.faces else None, SHARED_FACES, SAMPLE_FACES):
+            if d is not None and d.is_dir() and any(d.rglob("*.jpg")):
+                return d
+        raise FileNotFoundError("no face photos: pass --faces DIR")
+
+    def save(self, figures: dict, **extra) -> None:
+        """Write this part's figures so far (atomically): the parent reads them even after a kill."""
+        path = self.work / f"{self.part}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"figures": figures, **extra}, indent=1, default=str))
+        tmp.replace(path)
+
+    def load(self, part: str) -> dict:
+        path = self.work / f"{part}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @staticmethod
+    def machine() -> str:
+        from bench.report import machine
+
+        return machine()
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        found = {"python": platform.python_version()}
+        for mod in ("torch", "numpy", "mediapipe", "transformers", "diffusers", "ray", "pyarrow"):
+            try:
+                found[mod] = __import__(mod).__version__
+            except Exception as exc:  # a missing package is a figure here, not an error
+                found[mod] = f"missing ({type(exc).__name__})"
+        try:
+            import torch
+
+            found["cuda"] = str(torch.version.cuda)
+            found["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                             capture_output=True, text=True, timeout=10).stdout.strip()
+        except (ImportError, OSError, subprocess.TimeoutExpired):
+            pass
+        try:
+            found["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                             capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            pass
+        return found
+
+
+@contextmanager
+def on_device(device: str) -> Iterator[None]:
+    """Build modules straight on the GPU (random init there is seconds, not minutes of CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        with torch.device(device):
+            yield
+    else:
+        yield
+
+
+def use_faces(ctx: Ctx) -> Path:
+    """Point the bench scripts' photo folder at the one this machine has."""
+    from bench import e2e, naive, stages_gpu
+
+    faces = ctx.faces_dir()
+    e2e.FACES = naive.FACES = stages_gpu.FACES = faces
+    return faces
+
+
+# ---------------------------------------------------------------- gpu_tests
+
+def gpu_tests(ctx: Ctx) -> None:
+    """pytest -m gpu over the suite (one file in smoke); pass/fail/skip counts and the failing names."""
+    junit = ctx.work / "junit.xml"
+    junit.unlink(missing_ok=True)
+    targets = ["tests/test_identity.py"] if ctx.smoke else ["tests"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider",
+           f"--junitxml={junit}", *targets]
+    with open(ctx.out / "gpu_tests.txt", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if not junit.exists():
+        raise RuntimeError(f"pytest wrote no junit file (exit {rc}); see gpu_tests.txt")
+    suites = ET.parse(junit).getroot()
+    suite = suites if suites.tag == "testsuite" else suites[0]
+    total, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+    failed, errors = int(suite.get("failures", 0)), int(suite.get("errors", 0))
+    bad = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
+           if c.find("failure") is not None or c.find("error") is not None]
+    ctx.save({"total": total, "passed": total - skipped - failed - errors, "failed": failed, "errors": errors,
+              "skipped": skipped, "pytest_exit": rc}, failing=bad[:30])
+
+
+# ---------------------------------------------------------------- prep
+
+def tree_dir(ctx: Ctx, size: int) -> Path:
+    return ctx.work / f"tree{size}"
+
+
+def make_tree(ctx: Ctx, size: int) -> Path:
+    """CASIA-like tree of real photos re-encoded at ``size`` px (bench/e2e.py make_tree), made once."""
+    from bench import e2e
+
+    use_faces(ctx)
+    tree, n = tree_dir(ctx, size), ctx.pick(E2E_N[size])
+    if not (tree / ".done").exists():
+        e2e.make_tree(tree, n, size)
+        (tree / ".done").write_text(str(n))
+    return tree
+
+
+def prep(ctx: Ctx) -> None:
+    """Input trees, then the caption models (bench/caption.py: real where resolvable, else random
+    real-size architectures; tiny in smoke), saved for the e2e and naive parts."""
+    from bench import caption
+
+    figures: dict = {}
+    for size in E2E_N:
+        t0 = time.perf_counter()
+        make_tree(ctx, size)
+        figures[f"tree_{size}_s"] = round(time.perf_counter() - t0, 1)
+        ctx.save(figures)
+    t0 = time.perf_counter()
+    with on_device(ctx.device):
+        dirs, random = caption.model_dirs(ctx.work / "caption_models", ctx.smoke)
+    figures["caption_models_s"] = round(time.perf_counter() - t0, 1)
+    figures["caption_weights"] = "tiny random (smoke)" if ctx.smoke else "random" if random else "real"
+    ctx.save(figures, caption_dirs={k: str(v) for k, v in dirs.items()})
+
+
+def stage_overrides(ctx: Ctx) -> tuple[dict[str, dict], bool]:
+    """Stage -> field values for the e2e and naive runs: bench/e2e.py's random-where-missing policy,
+    lite models in smoke, the caption models of ``prep``; and whether caption is in."""
+    from bench import e2e
+    from pipeline.config import parse_set
+
+    over: dict[str, dict] = {}
+    for item in e2e.random_where_missing(ctx.device, ctx.smoke):
+        stage, field, value = parse_set(item)
+        over.setdefault(stage, {})[field] = value
+    if ctx.smoke:  # bundled real weights: small on the CPU, and real faces reach every later stage
+        for stage, model in (("detect", "retinaface_mobile0.25"), ("pose", "lightweight_headpose"),
+                             ("identity", "mobilefacenet")):
+            over.setdefault(stage, {}).update(model=model, weights="pretrained")
+    dirs = dict(ctx.load("prep").get("caption_dirs") or {})
+    if dirs:
+        clip = dirs.pop("clip")
+        over.setdefault("caption", {}).update(clip_model=clip, model_paths=dirs, captioners=sorted(dirs),
+                                              min_score=-1.0)
+    return over, bool(dirs)
+
+
+# ---------------------------------------------------------------- e2e
+
+class PeakMemory:
+    """Peak GPU memory of this process (torch) next to the whole card's (nvidia-smi samples)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def torch_mib(self) -> float | None:
+        if not self.cuda:
+            return None
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**20)
+
+
+def steady_rate(out: Path, n: int, shard: int) -> float | None:
+    """img/s between the first and the last packed shard (start-up and model set-up left out)."""
+    marks = sorted(p.stat().st_mtime for p in (out / "done" / "pack").glob("*.json"))
+    if len(marks) < 2 or marks[-1] <= marks[0]:
+        return None
+    return round((n - shard) / (marks[-1] - marks[0]), 1)
+
+
+def e2e_part(ctx: Ctx, size: int) -> None:
+    """Every default stage through the real runner on ``size`` px JPEGs; img/s, busy %, peak memory."""
+    import shutil
+
+    from bench import e2e
+    from pipeline.config import resolve
+    from pipeline.runner import run
+
+    tree = make_tree(ctx, size)
+    n, shard = ctx.pick(E2E_N[size]), ctx.pick(SHARD)
+    over, with_caption = stage_overrides(ctx)
+    executor = ctx.executor or ("local" if ctx.smoke else ("ray" if _importable("ray") else "local"))
+    out = ctx.work / f"out{size}"
+    shutil.rmtree(out, ignore_errors=True)
+    names = E2E_STAGES + (["caption"] if with_caption else [])
+    cfg = resolve(preset="full", flags=dict(source="casia-webface", input=str(tree), out=str(out),
+                                            stages=names, shard_size=shard, executor=executor))
+    for stage, values in over.items():
+        cfg.stage_config.setdefault(stage, {}).update(values)
+    sampler = e2e.GpuSampler()
+    peak = PeakMemory(ctx.device)
+    if ctx.device.startswith("cuda"):
+        sampler.start()
+    t0 = time.perf_counter()
+    summary = run(cfg, quiet=True)
+    wall = time.perf_counter() - t0
+    sampler.stop.set()
+    provenance = json.loads((out / "run.json").read_text())["provenance"]
+    util = sampler.util
+    figures = {
+        "n": n, "size": size, "img_s": round(n / wall, 1), "wall_s": round(wall, 1),
+        "steady_img_s": steady_rate(out, n, shard), "executor": executor,
+        "gpu_busy_pct": round(sum(u > 0 for u in util) / len(util) * 100) if util else None,
+        "gpu_util_mean_pct": round(sum(util) / len(util)) if util else None,
+        "peak_gpu_mib_card": max(sampler.mem, default=None), "peak_gpu_mib_torch": peak.torch_mib(),
+        "per_stage_img_s": e2e.stage_rates(out), "packed": summary["packed"],
+        "ok": {k: v["status"].get("ok", 0) for k, v in summary["stages"].items()},
+    }
+    ctx.save(figures, stages=names, caption_left_out=not with_caption,
+             weights_random=sorted(k for k, v in provenance.items() if v.get("weights_random")))
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def _importable(mod: str) -> bool:
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+# ---------------------------------------------------------------- naive
+
+def naive_part(ctx: Ctx) -> None:
+    """bench/naive.py's composition (per image, batch 1, fp32, files in between) on a few images."""
+    import tempfile
+
+    from bench import naive
+
+    faces = use_faces(ctx)
+    over, with_caption = stage_overrides(ctx)
+    built = naive.build_all(ctx.device, ctx.smoke, not with_caption, over)
+    photos = sorted(faces.rglob("*.jpg"))
+    n = ctx.pick(NAIVE_N)
+    with tempfile.TemporaryDirectory(dir=ctx.work) as tmp:
+        naive.run_one(built, photos[0], Path(tmp), -1)  # warm-up
+        t0 = time.perf_counter()
+        for i in range(n):
+            naive.run_one(built, photos[i % len(photos)], Path(tmp), i)
+        rate = n / (time.perf_counter() - t0)
+    e2e = ctx.load("e2e_250").get("figures", {})
+    fast = e2e.get("steady_img_s") or e2e.get("img_s")
+    ctx.save({"n": n, "img_s": round(rate, 3), "speedup": round(fast / rate, 1) if fast else None,
+              "speedup_vs": "e2e_250 steady img/s" if e2e.get("steady_img_s") else "e2e_250 img/s"},
+             stages=list(built))
+
+
+# ---------------------------------------------------------------- stages
+
+def stages_part(ctx: Ctx) -> None:
+    """bench/stages_gpu.py's process()-only img/s per model stage at two batch sizes."""
+    import torch
+
+    from bench import stages_gpu
+
+    use_faces(ctx)
+    batches, repeats = ctx.pick(STAGE_BATCHES), 1 if ctx.smoke else 3
+    dtype = "fp32" if ctx.smoke else "bf16"
+    cuda = ctx.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    wanted = set(SMOKE_CASES if ctx.smoke else [c[0] for c in stages_gpu.CASES])
+    samples = stages_gpu.aligned_samples(max(batches))
+    rows: dict[str, dict] = {}
+    for label, name, config in stages_gpu.CASES:
+        if label not in wanted:
+            continue
+        if ctx.smoke and name == "restore":
+            config = {**config, "arch": "tiny", "weights": "random"}
+        try:
+            stage, weights = stages_gpu.build(name, config, ctx.device, dtype)
+            rates = {}
+            for b in batches:
+                try:
+                    rates[str(b)] = round(stages_gpu.measure(stage, samples, b, repeats, sync), 1)
+                except torch.cuda.OutOfMemoryError:
+                    rates[str(b)] = "OOM"
+                    torch.cuda.empty_cache()
+            peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+            rows[label] = {"weights": weights, "img_s": rates, "peak_gib": peak}
+        except Exception as exc:  # one broken stage is a row, not a lost part
+            rows[label] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        stage = None
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        ctx.save({"batches": batches, "dtype": dtype, "rows": rows, **combined(rows, batches, ctx.smoke)})
+
+
+def combined(rows: dict, batches: list[int], smoke: bool) -> dict:
+    """The default GPU stages run one after another on each image: 1 / sum(1 / rate) at the largest batch."""
+    cases = SMOKE_CASES if smoke else DEFAULT_CASES
+    rates = [rows.get(c, {}).get("img_s", {}).get(str(batches[-1])) for c in cases]
+    if not all(isinstance(r, (int, float)) and r > 0 for r in rates):
+        return {}
+    return {"combined_img_s": round(1 / sum(1 / r for r in rates), 1), "combined_of": cases}
+
+
+# ---------------------------------------------------------------- trainers
+
+def dense_face_part(ctx: Ctx) -> None:
+    """bench/train_dense_face.py's step time and peak memory (SD 2.1 size on the GPU, tiny in smoke)."""
+    import torch
+
+    from bench import train_dense_face as bench
+    from training.dense_face import DenseFace, DenseFaceConfig
+    from training.sd import sd21_components, tiny_sd_components
+
+    device = torch.device(ctx.device)
+    with on_device(ctx.device):
+        if ctx.smoke:
+            sd = tiny_sd_components()
+            cfg = DenseFaceConfig(dense_size=16, id_dim=512, id_hidden=32, head_channels=16)
+        else:
+            sd = sd21_components(torch.bfloat16)
+            cfg = DenseFaceConfig(id_dim=512, frozen_dtype="bf16")
+        model = DenseFace(sd, cfg).to(device).train()
+    res, steps, warmup = (64, 1, 0) if ctx.smoke else (512, 3, 1)
+    rows: dict = {}
+    for n in ctx.pick(DENSE_FACE_BATCHES):
+        try:
+            sec, peak = bench.measure(model, n, res, steps, warmup, device)
+            rows[str(n)] = {"s_step": round(sec, 3), "img_s": round(n / sec, 2), "peak_gib": _gib(peak)}
+        except torch.cuda.OutOfMemoryError:
+            rows[str(n)] = {"s_step": "OOM"}
+            torch.cuda.empty_cache()
+        ctx.save({"res": res, "batches": rows}, gradient_checkpointing=cfg.gradient_checkpointing)
+
+
+def portraitbooth_part(ctx: Ctx) -> None:
+    """bench/train_portraitbooth.py's step time (t > R_t and t <= R_t) and peak memory."""
+    from dataclasses import replace
+
+    import torch
+
+    from bench import train_portraitbooth as bench
+    from training.portraitbooth import PortraitBooth, PortraitBoothConfig
+    from training.sd import tiny_sd_components
+
+    device = torch.device(ctx.device)
+    cfg = PortraitBoothConfig(id_dim=512)
+    with on_device(ctx.device):
+        if ctx.smoke:
+            sd, cfg = tiny_sd_components(), replace(cfg, mlp_hidden=32)
+        else:
+            sd, cfg = bench.sd15_components(), replace(cfg, frozen_dtype="bf16")
+        model = PortraitBooth(sd, cfg).to(device).train()
+    res, steps, warmup = (64, 1, 0) if ctx.smoke else (512, 3, 1)
+    rows: dict = {}
+    for n in ctx.pick(PORTRAITBOOTH_BATCHES):
+        try:
+            plain, _ = bench.measure(model, n, res, steps, warmup, device, with_id=False)
+            sec, peak = bench.measure(model, n, res, steps, warmup, device, with_id=True)
+            rows[str(n)] = {"s_step_plain": round(plain, 3), "s_step_id": round(sec, 3),
+                            "img_s_id": round(n / sec, 2), "peak_gib_id": _gib(peak)}
+        except torch.cuda.OutOfMemoryError:
+            rows[str(n)] = {"s_step_id": "OOM"}
+            torch.cuda.empty_cache()
+        ctx.save({"res": res, "batches": rows}, gradient_checkpointing=cfg.gradient_checkpointing)
+
+
+def _gib(value: float) -> float | None:
+    return None if value != value else round(value, 2)  # NaN (CPU) -> None
+
+
+def _with_name(name: str, fn: Callable[[Ctx], None]) -> Callable[[Ctx], None]:
+    def run(ctx: Ctx) -> None:
+        ctx.part = name
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        fn(ctx)
+    return run
+
+
+PARTS: dict[str, Callable[[Ctx], None]] = {name: _with_name(name, fn) for name, fn in (
+    ("gpu_tests", gpu_tests), ("prep", prep), ("e2e_250", lambda c: e2e_part(c, 250)),
+    ("e2e_1024", lambda c: e2e_part(c, 1024)), ("naive", naive_part), ("stages", stages_part),
+    ("dense_face", dense_face_part), ("portraitbooth", portraitbooth_part))}
