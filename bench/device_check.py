@@ -10,7 +10,7 @@ runner, random weights where the real file is absent, GPU busy % and peak memory
 per-image composition of bench/naive.py, for the speed-up), ``stages`` (bench/stages_gpu.py at two
 batch sizes), ``dense_face`` and ``portraitbooth`` (bench/train_*.py step time and memory).
 
-Each part runs in a child process (``--part``) under its budget; the child saves its figures to a
+Each part runs in a forked child process under its budget (``--part`` runs one in-process); the child saves its figures to a
 JSON file as soon as it has them, so a part killed at its budget keeps what it measured. After
 every part the parent rewrites OUT/report.json and OUT/report.md (the docs/benchmarks.md section,
 also written there unless ``--cpu-smoke`` or ``--no-docs``). A failed or slow part is recorded and
@@ -24,15 +24,15 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.device_parts import PARTS, Ctx  # noqa: E402
+from bench.device_parts import PARTS, Ctx, machine, versions  # noqa: E402
 from bench.device_report import render, summary_rows  # noqa: E402
 
 SECTION = "GPU check (bench/device_check.py)"
@@ -55,38 +55,75 @@ BUDGETS = {
 assert list(BUDGETS) == list(PARTS)
 
 
-def run_part(name: str, args: argparse.Namespace, work: Path, log, budget: float) -> dict:
-    """Run one part in a child process group under ``budget`` s; returns its record (never raises)."""
-    result = work / f"{name}.json"
+PRELOAD = ("torch", "numpy", "PIL.Image", "transformers", "pyarrow.parquet", "pipeline.config", "pipeline.runner",
+           "stages", "stages.base", "training.sd")
+"""Imported once by the parent, before it forks each part: a part then starts in milliseconds, not the
+seconds of importing torch again. Nothing here touches CUDA (a forked child could not use it then)."""
+
+
+def preload() -> None:
+    for mod in PRELOAD:
+        try:
+            __import__(mod)
+        except Exception:  # a part that needs it reports the error itself
+            pass
+
+
+def run_part(name: str, ctx: Ctx, log_path: Path, budget: float) -> dict:
+    """Run one part in a forked child (its own session) under ``budget`` s; returns its record, never raises."""
+    result = ctx.work / f"{name}.json"
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), str(args.out), "--part", name, "--work", str(work)]
-    cmd += ["--cpu-smoke"] if args.cpu_smoke else []
-    cmd += ["--executor", args.executor] if args.executor else []
-    cmd += ["--faces", args.faces] if args.faces else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "PYTHONUNBUFFERED": "1"}
-    log.write(f"\n===== {name} (budget {budget:.0f} s) =====\n")
-    log.flush()
+    with open(log_path, "a") as log:
+        log.write(f"\n===== {name} (budget {budget:.0f} s) =====\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    status = "ok"
-    try:
-        rc = proc.wait(timeout=budget)
-        status = "ok" if rc == 0 else f"failed (exit {rc})"
-    except subprocess.TimeoutExpired:
-        status = f"timeout after {budget:.0f} s"
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)  # the part's own process group: its Ray workers and pytest too
-                proc.wait(timeout=wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+    pid = os.fork()
+    if pid == 0:  # the part
+        code = 1
+        try:
+            os.setsid()
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            PARTS[name](ctx)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    status = None
+    while status is None:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            rc = os.waitstatus_to_exitcode(wait_status)
+            status = "ok" if rc == 0 else f"failed (exit {rc})"
+        elif time.perf_counter() - t0 > budget:
+            status = f"timeout after {budget:.0f} s"
+            kill_group(pid)
+        else:
+            time.sleep(0.1)
     seconds = time.perf_counter() - t0
     record = json.loads(result.read_text()) if result.exists() else {}
     if status == "ok" and not record.get("figures"):
         status = "failed (no figures)"
     return {"status": status, "seconds": round(seconds, 1), "budget_s": budget, **record}
+
+
+def kill_group(pid: int) -> None:
+    """End the part's own process group (its pytest, Ray workers) and reap the part."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < grace:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.1)
 
 
 def write_report(args: argparse.Namespace, report: dict) -> None:
@@ -114,32 +151,31 @@ def main() -> int:
                                                     "bundled sample photos)")
     ap.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md section")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.part:  # child: one part
-        ctx = Ctx(out=out, work=Path(args.work), smoke=args.cpu_smoke, executor=args.executor, faces=args.faces)
-        PARTS[args.part](ctx)
-        return 0
-    names = [n for n in PARTS if n in args.parts.split(",")]
-    if unknown := set(args.parts.split(",")) - set(PARTS):
-        ap.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     work = out.parent / f".{out.name}.work"  # outside OUT: only the report files come back from a device run
     work.mkdir(parents=True, exist_ok=True)
+    ctx = Ctx(out=out, work=work, smoke=args.cpu_smoke, executor=args.executor, faces=args.faces)
+    if args.part:  # one part in this process (for debugging a part)
+        PARTS[args.part](ctx)
+        return 0
+    if unknown := set(args.parts.split(",")) - set(PARTS):
+        ap.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+    names = [n for n in PARTS if n in args.parts.split(",")]
     budgets = {n: (BUDGETS[n].smoke if args.cpu_smoke else BUDGETS[n].gpu) * args.scale for n in names}
     deadline = time.perf_counter() + (args.total or sum(budgets.values()))
     report = {"mode": "cpu-smoke" if args.cpu_smoke else "gpu", "started": time.strftime("%Y-%m-%d %H:%M UTC",
-              time.gmtime()), "machine": Ctx.machine(), "versions": Ctx.versions(), "parts": {}}
-    with open(out / "log.txt", "a") as log:
-        for name in names:
-            left = deadline - time.perf_counter()
-            if left < 5:
-                report["parts"][name] = {"status": "skipped (no time left)", "seconds": 0, "budget_s": 0}
-            else:
-                report["parts"][name] = run_part(name, args, work, log, min(budgets[name], left))
-            print(f"{name}: {report['parts'][name]['status']} in {report['parts'][name]['seconds']} s", flush=True)
-            write_report(args, report)
+              time.gmtime()), "machine": machine(), "versions": versions(), "parts": {}}
+    preload()
+    for name in names:
+        left = deadline - time.perf_counter()
+        if left < 5:
+            report["parts"][name] = {"status": "skipped (no time left)", "seconds": 0, "budget_s": 0}
+        else:
+            report["parts"][name] = run_part(name, ctx, out / "log.txt", min(budgets[name], left))
+        print(f"{name}: {report['parts'][name]['status']} in {report['parts'][name]['seconds']} s", flush=True)
+        write_report(args, report)
     rows = summary_rows(report)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure':<{width}}  {'value':>14}  {'target':>10}  met?")
