@@ -129,7 +129,7 @@ def kill_group(pid: int) -> None:
 def write_report(args: argparse.Namespace, report: dict) -> None:
     out = Path(args.out)
     tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(report, indent=1))  # part order kept: the order of value
     tmp.replace(out / "report.json")
     body = render(report)
     (out / "report.md").write_text(f"## {SECTION}\n\n{body}\n")

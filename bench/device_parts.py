@@ -261,12 +261,19 @@ class PeakMemory:
         return round(torch.cuda.max_memory_allocated() / 2**20)
 
 
-def steady_rate(out: Path, n: int, shard: int) -> float | None:
-    """img/s between the first and the last packed shard (start-up and model set-up left out)."""
-    marks = sorted(p.stat().st_mtime for p in (out / "done" / "pack").glob("*.json"))
-    if len(marks) < 2 or marks[-1] <= marks[0]:
-        return None
-    return _round((n - shard) / (marks[-1] - marks[0]))
+def steady_rate(out: Path, n: int, shard: int, executor: str, per_stage: dict) -> tuple[float | None, str]:
+    """img/s without start-up and model set-up, and how it was taken. Ray pipelines shards through
+    the steps: samples after the first shard / time between the first and the last packed shard.
+    The local executor runs the steps one after another: 1 / sum over stages of 1 / stage img/s."""
+    if executor == "ray":
+        marks = sorted(p.stat().st_mtime for p in (out / "done" / "pack").glob("*.json"))
+        if len(marks) < 2 or marks[-1] <= marks[0]:
+            return None, "ray: fewer than 2 packed shards"
+        return _round((n - shard) / (marks[-1] - marks[0])), "ray: between first and last packed shard"
+    rates = [r for r in per_stage.values() if r]
+    if not rates:
+        return None, "local: no stage timings"
+    return _round(1 / sum(1 / r for r in rates)), "local: 1 / sum(1 / stage img/s), pack excluded"
 
 
 def e2e_part(ctx: Ctx, size: int) -> None:
@@ -298,16 +305,19 @@ def e2e_part(ctx: Ctx, size: int) -> None:
     sampler.stop.set()
     provenance = json.loads((out / "run.json").read_text())["provenance"]
     util = sampler.util
+    per_stage = e2e.stage_rates(out)
+    steady, steady_how = steady_rate(out, n, shard, executor, per_stage)
     figures = {
         "n": n, "size": size, "img_s": _round(n / wall), "wall_s": round(wall, 1),
-        "steady_img_s": steady_rate(out, n, shard), "executor": executor,
+        "steady_img_s": steady, "executor": executor,
         "gpu_busy_pct": round(sum(u > 0 for u in util) / len(util) * 100) if util else None,
         "gpu_util_mean_pct": round(sum(util) / len(util)) if util else None,
         "peak_gpu_mib_card": max(sampler.mem, default=None), "peak_gpu_mib_torch": peak.torch_mib(),
-        "per_stage_img_s": e2e.stage_rates(out), "packed": summary["packed"],
+        "per_stage_img_s": per_stage, "packed": summary["packed"],
         "ok": {k: v["status"].get("ok", 0) for k, v in summary["stages"].items()},
     }
-    ctx.save(figures, stages=names, caption_left_out=not with_caption,
+    ctx.save(figures, stages=names, caption_left_out=not with_caption, steady_how=steady_how,
+             left_out=[s for s in E2E_STAGES if s not in names],
              weights_random=sorted(k for k, v in provenance.items() if v.get("weights_random")))
     shutil.rmtree(out, ignore_errors=True)
 
@@ -341,11 +351,9 @@ def naive_part(ctx: Ctx) -> None:
         for i in range(n):
             naive.run_one(built, photos[i % len(photos)], Path(tmp), i)
         rate = n / (time.perf_counter() - t0)
-    e2e = ctx.load("e2e_250").get("figures", {})
-    fast = e2e.get("steady_img_s") or e2e.get("img_s")
-    ctx.save({"n": n, "img_s": _round(rate), "speedup": _round(fast / rate) if fast else None,
-              "speedup_vs": "e2e_250 steady img/s" if e2e.get("steady_img_s") else "e2e_250 img/s"},
-             stages=list(built))
+    fast = ctx.load("e2e_250").get("figures", {}).get("img_s")  # wall clock, as bench/e2e.py --naive
+    ctx.save({"n": n, "img_s": _round(rate), "speedup": _round(fast / rate) if fast else None},
+             stages=list(built), speedup_of="e2e_250 wall-clock img/s / naive img/s")
 
 
 # ---------------------------------------------------------------- stages
@@ -410,10 +418,11 @@ def dense_face_part(ctx: Ctx) -> None:
     with on_device(ctx.device):
         if ctx.smoke:
             sd = tiny_sd_components()
-            cfg = DenseFaceConfig(dense_size=16, id_dim=512, id_hidden=32, head_channels=16)
-        else:
+            cfg = DenseFaceConfig(dense_size=16, id_dim=512, id_hidden=32, head_channels=16,
+                                  gradient_checkpointing=True)
+        else:  # as bench/train_dense_face.py runs by default
             sd = sd21_components(torch.bfloat16)
-            cfg = DenseFaceConfig(id_dim=512, frozen_dtype="bf16")
+            cfg = DenseFaceConfig(id_dim=512, frozen_dtype="bf16", gradient_checkpointing=True)
         model = DenseFace(sd, cfg).to(device).train()
     res, steps, warmup = (64, 1, 0) if ctx.smoke else (512, 3, 1)
     rows: dict = {}
@@ -438,7 +447,7 @@ def portraitbooth_part(ctx: Ctx) -> None:
     from training.sd import tiny_sd_components
 
     device = torch.device(ctx.device)
-    cfg = PortraitBoothConfig(id_dim=512)
+    cfg = PortraitBoothConfig(id_dim=512, gradient_checkpointing=True)  # bench/train_portraitbooth.py's default
     with on_device(ctx.device):
         if ctx.smoke:
             sd, cfg = tiny_sd_components(), replace(cfg, mlp_hidden=32)

@@ -33,7 +33,8 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
             higher: bool = True) -> None:
         if part not in parts:
             return
-        shown = _fmt(value) if value is not None else parts[part].get("status", "not run")
+        status = parts[part].get("status", "not run")
+        shown = _fmt(value) if value is not None or status == "ok" else status
         rows.append((label, shown, target_text or (_fmt(target) if target is not None else "—"),
                      _met(value, target, higher)))
 
@@ -46,9 +47,10 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
         e = fig(f"e2e_{size}")
         target = E2E_TARGET if size == 250 else None
         add(f"e2e {size}px img/s (wall, n={e.get('n', '?')})", f"e2e_{size}", e.get("img_s"), target)
-        add(f"e2e {size}px img/s after first shard", f"e2e_{size}", e.get("steady_img_s"), target)
+        add(f"e2e {size}px img/s without start-up", f"e2e_{size}", e.get("steady_img_s"), target)
         add(f"e2e {size}px GPU busy %", f"e2e_{size}", e.get("gpu_busy_pct"))
         add(f"e2e {size}px peak GPU MiB (card)", f"e2e_{size}", e.get("peak_gpu_mib_card"))
+        add(f"e2e {size}px samples packed (ok in every stage)", f"e2e_{size}", e.get("packed"))
     nv = fig("naive")
     add("naive per-image img/s", "naive", nv.get("img_s"))
     add("speed-up over naive", "naive", nv.get("speedup"), NAIVE_TARGET)
@@ -89,6 +91,12 @@ def render(report: dict) -> str:
             lines += ["", _table(["stage", "weights", *[f"img/s @ {b}" for b in batches], "peak GiB"],
                                  [[k, r.get("weights", r.get("error")), *[r.get("img_s", {}).get(str(b))
                                    for b in batches], r.get("peak_gib")] for k, r in figures["rows"].items()])]
+        elif figures.get("batches") and isinstance(figures["batches"], dict):  # the trainers
+            keys = sorted({k for row in figures["batches"].values() for k in row})
+            lines += [f" {figures.get('res')}x{figures.get('res')}, gradient checkpointing "
+                      f"{part.get('gradient_checkpointing')}.", "",
+                      _table(["batch", *keys], [[b, *[row.get(k) for k in keys]]
+                                                for b, row in figures["batches"].items()])]
         elif figures:
             flat = {k: val for k, val in figures.items() if not isinstance(val, (dict, list))}
             lines.append(" " + ", ".join(f"{k} {_fmt(val)}" for k, val in flat.items()) + ".")
@@ -96,7 +104,10 @@ def render(report: dict) -> str:
                 if isinstance(val, dict):
                     lines.append(f" {k}: " + ", ".join(f"{a} {_fmt(b) if not isinstance(b, dict) else b}"
                                                        for a, b in val.items()) + ".")
-        for key in ("weights_random", "failing", "stages"):
+        for key in ("steady_how", "speedup_of"):
+            if part.get(key):
+                lines.append(f" {key.replace('_', ' ')}: {part[key]}.")
+        for key in ("weights_random", "left_out", "failing", "stages"):
             if part.get(key):
                 lines.append(f" {key}: {', '.join(map(str, part[key]))}.")
         if part.get("caption_left_out"):
