@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ busy 2-core CPU. Their code paths are the same runner and stage calls as the oth
 # Sizes: (GPU, smoke).
 E2E_N = {250: (3000, 4), 1024: (500, 2)}
 E2E_SHARD = {250: (500, 2), 1024: (250, 1)}
-NAIVE_N = (20, 2)
+NAIVE_N = (8, 2)
 STAGE_BATCHES = ([32, 128], [1, 2])
 DENSE_FACE_BATCHES = ([1, 4], [1])
 PORTRAITBOOTH_BATCHES = ([2, 8], [1])
@@ -276,6 +277,28 @@ def steady_rate(out: Path, n: int, shard: int, executor: str, per_stage: dict) -
     return _round(1 / sum(1 / r for r in rates)), "local: 1 / sum(1 / stage img/s), pack excluded"
 
 
+class Progress(threading.Thread):
+    """Saves the per-stage rates of the shards finished so far every few seconds: a run cut at its
+    budget still leaves figures (marked partial)."""
+
+    def __init__(self, ctx: Ctx, out: Path, t0: float, n: int, size: int, executor: str):
+        super().__init__(daemon=True)
+        self.ctx, self.out, self.t0, self.base = ctx, out, t0, {"n": n, "size": size, "executor": executor}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from bench import e2e
+
+        while not self.stop.wait(5.0):
+            try:
+                rates = e2e.stage_rates(self.out) if (self.out / "stats").is_dir() else {}
+                packed = len(list((self.out / "done" / "pack").glob("*.json"))) if rates else 0
+            except (OSError, ValueError, KeyError):
+                continue
+            self.ctx.save({**self.base, "elapsed_s": round(time.perf_counter() - self.t0), "per_stage_img_s": rates,
+                           "shards_packed": packed}, partial=True)
+
+
 def e2e_part(ctx: Ctx, size: int) -> None:
     """Every default stage through the real runner on ``size`` px JPEGs; img/s, busy %, peak memory."""
     import shutil
@@ -300,8 +323,12 @@ def e2e_part(ctx: Ctx, size: int) -> None:
     if ctx.device.startswith("cuda"):
         sampler.start()
     t0 = time.perf_counter()
+    progress = Progress(ctx, out, t0, n, size, executor)
+    progress.start()
     summary = run(cfg, quiet=True)
     wall = time.perf_counter() - t0
+    progress.stop.set()
+    progress.join()
     sampler.stop.set()
     provenance = json.loads((out / "run.json").read_text())["provenance"]
     util = sampler.util

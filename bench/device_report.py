@@ -110,6 +110,8 @@ def render(report: dict) -> str:
         for key in ("weights_random", "left_out", "failing", "stages"):
             if part.get(key):
                 lines.append(f" {key}: {', '.join(map(str, part[key]))}.")
+        if part.get("partial"):
+            lines.append(" partial: figures of the shards finished before the part was cut.")
         if part.get("caption_left_out"):
             lines.append(" caption left out (the prep part made no caption models).")
         lines.append("")

@@ -19,6 +19,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEV="$ROOT/.device"
 VENV="${FACEWEAVE_DEVICE_VENV:-/tmp/faceweave-venv}"
+WHEEL_DIR="${FACEWEAVE_DEVICE_WHEELS:-$DEV/wheels}"
 PY_VERSION="${FACEWEAVE_DEVICE_PY:-3.12}"
 # Wheels the GPU image lacks (exact versions: those this repository is tested with).
 WHEELS=(mediapipe==0.10.21 diffusers==0.42.1 facexlib==0.3.0 webdataset==1.0.2 braceexpand==0.1.7
@@ -27,16 +28,16 @@ SDISTS=(codeformer-pip==0.0.4)   # pure Python, published as sdist only: built i
 
 prepare() {
   local py="${PYTHON:-python3}"
-  mkdir -p "$DEV/wheels" "$DEV/shared/faces"
+  mkdir -p "$WHEEL_DIR" "$DEV/shared/faces"
   local plat=(--python-version "$PY_VERSION" --implementation cp --platform manylinux_2_28_x86_64
               --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
               --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
   for w in "${WHEELS[@]}"; do
-    "$py" -m pip download -q --no-deps --only-binary=:all: "${plat[@]}" -d "$DEV/wheels" "$w" \
+    "$py" -m pip download -q --no-deps --only-binary=:all: "${plat[@]}" -d "$WHEEL_DIR" "$w" \
       || echo "prepare: could not download $w" >&2
   done
   for s in "${SDISTS[@]}"; do
-    "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$DEV/wheels" "$s" \
+    "$py" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEEL_DIR" "$s" \
       || echo "prepare: could not build $s" >&2
   done
   if [ -d "$ROOT/../shared/faces/lfw10" ]; then
@@ -49,7 +50,7 @@ prepare() {
   local dev
   dev=$(du -sb "$DEV" | cut -f1)
   echo "prepare: .device holds $((dev / 1048576)) MiB; with the tracked files $(((dev + tracked) / 1048576)) MiB travel (limit 64)"
-  ls -1 "$DEV/wheels"
+  ls -1 "$WHEEL_DIR"
 }
 
 install() {
@@ -72,12 +73,18 @@ install_steps() {
     if [ ! -x "$VENV/bin/python" ]; then
       "$base" -m venv --system-site-packages "$VENV" || { echo "MISSING: could not create $VENV"; return 1; }
     fi
+    # The image's python3 is itself a venv (/opt/torch/.venv): --system-site-packages would reach the
+    # interpreter's own site-packages, not that venv's, so its site folders go in through a .pth file.
+    local site
+    site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    "$base" -c "import site, sys; print('\n'.join(p for p in site.getsitepackages() + [site.getusersitepackages()]))" \
+      > "$site/_faceweave_base_site.pth"
     local pip=("$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check)
-    if compgen -G "$DEV/wheels/*.whl" >/dev/null; then
-      "${pip[@]}" "$DEV"/wheels/*.whl && echo "wheels: installed $(ls "$DEV"/wheels/*.whl | wc -l) from .device/wheels" \
-        || echo "MISSING: some of .device/wheels did not install (above)"
+    if compgen -G "$WHEEL_DIR/*.whl" >/dev/null; then
+      "${pip[@]}" "$WHEEL_DIR"/*.whl && echo "wheels: installed $(ls "$WHEEL_DIR"/*.whl | wc -l) from $WHEEL_DIR" \
+        || echo "MISSING: some of $WHEEL_DIR did not install (above)"
     else
-      echo "wheels: none in .device/wheels (run 'bash bench/device_setup.sh prepare' here and carry .device)"
+      echo "wheels: none in $WHEEL_DIR (run 'bash bench/device_setup.sh prepare' here and carry .device)"
     fi
     # The package itself: editable, no build isolation (setuptools and wheel come from the image).
     if "${pip[@]}" --no-build-isolation -e "$ROOT" >/dev/null 2>&1; then
