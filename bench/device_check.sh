@@ -14,7 +14,7 @@ VENV="${FACEWEAVE_DEVICE_VENV:-/tmp/faceweave-venv}"
 bash "$ROOT/bench/device_setup.sh" install "$OUT"
 PY="$VENV/bin/python"
 [ -x "$PY" ] || PY=python3
-cd "$ROOT" && PYTHONPATH="$ROOT" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
+cd "$ROOT" && PYTHONPATH="$ROOT" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
   "$PY" bench/device_check.py "$OUT" "$@"
 rc=$?
 [ -f "$OUT/report.json" ] && exit 0
