@@ -21,9 +21,11 @@ DEV="$ROOT/.device"
 VENV="${FACEWEAVE_DEVICE_VENV:-/tmp/faceweave-venv}"
 WHEEL_DIR="${FACEWEAVE_DEVICE_WHEELS:-$DEV/wheels}"
 PY_VERSION="${FACEWEAVE_DEVICE_PY:-3.12}"
-# Wheels the GPU image lacks (exact versions: those this repository is tested with).
-WHEELS=(mediapipe==0.10.21 diffusers==0.42.1 facexlib==0.3.0 webdataset==1.0.2 braceexpand==0.1.7
-        lpips==0.1.4 dill==0.4.0)
+# Wheels the GPU image lacks (exact versions: those this repository is tested with). protobuf 4.25
+# is mediapipe 0.10.21's own pin: with protobuf 5.29 its face mesh graph fails to parse (seen here
+# on Python 3.12 + numpy 2.2; 4.25 and 6.31 worked), and the image's version is not known ahead.
+WHEELS=(mediapipe==0.10.21 protobuf==4.25.9 diffusers==0.42.1 facexlib==0.3.0 webdataset==1.0.2
+        braceexpand==0.1.7 lpips==0.1.4 dill==0.4.0)
 SDISTS=(codeformer-pip==0.0.4)   # pure Python, published as sdist only: built into a wheel here
 
 prepare() {
