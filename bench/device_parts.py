@@ -1,148 +1,21 @@
 """The parts of bench/device_check.py: each measures with the existing bench scripts' functions and
-saves its figures (``Ctx.save``) the moment it has them. One part runs per child process."""
+saves its figures (``Ctx.save``) the moment it has them. One part runs per forked child process."""
 from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
-T = TypeVar("T")
+from bench.device_ctx import (DEFAULT_CASES, E2E_N, E2E_SHARD, E2E_STAGES, NAIVE_N, ROOT, SMOKE_CASES,
+                              SMOKE_LEFT_OUT, STAGE_BATCHES, Ctx, round3, built_on, machine, use_faces, versions)
+from bench.device_train import dense_face_part, portraitbooth_part
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_FACES = ROOT.parent / "shared" / "faces" / "lfw10"
-SAMPLE_FACES = ROOT / "pipeline" / "data" / "sample"
-E2E_STAGES = ["detect", "restore", "landmarks", "pose", "parsing", "identity"]
-# The full preset's GPU stages (the "combined" per-stage figure) and, in smoke, their lite stand-ins.
-DEFAULT_CASES = ["detect retinaface_resnet50", "restore codeformer w=0.5", "pose hopenet_r50", "parsing bisenet",
-                 "identity arcface_irse50"]
-SMOKE_CASES = ["detect retinaface_mobile0.25", "pose lightweight_headpose", "identity mobilefacenet"]
-SMOKE_LEFT_OUT = ("restore", "parsing")
-"""Left out of the smoke runs: even tiny, CodeFormer and BiSeNet at 512 px cost seconds per image on a
-busy 2-core CPU. Their code paths are the same runner and stage calls as the others'."""
-# Sizes: (GPU, smoke).
-E2E_N = {250: (3000, 4), 1024: (500, 2)}
-E2E_SHARD = {250: (500, 2), 1024: (250, 1)}
-NAIVE_N = (8, 2)
-STAGE_BATCHES = ([32, 128], [1, 2])
-DENSE_FACE_BATCHES = ([1, 4], [1])
-PORTRAITBOOTH_BATCHES = ([2, 8], [1])
-
-
-@dataclass
-class Ctx:
-    """What a part needs: where to write, whether this is the CPU smoke run, the executor, the faces."""
-
-    out: Path
-    """The report folder (only gpu_tests writes a file there: gpu_tests.txt)."""
-    work: Path
-    """Scratch folder shared by the parts (trees, caption models, partial results)."""
-    smoke: bool
-    """Tiny sizes and models on the CPU."""
-    executor: str | None = None
-    """Pipeline executor for the e2e parts; None: ray where importable (local in smoke)."""
-    faces: str | None = None
-    """Folder of face JPEGs; None: ../shared/faces/lfw10, else the bundled sample photos."""
-    part: str = ""
-
-    def pick(self, pair: tuple):
-        return pair[1] if self.smoke else pair[0]
-
-    @property
-    def device(self) -> str:
-        return "cpu" if self.smoke else "cuda"
-
-    def faces_dir(self) -> Path:
-        for d in (Path(self.faces) if self.faces else None, SHARED_FACES, SAMPLE_FACES):
-            if d is not None and d.is_dir() and any(d.rglob("*.jpg")):
-                return d
-        raise FileNotFoundError("no face photos: pass --faces DIR")
-
-    def save(self, figures: dict, **extra) -> None:
-        """Write this part's figures so far (atomically): the parent reads them even after a kill."""
-        path = self.work / f"{self.part}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"figures": figures, **extra}, indent=1, default=str))
-        tmp.replace(path)
-
-    def load(self, part: str) -> dict:
-        path = self.work / f"{part}.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-
-def machine() -> str:
-    """Cores, CPU, GPU (from nvidia-smi: the parent must not initialise CUDA before it forks), Python."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    gpu = _smi("name,memory.total")
-    return f"{os.cpu_count()} cores ({cpu})" + (f", GPU {gpu} MiB" if gpu else ", no GPU") + \
-        f", Python {platform.python_version()}"
-
-
-def versions() -> dict[str, str]:
-    """Installed versions (package metadata: nothing is imported), CUDA driver, git commit."""
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for dist in ("torch", "numpy", "mediapipe", "transformers", "diffusers", "ray", "pyarrow"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = "missing"
-    found["driver"] = _smi("driver_version") or "none"
-    try:
-        found["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                         capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        found["commit"] = "unknown"
-    return found
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def _smi(query: str) -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def built_on(device: str, build: Callable[[], T]) -> T:
-    """``build()`` with new tensors created straight on the GPU (random init there takes seconds, not
-    the minutes of CPU init of a billion parameters); on the CPU again if that fails (code that mixes
-    in CPU tensors while it builds)."""
-    import torch
-
-    if device.startswith("cuda"):
-        try:
-            with torch.device(device):
-                return build()
-        except (RuntimeError, TypeError, ValueError) as exc:
-            print(f"building on {device} failed ({type(exc).__name__}: {exc}); building on the CPU", flush=True)
-    return build()
-
-
-def use_faces(ctx: Ctx) -> Path:
-    """Point the bench scripts' photo folder at the one this machine has."""
-    from bench import e2e, naive, stages_gpu
-
-    faces = ctx.faces_dir()
-    e2e.FACES = naive.FACES = stages_gpu.FACES = faces
-    return faces
+__all__ = ["PARTS", "Ctx", "machine", "versions"]
 
 
 # ---------------------------------------------------------------- gpu_tests
@@ -276,11 +149,11 @@ def steady_rate(out: Path, n: int, shard: int, executor: str, per_stage: dict) -
         marks = sorted(p.stat().st_mtime for p in (out / "done" / "pack").glob("*.json"))
         if len(marks) < 2 or marks[-1] <= marks[0]:
             return None, "ray: fewer than 2 packed shards"
-        return _round((n - shard) / (marks[-1] - marks[0])), "ray: between first and last packed shard"
+        return round3((n - shard) / (marks[-1] - marks[0])), "ray: between first and last packed shard"
     rates = [r for r in per_stage.values() if r]
     if not rates:
         return None, "local: no stage timings"
-    return _round(1 / sum(1 / r for r in rates)), "local: 1 / sum(1 / stage img/s), pack excluded"
+    return round3(1 / sum(1 / r for r in rates)), "local: 1 / sum(1 / stage img/s), pack excluded"
 
 
 class Progress(threading.Thread):
@@ -341,7 +214,7 @@ def e2e_part(ctx: Ctx, size: int) -> None:
     per_stage = e2e.stage_rates(out)
     steady, steady_how = steady_rate(out, n, shard, executor, per_stage)
     figures = {
-        "n": n, "size": size, "img_s": _round(n / wall), "wall_s": round(wall, 1),
+        "n": n, "size": size, "img_s": round3(n / wall), "wall_s": round(wall, 1),
         "steady_img_s": steady, "executor": executor,
         "gpu_busy_pct": round(sum(u > 0 for u in util) / len(util) * 100) if util else None,
         "gpu_util_mean_pct": round(sum(util) / len(util)) if util else None,
@@ -385,7 +258,7 @@ def naive_part(ctx: Ctx) -> None:
             naive.run_one(built, photos[i % len(photos)], Path(tmp), i)
         rate = n / (time.perf_counter() - t0)
     fast = ctx.load("e2e_250").get("figures", {}).get("img_s")  # wall clock, as bench/e2e.py --naive
-    ctx.save({"n": n, "img_s": _round(rate), "speedup": _round(fast / rate) if fast else None},
+    ctx.save({"n": n, "img_s": round3(rate), "speedup": round3(fast / rate) if fast else None},
              stages=list(built), speedup_of="e2e_250 wall-clock img/s / naive img/s")
 
 
@@ -413,7 +286,7 @@ def stages_part(ctx: Ctx) -> None:
             rates = {}
             for b in batches:
                 try:
-                    rates[str(b)] = _round(stages_gpu.measure(stage, samples, b, repeats, sync))
+                    rates[str(b)] = round3(stages_gpu.measure(stage, samples, b, repeats, sync))
                 except torch.cuda.OutOfMemoryError:
                     rates[str(b)] = "OOM"
                     torch.cuda.empty_cache()
@@ -434,74 +307,7 @@ def combined(rows: dict, batches: list[int], smoke: bool) -> dict:
     rates = [rows.get(c, {}).get("img_s", {}).get(str(batches[-1])) for c in cases]
     if not all(isinstance(r, (int, float)) and r > 0 for r in rates):
         return {}
-    return {"combined_img_s": _round(1 / sum(1 / r for r in rates)), "combined_of": cases}
-
-
-# ---------------------------------------------------------------- trainers
-
-def dense_face_part(ctx: Ctx) -> None:
-    """bench/train_dense_face.py's step time and peak memory (SD 2.1 size on the GPU, tiny in smoke)."""
-    import torch
-
-    from bench import train_dense_face as bench
-    from training.dense_face import DenseFace, DenseFaceConfig
-    from training.sd import sd21_components, tiny_sd_components
-
-    device = torch.device(ctx.device)
-    if ctx.smoke:
-        cfg = DenseFaceConfig(dense_size=16, id_dim=512, id_hidden=32, head_channels=16, gradient_checkpointing=True)
-    else:  # as bench/train_dense_face.py runs by default
-        cfg = DenseFaceConfig(id_dim=512, frozen_dtype="bf16", gradient_checkpointing=True)
-    parts = tiny_sd_components if ctx.smoke else (lambda: sd21_components(torch.bfloat16))
-    model = built_on(ctx.device, lambda: DenseFace(parts(), cfg)).to(device).train()
-    res, steps, warmup = (64, 1, 0) if ctx.smoke else (512, 3, 1)
-    rows: dict = {}
-    for n in ctx.pick(DENSE_FACE_BATCHES):
-        try:
-            sec, peak = bench.measure(model, n, res, steps, warmup, device)
-            rows[str(n)] = {"s_step": round(sec, 3), "img_s": round(n / sec, 2), "peak_gib": _gib(peak)}
-        except torch.cuda.OutOfMemoryError:
-            rows[str(n)] = {"s_step": "OOM"}
-            torch.cuda.empty_cache()
-        ctx.save({"res": res, "batches": rows}, gradient_checkpointing=cfg.gradient_checkpointing)
-
-
-def portraitbooth_part(ctx: Ctx) -> None:
-    """bench/train_portraitbooth.py's step time (t > R_t and t <= R_t) and peak memory."""
-    from dataclasses import replace
-
-    import torch
-
-    from bench import train_portraitbooth as bench
-    from training.portraitbooth import PortraitBooth, PortraitBoothConfig
-    from training.sd import tiny_sd_components
-
-    device = torch.device(ctx.device)
-    cfg = PortraitBoothConfig(id_dim=512, gradient_checkpointing=True)  # bench/train_portraitbooth.py's default
-    cfg = replace(cfg, mlp_hidden=32) if ctx.smoke else replace(cfg, frozen_dtype="bf16")
-    parts = tiny_sd_components if ctx.smoke else bench.sd15_components
-    model = built_on(ctx.device, lambda: PortraitBooth(parts(), cfg)).to(device).train()
-    res, steps, warmup = (64, 1, 0) if ctx.smoke else (512, 3, 1)
-    rows: dict = {}
-    for n in ctx.pick(PORTRAITBOOTH_BATCHES):
-        try:
-            plain, _ = bench.measure(model, n, res, steps, warmup, device, with_id=False)
-            sec, peak = bench.measure(model, n, res, steps, warmup, device, with_id=True)
-            rows[str(n)] = {"s_step_plain": round(plain, 3), "s_step_id": round(sec, 3),
-                            "img_s_id": round(n / sec, 2), "peak_gib_id": _gib(peak)}
-        except torch.cuda.OutOfMemoryError:
-            rows[str(n)] = {"s_step_id": "OOM"}
-            torch.cuda.empty_cache()
-        ctx.save({"res": res, "batches": rows}, gradient_checkpointing=cfg.gradient_checkpointing)
-
-
-def _round(value: float) -> float:
-    """Three significant figures (CPU smoke rates are far below 1 img/s)."""
-    return float(f"{value:.3g}")
-
-
-def _gib(value: float) -> float | None:
-    return None if value != value else round(value, 2)  # NaN (CPU) -> None
+    return {"combined_img_s": round3(1 / sum(1 / r for r in rates)), "combined_of": cases}
 
 
 def _with_name(name: str, fn: Callable[[Ctx], None]) -> Callable[[Ctx], None]:
