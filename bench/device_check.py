@@ -86,6 +86,9 @@ def run_part(name: str, ctx: Ctx, log_path: Path, budget: float) -> dict:
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            # Python-level writers too, wherever the parent's sys.stdout/err pointed (pytest's capture...)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
             PARTS[name](ctx)
             code = 0
         except BaseException:

@@ -9,12 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bench import device_check
 from bench.device_check import BUDGETS, SECTION
-from bench.device_parts import PARTS
+from bench.device_parts import PARTS, Ctx
 from bench.device_report import render, summary_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +79,27 @@ def test_report_marks_failed_and_missing_parts():
     assert rows["e2e 250px img/s (wall, n=?)"][3] == "no figure"
     assert rows["speed-up over naive"][1:] == ("45.0", "30.0", "yes")
     assert "timeout after 90 s" in render(report)
+
+
+def _sleepy(ctx):
+    ctx.part = "sleepy"
+    ctx.save({"measured": 1.5})
+    time.sleep(60)
+
+
+def _broken(ctx):
+    raise RuntimeError("no GPU here")
+
+
+def test_slow_part_is_cut_and_keeps_its_figures_failed_part_is_recorded(tmp_path, monkeypatch):
+    """A part past its budget is killed (its figures so far kept); one that raises is a status."""
+    monkeypatch.setitem(device_check.PARTS, "sleepy", _sleepy)
+    monkeypatch.setitem(device_check.PARTS, "broken", _broken)
+    ctx = Ctx(out=tmp_path, work=tmp_path, smoke=True)
+    t0 = time.perf_counter()
+    slow = device_check.run_part("sleepy", ctx, tmp_path / "log.txt", budget=3)
+    assert time.perf_counter() - t0 < 30
+    assert slow["status"] == "timeout after 3 s" and slow["figures"] == {"measured": 1.5}
+    broken = device_check.run_part("broken", ctx, tmp_path / "log.txt", budget=30)
+    assert broken["status"] == "failed (exit 1)" and "figures" not in broken
+    assert "no GPU here" in (tmp_path / "log.txt").read_text()
