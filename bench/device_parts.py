@@ -32,14 +32,24 @@ def gpu_tests(ctx: Ctx) -> None:
     rc = _pytest_in_process(args, ctx.out / "gpu_tests.txt")
     if not junit.exists():
         raise RuntimeError(f"pytest wrote no junit file (exit {rc}); see gpu_tests.txt")
+    figures, failing, uncollected = junit_counts(junit)
+    ctx.save({**figures, "pytest_exit": rc}, failing=failing[:30], not_importable=uncollected)
+
+
+def junit_counts(junit: Path) -> tuple[dict, list[str], list[str]]:
+    """(counts, failing test ids, modules that did not import) from pytest's junit XML. A module that
+    does not import (a package the device lacks) is not a failed GPU test: it is counted apart."""
     suites = ET.parse(junit).getroot()
     suite = suites if suites.tag == "testsuite" else suites[0]
-    total, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
-    failed, errors = int(suite.get("failures", 0)), int(suite.get("errors", 0))
-    bad = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
-           if c.find("failure") is not None or c.find("error") is not None]
-    ctx.save({"total": total, "passed": total - skipped - failed - errors, "failed": failed, "errors": errors,
-              "skipped": skipped, "pytest_exit": rc}, failing=bad[:30])
+    cases = list(suite.iter("testcase"))
+    uncollected = [c.get("name") for c in cases if (e := c.find("error")) is not None
+                   and e.get("message") == "collection failure"]
+    failing = [f"{c.get('classname')}::{c.get('name')}" for c in cases if c.find("failure") is not None
+               or (c.find("error") is not None and c.get("name") not in uncollected)]
+    total, skipped = int(suite.get("tests", 0)) - len(uncollected), int(suite.get("skipped", 0))
+    failed, errors = int(suite.get("failures", 0)), int(suite.get("errors", 0)) - len(uncollected)
+    return ({"total": total, "passed": total - skipped - failed - errors, "failed": failed, "errors": errors,
+             "skipped": skipped, "modules_not_importable": len(uncollected)}, failing, uncollected)
 
 
 def _pytest_in_process(args: list[str], log_path: Path) -> int:

@@ -43,6 +43,7 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
         f"{t['passed']}/{t['total'] - t['skipped']}" if t else None, None, "all")
     if t:
         rows[-1] = (*rows[-1][:3], "yes" if t["failed"] + t["errors"] == 0 else "NO")
+        add("test modules that did not import (missing packages)", "gpu_tests", t.get("modules_not_importable"))
     for size in (250, 1024):
         e = fig(f"e2e_{size}")
         target = E2E_TARGET if size == 250 else None
@@ -107,7 +108,7 @@ def render(report: dict) -> str:
         for key in ("steady_how", "speedup_of"):
             if part.get(key):
                 lines.append(f" {key.replace('_', ' ')}: {part[key]}.")
-        for key in ("weights_random", "left_out", "failing", "stages"):
+        for key in ("weights_random", "left_out", "failing", "not_importable", "stages"):
             if part.get(key):
                 lines.append(f" {key}: {', '.join(map(str, part[key]))}.")
         if part.get("partial"):

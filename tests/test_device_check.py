@@ -16,7 +16,7 @@ import pytest
 
 from bench import device_check
 from bench.device_check import BUDGETS, SECTION
-from bench.device_parts import PARTS, Ctx
+from bench.device_parts import PARTS, Ctx, junit_counts
 from bench.device_report import render, summary_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,3 +103,16 @@ def test_slow_part_is_cut_and_keeps_its_figures_failed_part_is_recorded(tmp_path
     broken = device_check.run_part("broken", ctx, tmp_path / "log.txt", budget=30)
     assert broken["status"] == "failed (exit 1)" and "figures" not in broken
     assert "no GPU here" in (tmp_path / "log.txt").read_text()
+
+
+def test_junit_counts_keep_unimportable_modules_apart(tmp_path):
+    junit = tmp_path / "j.xml"
+    junit.write_text(
+        '<testsuites><testsuite errors="1" failures="1" skipped="1" tests="4">'
+        '<testcase classname="" name="tests.test_sql"><error message="collection failure">no duckdb</error></testcase>'
+        '<testcase classname="tests.test_a" name="test_fails"><failure message="x"/></testcase>'
+        '<testcase classname="tests.test_a" name="test_skips"><skipped/></testcase>'
+        '<testcase classname="tests.test_a" name="test_ok"/></testsuite></testsuites>')
+    figures, failing, uncollected = junit_counts(junit)
+    assert figures == {"total": 3, "passed": 1, "failed": 1, "errors": 0, "skipped": 1, "modules_not_importable": 1}
+    assert failing == ["tests.test_a::test_fails"] and uncollected == ["tests.test_sql"]
