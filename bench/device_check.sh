@@ -11,10 +11,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:?usage: bash bench/device_check.sh OUT [options]}"
 shift
 VENV="${FACEWEAVE_DEVICE_VENV:-/tmp/faceweave-venv}"
+SITE="${FACEWEAVE_DEVICE_SITE:-/tmp/faceweave-site}"
 bash "$ROOT/bench/device_setup.sh" install "$OUT"
 PY="$VENV/bin/python"
-[ -x "$PY" ] || PY=python3
-cd "$ROOT" && PYTHONPATH="$ROOT" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+[ -x "$PY" ] || PY="${PYTHON:-python3}"
+cd "$ROOT" && PYTHONPATH="$ROOT:$SITE" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
   "$PY" bench/device_check.py "$OUT" "$@"
 rc=$?
 [ -f "$OUT/report.json" ] && exit 0

@@ -20,6 +20,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEV="$ROOT/.device"
 VENV="${FACEWEAVE_DEVICE_VENV:-/tmp/faceweave-venv}"
 WHEEL_DIR="${FACEWEAVE_DEVICE_WHEELS:-$DEV/wheels}"
+SITE="${FACEWEAVE_DEVICE_SITE:-/tmp/faceweave-site}"  # the wheels' folder where no venv can be made
 PY_VERSION="${FACEWEAVE_DEVICE_PY:-3.12}"
 # Wheels the GPU image lacks (exact versions: those this repository is tested with). protobuf 4.25
 # is mediapipe 0.10.21's own pin: with protobuf 5.29 its face mesh graph fails to parse (seen here
@@ -72,16 +73,23 @@ install_steps() {
     else
       echo "base python: $base has no torch with CUDA; the check will run on what it has (CPU only?)"
     fi
-    if [ ! -x "$VENV/bin/python" ]; then
-      "$base" -m venv --system-site-packages "$VENV" || { echo "MISSING: could not create $VENV"; return 1; }
+    local py pip
+    if [ -x "$VENV/bin/python" ] || "$base" -m venv --system-site-packages "$VENV"; then
+      py="$VENV/bin/python"
+      # The image's python3 is itself a venv (/opt/torch/.venv): --system-site-packages reaches the
+      # interpreter's own site-packages, not that venv's, so its site folders go in through a .pth file.
+      local site
+      site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+      "$base" -c "import site; print('\n'.join(site.getsitepackages() + [site.getusersitepackages()]))" \
+        > "$site/_faceweave_base_site.pth"
+      pip=("$py" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check)
+      echo "venv: $VENV over $base's packages"
+    else  # no ensurepip there: the wheels go to a folder on PYTHONPATH (device_check.sh adds it)
+      py="$base"
+      rm -rf "$VENV"
+      pip=("$py" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --target "$SITE")
+      echo "venv: could not be made; wheels go to $SITE (on PYTHONPATH)"
     fi
-    # The image's python3 is itself a venv (/opt/torch/.venv): --system-site-packages would reach the
-    # interpreter's own site-packages, not that venv's, so its site folders go in through a .pth file.
-    local site
-    site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-    "$base" -c "import site, sys; print('\n'.join(p for p in site.getsitepackages() + [site.getusersitepackages()]))" \
-      > "$site/_faceweave_base_site.pth"
-    local pip=("$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check)
     if compgen -G "$WHEEL_DIR/*.whl" >/dev/null; then
       "${pip[@]}" "$WHEEL_DIR"/*.whl && echo "wheels: installed $(ls "$WHEEL_DIR"/*.whl | wc -l) from $WHEEL_DIR" \
         || echo "MISSING: some of $WHEEL_DIR did not install (above)"
@@ -89,7 +97,7 @@ install_steps() {
       echo "wheels: none in $WHEEL_DIR (run 'bash bench/device_setup.sh prepare' here and carry .device)"
     fi
     # The package itself: editable, no build isolation (setuptools and wheel come from the image).
-    if "${pip[@]}" --no-build-isolation -e "$ROOT" >/dev/null 2>&1; then
+    if [ "$py" != "$base" ] && "${pip[@]}" --no-build-isolation -e "$ROOT" >/dev/null 2>&1; then
       echo "faceweave: installed (editable, --no-deps)"
     else
       echo "faceweave: not installable here; bench/ and the tests find it through PYTHONPATH=$ROOT"
@@ -98,7 +106,7 @@ install_steps() {
       ln -s "$DEV/shared" "$ROOT/../shared" && echo "shared: ../shared -> .device/shared"
     fi
     [ -d "$ROOT/../shared/faces/lfw10" ] || echo "MISSING: ../shared/faces/lfw10 (tests that need it skip)"
-    PYTHONPATH="$ROOT" "$VENV/bin/python" - <<'EOF'
+    PYTHONPATH="$ROOT:$SITE" "$py" - <<'EOF'
 import importlib
 checks = {
     "torch (CUDA)": "import torch; assert torch.cuda.is_available(), 'no CUDA'; v = torch.__version__",
