@@ -87,6 +87,16 @@ class GpuSampler(threading.Thread):
             time.sleep(0.2)
 
 
+def stage_rates(out: Path) -> dict[str, float | None]:
+    """img/s per stage of a finished run: samples / summed stage seconds (OUT/stats, all workers)."""
+    per_stage = {}
+    for d in sorted((out / "stats").iterdir()):
+        stats = [json.loads(p.read_text()) for p in d.glob("*.json")]
+        n, secs = sum(s["n"] for s in stats), sum(s["seconds"] for s in stats)
+        per_stage[d.name] = round(n / secs, 1) if secs else None
+    return per_stage
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
@@ -119,11 +129,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
         wall = time.perf_counter() - t0
         sampler.stop.set()
-        per_stage = {}
-        for d in sorted((out / "stats").iterdir()):
-            stats = [json.loads(p.read_text()) for p in d.glob("*.json")]
-            n, secs = sum(s["n"] for s in stats), sum(s["seconds"] for s in stats)
-            per_stage[d.name] = round(n / secs, 1) if secs else None
+        per_stage = stage_rates(out)
         run_json = json.loads((out / "run.json").read_text())
         random = sorted(k for k, v in run_json["provenance"].items() if v.get("weights_random"))
     naive = ""

@@ -24,7 +24,8 @@ FACES = ROOT.parent / "shared" / "faces" / "lfw10"
 ORDER = ("detect", "restore", "landmarks", "pose", "parsing", "identity", "caption")
 
 
-def build_all(device: str, smoke: bool, skip_caption: bool) -> dict:
+def build_all(device: str, smoke: bool, skip_caption: bool, overrides: dict | None = None) -> dict:
+    """Set up every stage of ORDER (full preset + ``overrides``: stage -> field values), batch 1, fp32."""
     from pipeline.config import build_stage, resolve
 
     cfg = resolve(preset="full")
@@ -32,7 +33,7 @@ def build_all(device: str, smoke: bool, skip_caption: bool) -> dict:
     for name in ORDER:
         if name == "caption" and skip_caption:
             continue
-        values = dict(cfg.stage_config.get(name, {}))
+        values = {**cfg.stage_config.get(name, {}), **(overrides or {}).get(name, {})}
         fields = build_stage(name, {}).__dataclass_fields__
         if "device" in fields:
             values.update(device=device)
