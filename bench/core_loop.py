@@ -74,8 +74,8 @@ def per_part(side: int, n: int = 40) -> dict[str, float]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import imaging
-    from pipeline.execute import decode_frame, encode_frame
+    from pipeline.core import imaging
+    from pipeline.core.execute import decode_frame, encode_frame
 
     photos = sorted(FACES.rglob("*.jpg"))[:n]
     datas = []

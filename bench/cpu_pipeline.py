@@ -52,7 +52,7 @@ def stage_alone(faces: Path) -> float:
 
 def whole(tree: Path, out: Path, executor: str, n: int) -> float:
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     cfg = resolve(flags={"source": "folder", "input": str(tree), "out": str(out), "stages": "landmarks",
                          "executor": executor, "shard_size": 100})

@@ -24,7 +24,7 @@ CASES = {  # name: (PIL mode to build, save format)
 
 CHILD = r"""
 import sys
-from pipeline import imaging
+from pipeline.core import imaging
 def status(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))

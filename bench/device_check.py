@@ -55,7 +55,7 @@ BUDGETS = {
 assert list(BUDGETS) == list(PARTS)
 
 
-PRELOAD = ("torch", "numpy", "PIL.Image", "transformers", "pyarrow.parquet", "pipeline.config", "pipeline.runner",
+PRELOAD = ("torch", "numpy", "PIL.Image", "transformers", "pyarrow.parquet", "pipeline.config", "pipeline.core.runner",
            "stages", "stages.base", "training.sd")
 """Imported once by the parent, before it forks each part: a part then starts in milliseconds, not the
 seconds of importing torch again. Nothing here touches CUDA (a forked child could not use it then)."""

@@ -25,7 +25,7 @@ def gpu_tests(ctx: Ctx) -> None:
     junit = ctx.work / "junit.xml"
     junit.unlink(missing_ok=True)
     targets = ["tests/test_identity.py"] if ctx.smoke else ["tests"]
-    # A module that cannot import there (pipeline/sql.py needs duckdb, which a device call cannot
+    # A module that cannot import there (pipeline/readers/sql.py needs duckdb, which a device call cannot
     # carry) is an error row; the other modules' tests still run.
     args = ["-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", "--continue-on-collection-errors",
             f"--junitxml={junit}", *targets]
@@ -194,7 +194,7 @@ def e2e_part(ctx: Ctx, size: int) -> None:
 
     from bench import e2e
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     tree = make_tree(ctx, size)
     n, shard = ctx.pick(E2E_N[size]), ctx.pick(E2E_SHARD[size])

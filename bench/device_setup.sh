@@ -126,7 +126,7 @@ checks = {
     "pytest": "import pytest; v = pytest.__version__",
     "ray (optional: else the local executor)": "import ray; v = ray.__version__",
     "duckdb (optional: pipeline sql only)": "import duckdb; v = duckdb.__version__",
-    "faceweave": "import pipeline.runner, stages, training.sd; v = 'ok'",
+    "faceweave": "import pipeline.core.runner, stages, training.sd; v = 'ok'",
 }
 for name, code in checks.items():
     scope = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.imaging import decode_rgb
+from pipeline.core.imaging import decode_rgb
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 

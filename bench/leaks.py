@@ -1,4 +1,4 @@
-"""Leak audit at scale: 100k OUT x 10k EVAL synthetic unit embeddings (``pipeline/leaks.py``).
+"""Leak audit at scale: 100k OUT x 10k EVAL synthetic unit embeddings (``pipeline/readers/leaks.py``).
 
 Synthetic people are random unit vectors; a photo is its person plus unit noise (same-person
 cosine about 0.5, different people about 0 +- 1/sqrt(dim)). EVAL shares ``--shared`` people with
@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from pipeline import leaks
-from pipeline.audit import Samples
+from pipeline.readers import leaks
+from pipeline.readers.audit import Samples
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

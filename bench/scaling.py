@@ -40,7 +40,7 @@ def make_tree(root: Path, n: int) -> None:
 def one(n: int, executor: str) -> dict:
     os.environ["FACEWEAVE_PLUGINS"] = "bench.noop_stage"
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"

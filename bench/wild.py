@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp dir)")
     args = ap.parse_args()
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)

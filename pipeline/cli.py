@@ -95,7 +95,7 @@ def run(
 
             if choose_executor(cfg) == "local" and not verbose:  # the models' C++ logs come from this process
                 stack.enter_context(native_stderr_filtered())
-            from pipeline.runner import run as run_pipeline  # heavy (models): only once the checks passed
+            from pipeline.core.runner import run as run_pipeline  # heavy (models): only once the checks passed
 
             summary = run_pipeline(cfg, quiet=quiet)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
@@ -144,7 +144,7 @@ def verify(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only report; keep the done markers."),
 ) -> None:
     """Check every finished output against its recorded sha256; the next run redoes bad shards."""
-    from pipeline.verify import verify as verify_out
+    from pipeline.readers.verify import verify as verify_out
 
     try:
         problems, checked = verify_out(Path(out), dry_run=dry_run)
@@ -200,7 +200,7 @@ def inspect_out(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the report's path."),
 ) -> None:
     """Write OUT/report/index.html: run, provenance, errors, plots, consistency checks, gallery."""
-    from pipeline.inspect import build_report, print_summary
+    from pipeline.readers.inspect import build_report, print_summary
 
     try:
         report = build_report(out, max_samples=max_samples)
@@ -269,7 +269,7 @@ def audit(
                                       "identities and photos (repeatable) -> OUT/audit/leaks.parquet."),
 ) -> None:
     """Identity purity: outliers, duplicates, candidate merges; leaks into other folders (writes OUT/audit/ only)."""
-    from pipeline.audit import run_audit
+    from pipeline.readers.audit import run_audit
 
     try:
         s = run_audit(out, threshold=threshold, near_duplicate=near_duplicate, against=against)
@@ -290,7 +290,7 @@ def audit(
 @app.command("card")
 def card(out: str = typer.Argument(..., help="Output folder of a run.")) -> None:
     """Write OUT/README.md: a Hugging Face dataset card made from what the output knows."""
-    from pipeline.card import write_card
+    from pipeline.readers.card import write_card
 
     try:
         path = write_card(out)
@@ -309,7 +309,7 @@ def sql_query(
     """Query the manifests with DuckDB (in memory, read-only)."""
     import duckdb
 
-    from pipeline import sql
+    from pipeline.readers import sql
 
     try:
         sql.write_result(sql.query(out, query), fmt, output, out=out)
@@ -330,7 +330,7 @@ def export(
     """Export samples in a trainer's layout (writes only under --to)."""
     import duckdb
 
-    from pipeline.export import export as run_export
+    from pipeline.readers.export import export as run_export
 
     try:
         s = run_export(out, fmt, to, where=where, copy=copy, exclude_leaks=exclude_leaks)

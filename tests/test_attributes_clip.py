@@ -11,7 +11,7 @@ from PIL import Image
 
 import schemas.attribute_prompts as prompts
 import schemas.attributes as aschema
-from pipeline.manifest import validate_columns
+from pipeline.core.manifest import validate_columns
 from schemas.common import manifest_schema
 from stages.attributes import FAIRFACE, Attributes, celeba_ground_truth, expand_groups
 from stages.base import ERROR, OK, Result, Sample
@@ -245,7 +245,7 @@ def test_celeba_ground_truth_accuracy_in_the_stats(clip_dir, tmp_path):
     import shutil
 
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
     from schemas.attributes import CELEBA_ATTRIBUTES
     from tests.conftest import lfw_people
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import audit
+from pipeline.readers import audit
 from schemas import audit as schema
 from tests.conftest import LFW
 

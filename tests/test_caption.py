@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.manifest import validate_columns
+from pipeline.core.manifest import validate_columns
 from schemas import caption as cs
 from schemas.common import manifest_schema
 from stages import captioners as caps
@@ -257,7 +257,7 @@ def test_hf_id_from_weights_dir_and_hf_cache(tmp_path, models, monkeypatch):
 
 def test_pipeline_run_writes_caption_manifest(casia_tree, models, tmp_path):
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     out = tmp_path / "out"
     sets = [f"caption.model_paths={{blip_base: '{models['blip_base']}'}}", "caption.captioners=[blip_base]",

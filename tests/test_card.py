@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import card
+from pipeline.readers import card
 from pipeline.cli import app
 from tests.conftest import make_casia_tree
 
@@ -64,7 +64,7 @@ def test_card_header_parses_and_every_stage_appears(out):
 def test_hf_export_includes_a_card_datasets_reads(out, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from pipeline.export import export
+    from pipeline.readers.export import export
 
     export(out, "hf", tmp_path / "hf")
     header, body = _split((tmp_path / "hf" / card.CARD).read_text())

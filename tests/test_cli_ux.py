@@ -133,7 +133,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 def test_disk_full_is_one_line_exit_1_and_nothing_half_written(casia_tree, tmp_path):
     """OUT on a 300 KiB tmpfs; where mounting is not permitted, ENOSPC is injected in the child."""
-    from pipeline.verify import verify
+    from pipeline.readers.verify import verify
 
     env = {"FACEWEAVE_PLUGINS": "tests.plugin_stages"}
     mnt = tmp_path / "small"
@@ -236,7 +236,7 @@ def test_audit_of_a_folder_that_is_no_output_says_what_is_missing(tmp_path):
 
 
 def test_inspect_names_the_sample_input():
-    from pipeline.inspect.page import input_of
+    from pipeline.readers.inspect.page import input_of
     from pipeline.sources.sample import SAMPLE_DIR
 
     assert str(SAMPLE_DIR) in input_of({"source": "sample", "input": None})

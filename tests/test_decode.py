@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import imaging
+from pipeline.core import imaging
 from tests.conftest import lfw_people
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import schemas.detail_caption as ds
-from pipeline.manifest import validate_columns
+from pipeline.core.manifest import validate_columns
 from schemas.common import manifest_schema
 from schemas.parsing import CLASSES
 from stages import regions

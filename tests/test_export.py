@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import audit
-from pipeline.export import FALLBACK_CAPTION, Sample, caption_of, export
-from pipeline.export import dense_face
+from pipeline.readers import audit
+from pipeline.readers.export import FALLBACK_CAPTION, Sample, caption_of, export
+from pipeline.readers.export import dense_face
 from tests.test_audit import DUPLICATE, MISFILED, build_out, copy_out
 
 RUMSFELD = "identity IN ('0000003', '0000004')"

@@ -22,9 +22,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.export import export
-from pipeline.export import dense_face
-from pipeline.export import dense_face_maps as maps
+from pipeline.readers.export import export
+from pipeline.readers.export import dense_face
+from pipeline.readers.export import dense_face_maps as maps
 from tests.conftest import LFW
 from tests.test_audit import build_out
 
@@ -179,7 +179,7 @@ def test_xyz_maps_attributes_and_key_map(exported):
 
 
 def test_attributes_use_the_official_keys():
-    from pipeline.export import Sample
+    from pipeline.readers.export import Sample
     from schemas import attributes as sa
 
     att = {"age_label": "young_adult", "age_probs": [0.1, 0.1, 0.6, 0.1, 0.1], "gender_probs": [0.2, 0.8],

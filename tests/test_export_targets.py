@@ -26,8 +26,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.export import export
-from pipeline.export.embedding import MISMATCH
+from pipeline.readers.export import export
+from pipeline.readers.export.embedding import MISMATCH
 from stages.models import align
 from tests.test_audit import build_out
 from tests.test_export_dense_face import build_out_512
@@ -211,8 +211,8 @@ def test_every_export_has_rows_on_a_default_preset_run(tmp_path_factory):
     are not here, except detect (the bundled mobile RetinaFace: a random detector finds no face)
     and restore, which is left out: random CodeFormer paints noise, where no face mesh is found."""
     from pipeline.config import resolve
-    from pipeline.export import FORMATS
-    from pipeline.runner import run
+    from pipeline.readers.export import FORMATS
+    from pipeline.core.runner import run
     from tests.conftest import make_casia_tree
     from tests.fixtures import tiny_hf
 

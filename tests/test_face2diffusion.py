@@ -32,7 +32,7 @@ def expression_output(base: Path) -> Path:
         return out
     tree = make_casia_tree(base / "faceweave_f2d" / "CASIA", n_people=5, n_photos=3)
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     flags = dict(source="casia-webface", input=str(tree), out=str(out), stages=STAGES, executor="local", shard_size=4)
     run(resolve(flags=flags, sets=SETS), quiet=True)

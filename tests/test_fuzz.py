@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.runner import run
+from pipeline.core.runner import run
 from tests.conftest import lfw_people
 from tests.test_runner import cfg_for
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pipeline import imaging, jpeg_layout
-from pipeline.imaging import decode_rgb, probe
+from pipeline.core import imaging, jpeg_layout
+from pipeline.core.imaging import decode_rgb, probe
 
 try:
     from tests.fixtures.odd import EXPECTED, NOTES, bomb_png, odd_bytes, write_odd_files

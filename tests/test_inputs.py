@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline import refresh
-from pipeline.runner import InputChangedError, run
+from pipeline.core import refresh
+from pipeline.core.runner import InputChangedError, run
 from pipeline.sources.base import Source
 from tests.conftest import LFW, make_casia_tree
 from tests.test_runner import cfg_for

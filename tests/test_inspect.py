@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from pipeline.inspect import build_report, print_summary
-from pipeline.inspect import gallery, plots
+from pipeline.readers.inspect import build_report, print_summary
+from pipeline.readers.inspect import gallery, plots
 from tests.conftest import make_casia_tree
 from tests.test_consistency import build_lite_out
 
@@ -180,7 +180,7 @@ def test_card_shows_captions_and_flags(tmp_path):
     assert card.captions == [("a man in a suit", 0.31), ("a person", 0.27)]
     assert card.flags == ["quality:suspect", "pose_disagreement", "random_weights"]
     assert [label for label, _ in card.layers] == ["frame"] and (tmp_path / card.layers[0][1]).is_file()
-    from pipeline.inspect import page
+    from pipeline.readers.inspect import page
 
     html = page.card_html(card)
     assert "CLIP 0.310" in html and "a man in a suit" in html and "random weights: pose" in html
@@ -189,8 +189,8 @@ def test_card_shows_captions_and_flags(tmp_path):
 def test_caption_charts_from_the_manifest(tmp_path):
     import pyarrow as pa
 
-    from pipeline.inspect.load import RunData, StageData
-    from pipeline.inspect.report import _general_charts
+    from pipeline.readers.inspect.load import RunData, StageData
+    from pipeline.readers.inspect.report import _general_charts
 
     table = pa.table({"key": ["a", "b"], "status": ["ok", "error"], "error": ["", "x"],
                       "captions": [["a man smiling", "a man"], None], "caption_scores": [[0.3, 0.25], None]})

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import audit, leaks
+from pipeline.readers import audit, leaks
 from pipeline.cli import app
 from schemas import leaks as schema
 from tests.conftest import LFW
@@ -93,8 +93,8 @@ def test_disjoint_folders_leak_nothing(folders, audited):
 
 
 def test_leaks_view_and_export_exclusion(folders, audited, tmp_path):
-    from pipeline.export import export
-    from pipeline.sql import query
+    from pipeline.readers.export import export
+    from pipeline.readers.sql import query
 
     out = folders["train"]
     got = query(out, "SELECT kind, count(*) n FROM leaks GROUP BY 1 ORDER BY 1").to_pylist()
@@ -165,7 +165,7 @@ def test_different_embedding_models_are_refused():
 
 
 def test_exclude_condition_survives_null_keys(folders, audited):
-    from pipeline.sql import query
+    from pipeline.readers.sql import query
 
     kept = query(folders["train"], f"SELECT key FROM samples WHERE {leaks.exclude_condition()} ORDER BY key")
     assert kept.column("key").to_pylist() == ["0000001_002", "0000002_001", "0000002_002"]

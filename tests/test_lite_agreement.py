@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import resolve
-from pipeline.runner import run
+from pipeline.core.runner import run
 from tests.conftest import LFW
 
 PEOPLE = ("Arnold_Schwarzenegger", "Colin_Powell")

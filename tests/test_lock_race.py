@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from pipeline.lock import LockedError, OutputLock, read_holder
+from pipeline.core.lock import LockedError, OutputLock, read_holder
 
 TAKERS = 8
 ROUNDS = 50

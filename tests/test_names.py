@@ -8,7 +8,7 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.runner import run
+from pipeline.core.runner import run
 from tests.conftest import lfw_people
 from tests.test_runner import cfg_for
 

@@ -137,7 +137,7 @@ def test_run_scores_celebahq_ground_truth(tmp_path) -> None:
     import pyarrow.parquet as pq
 
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
     from tests.test_sources_hq import LFW, PARTS, put, write_parts
 
     if not LFW.is_dir():

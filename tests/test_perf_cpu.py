@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.runner import run
+from pipeline.core.runner import run
 from tests.test_kill import assert_same_outputs
 from tests.test_runner import cfg_for, plugin_stages  # noqa: F401  (registers the plugin stages)
 

@@ -35,7 +35,7 @@ def test_lite_uses_only_bundled_weights():
 
 
 def test_full_without_weights_lists_every_missing_file(tmp_path):
-    from pipeline.runner import MissingWeightsError, run
+    from pipeline.core.runner import MissingWeightsError, run
 
     cfg = resolve(flags={"source": "sample", "out": str(tmp_path / "out"), "weights_dir": str(tmp_path / "w"),
                          "executor": "local"})

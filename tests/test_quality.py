@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import schemas.quality as qs
-from pipeline.manifest import validate_columns
+from pipeline.core.manifest import validate_columns
 from schemas.common import manifest_schema
 from stages.base import ERROR, OK, SKIPPED, Result, Sample
 from stages.models import fiqa, registry

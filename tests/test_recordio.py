@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.imaging import decode_rgb
+from pipeline.core.imaging import decode_rgb
 from pipeline.sources import open_source
 from pipeline.sources.recordio import (
     MAGIC,

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.runner import DiskFullError, run
-from pipeline.verify import verify
+from pipeline.core.runner import DiskFullError, run
+from pipeline.readers.verify import verify
 from tests.test_kill import assert_same_outputs
 from tests.test_runner import cfg_for, plugin_stages  # noqa: F401  (registers the plugin stages)
 
@@ -86,7 +86,7 @@ def test_disk_full_fails_clearly_and_the_rerun_completes(casia_tree, reference, 
     # No permission to mount: inject ENOSPC into the tar writer after a few members.
     import errno
 
-    from pipeline import manifest
+    from pipeline.core import manifest
 
     calls = {"n": 0}
     original = manifest.TarWriter.add
@@ -139,7 +139,7 @@ def test_retry_errors_recomputes_only_error_rows(casia_tree, reference, tmp_path
 @pytest.mark.fault("weights directory must stay read-only", injection="runs with --weights-dir (missing weights, and random-weight stages)", behaviour="the directory is never written", compared="names, sizes and mtimes before and after")
 def test_a_run_never_writes_the_weights_directory(casia_tree, tmp_path):
     from pipeline.config import resolve
-    from pipeline.runner import MissingWeightsError
+    from pipeline.core.runner import MissingWeightsError
 
     weights = tmp_path / "weights"
     weights.mkdir()

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import imaging
-from pipeline.imaging import decode_rgb
-from pipeline.runner import run
+from pipeline.core import imaging
+from pipeline.core.imaging import decode_rgb
+from pipeline.core.runner import run
 from stages.models import registry
 from tests.conftest import lfw_people
 from tests.test_runner import cfg_for, plugin_stages  # noqa: F401  (registers the plugin stages)
@@ -159,7 +159,7 @@ def test_truncated_rows_are_not_packed(hostile_run):
 
 _MEASURE = """
 import sys
-from pipeline.imaging import decode_rgb
+from pipeline.core.imaging import decode_rgb
 def status(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.runner import PackWorker, run
+from pipeline.core.runner import PackWorker, run
 from tests import plugin_stages
 from tests.test_kill import cli, env
 from tests.test_runner import cfg_for

@@ -12,9 +12,9 @@ import pytest
 import webdataset as wds
 
 from pipeline.config import ConfigError, resolve
-from pipeline.lock import LockedError, OutputLock
-from pipeline.plan import PlanError
-from pipeline.runner import run
+from pipeline.core.lock import LockedError, OutputLock
+from pipeline.core.plan import PlanError
+from pipeline.core.runner import run
 from tests import plugin_stages
 
 plugin_stages.register()

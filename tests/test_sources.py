@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.imaging import decode_rgb
+from pipeline.core.imaging import decode_rgb
 from pipeline.sources import SOURCES, Entry, get_source, open_source, sanitize_key
 from pipeline.sources.base import MAX_KEY_LEN, resolve_collisions
 from pipeline.sources.folder import walk_images

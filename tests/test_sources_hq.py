@@ -239,7 +239,7 @@ def test_celebahq_run_carries_ground_truth_into_the_shard(tmp_path: Path, photos
     import webdataset as wds
 
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     root = tmp_path / "CelebAMask-HQ"
     for i, photo in enumerate(photos[:2]):

@@ -6,7 +6,7 @@ import io
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import audit, sql
+from pipeline.readers import audit, sql
 from tests.test_audit import MISFILED, build_out, copy_out
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 import stages as registry
 from pipeline.config import build_stage
-from pipeline.schedule import resolve_stage_names
+from pipeline.core.schedule import resolve_stage_names
 from stages.base import ERROR, OK, Result, Sample
 from tests.conftest import LFW
 

@@ -35,7 +35,7 @@ def pipeline_output(base: Path) -> Path:
     (tree / "0000004").mkdir()
     shutil.copyfile(photos[0], tree / "0000004" / "001.jpg")
     from pipeline.config import resolve
-    from pipeline.runner import run
+    from pipeline.core.runner import run
 
     flags = dict(source="casia-webface", input=str(tree), out=str(out), stages=STAGES, executor="local",
                  shard_size=4)

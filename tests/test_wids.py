@@ -10,8 +10,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline.runner import run
-from pipeline.wids_index import FILE_NAME, KIND, build
+from pipeline.core.runner import run
+from pipeline.core.wids_index import FILE_NAME, KIND, build
 from tests.test_runner import cfg_for, plugin_stages  # noqa: F401  (registers the plugin stages)
 
 wids = pytest.importorskip("wids")
@@ -60,7 +60,7 @@ def test_unchanged_shards_reuse_their_md5(out, monkeypatch):
     def no_reading(path):
         raise AssertionError(f"reread {path}")
 
-    monkeypatch.setattr("pipeline.wids_index.md5_file", no_reading)
+    monkeypatch.setattr("pipeline.core.wids_index.md5_file", no_reading)
     again = build(out / "shards", entries)
     assert again == json.loads((out / "shards" / FILE_NAME).read_text())
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import resolve
-from pipeline.runner import run
+from pipeline.core.runner import run
 from schemas import attributes as aschema
 from stages import face_choice, geometry
 from stages.attributes import Attributes, emotion_columns
