@@ -150,8 +150,8 @@ def verify(
         problems, checked = verify_out(Path(out), dry_run=dry_run)
     except (OSError, ValueError) as exc:
         _fail(exc)
-    for p in problems:
-        typer.echo(f"BAD  {p.path}: {p.reason}")
+    for path, reason in {p.path: p.reason for p in reversed(problems)}.items():  # once per file
+        typer.echo(f"BAD  {path}: {reason}")
     action = "" if dry_run or not problems else "; their done markers were removed, so the next run redoes them"
     typer.echo(f"{checked} done markers checked, {len(problems)} bad file(s){action}")
     if problems:

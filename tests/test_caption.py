@@ -169,6 +169,7 @@ def test_ranking_with_stub_captioner_and_scorer(models, fixed):
 def test_identity_name_is_removed(models, fixed):
     stage = Caption(captioners=["fixed_test"], clip_model=str(models["clip"]), device="cpu", n_beam=1,
                     n_sample=0, num_beams=1, min_score=-1)
+    stage.setup()  # then swap in the stubs: process() never sets up twice
     stage._captioners = {"fixed_test": FixedCaptioner()}
     stage._scorer = StubScorer()
     stage._captioners["fixed_test"].TEXTS = ["colin powell in a suit and tie"]

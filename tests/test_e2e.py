@@ -86,7 +86,7 @@ def test_real_faces_have_sane_landmarks(landmarks_run):
         assert set(np.unique(mask)) <= {c[0] for c in CLASSES} | {0}
         assert len(np.unique(mask)) >= len(CLASSES) - 2  # a frontal-ish face shows nearly every class
         meta = json.loads(s["json"])
-        assert meta["identity"] and meta["landmarks"]["mesh"] == "mediapipe468"
+        assert meta["identity"] and meta["landmarks"]["mesh"] == "mediapipe478"
         assert meta["source"]["sha256"] and meta["landmarks"]["weights_sha256"]
 
 

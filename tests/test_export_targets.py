@@ -224,7 +224,7 @@ def test_every_export_has_rows_on_a_default_preset_run(tmp_path_factory):
             "identity.weights=random", f"caption.model_paths={{blip_base: '{models['blip_base']}'}}",
             "caption.captioners=[blip_base]", f"caption.clip_model={models['clip']}", "caption.device=cpu",
             "caption.min_score=-1.0", "caption.max_new_tokens=6", "caption.n_beam=1", "caption.n_sample=1",
-            "caption.num_beams=1"]
+            "caption.num_beams=1", f"attributes.clip_model={models['clip']}"]
     out = base / "out"
     cfg = resolve(preset="full", flags={"source": "casia-webface", "input": str(make_casia_tree(base / "tree", 2, 2)),
                                         "out": str(out), "executor": "local", "shard_size": 8,

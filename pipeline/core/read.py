@@ -46,6 +46,8 @@ def read_bytes(source: Any, location: str) -> tuple[bytes | None, str]:
         if "escapes" in str(exc):
             return None, "link_escapes_input"
         return None, f"unreadable: {exc}"[:300]
+    except RuntimeError:  # pathlib: a symlink loop
+        return None, "link_loop"
     except OSError as exc:
         return None, f"unreadable: {type(exc).__name__}"
 
@@ -74,6 +76,8 @@ def read_input(ctx: Any, source: Any, row: dict[str, Any], previous_sha: str | N
         return _finish(item)
     data, reason = read_bytes(source, row["location"])
     if data is None:
+        if reason.startswith("input_missing") and row.get("size") is None:
+            reason = "unreadable: FileNotFoundError"  # never readable (e.g. a dangling link), not gone
         rec["error"] = reason
         return _finish(item)
     rec["error"] = verify(data, previous_sha, row.get("size"))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.compute as pc
 import yaml
 
@@ -70,7 +71,38 @@ def _npy_feature(data: bytes) -> dict[str, Any]:
     return feature
 
 
-def features(tar: Path) -> list[dict[str, Any]]:
+def json_type(out: Path, docs: list[dict]) -> pa.DataType:
+    """The type of ``<key>.json``: each stage's section from its manifest schema (as declared, so
+    a column that is null in the first samples keeps its real type); the free-form source
+    metadata inferred from ``docs``."""
+    from pipeline.core.pack import PROVENANCE
+    from schemas.common import COMMON
+    from schemas.shard import meta_section
+
+    inferred = pa.array(docs).type
+    fields = {f.name: f for f in inferred}
+    root = Path(out) / "manifests"
+    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = sorted(stage_dir.glob("*.parquet"))
+        if not files:
+            continue
+        schema = pq.read_schema(files[0])
+        if stage_dir.name == "source":
+            keep = [f for f in schema if f.name not in COMMON.names and f.name != "meta"]
+            src_t = fields["source"].type if "source" in fields else pa.struct([])
+            idx = src_t.get_field_index("meta")
+            meta = src_t.field(idx) if idx >= 0 else None
+            fields["source"] = pa.field("source", pa.struct([pa.field("key", pa.string()), *keep,
+                                                             *([meta] if meta is not None else [])]))
+            continue
+        section = meta_section(stage_dir.name)
+        if section in fields:
+            keep = [f for f in schema if f.name not in COMMON.names or f.name in PROVENANCE]
+            fields[section] = pa.field(section, pa.struct(keep))
+    return pa.struct(list(fields.values()))
+
+
+def features(tar: Path, out: Path | None = None) -> list[dict[str, Any]]:
     """The features of the samples in ``tar``: members by suffix, the json's nested types."""
     members: dict[str, bytes] = {}
     docs: list[dict] = []
@@ -86,6 +118,7 @@ def features(tar: Path) -> list[dict[str, Any]]:
                 members[suffix] = t.extractfile(info).read()
             if len(docs) >= FEATURE_SAMPLES:
                 break
+    root = out
     out: list[dict[str, Any]] = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
     for suffix in sorted(members):
         if suffix.endswith(".npy"):
@@ -95,7 +128,8 @@ def features(tar: Path) -> list[dict[str, Any]]:
         else:
             out.append({"name": suffix, "dtype": "binary"})
     if docs:
-        out.append({"name": "json", **_arrow_feature(pa.array(docs).type)})
+        json_t = json_type(root, docs) if root is not None else pa.array(docs).type
+        out.append({"name": "json", **_arrow_feature(json_t)})
     return out
 
 
@@ -235,7 +269,7 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
     n = num_examples if num_examples is not None else int(data.shard_index.get("samples", 0))
     stages = [s for s in data.stage_names if s != "source"]
     table, models = models_section(data)
-    feats = features(tar) if tar else []
+    feats = features(tar, out) if tar else []
     present = {f["name"] for f in feats}
     size = sum(p.stat().st_size for p in tar.parent.glob(Path(data_files).name)) if tar else 0
     header: dict[str, Any] = {

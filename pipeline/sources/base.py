@@ -171,7 +171,7 @@ class Source:
         """
         try:
             st = safe_join(self.root, location).stat()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RuntimeError):  # RuntimeError: a symlink loop
             return None, None
         return st.st_size, st.st_mtime_ns
 

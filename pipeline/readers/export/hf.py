@@ -7,7 +7,8 @@ features, ``.npy`` arrays lists) and a rewritten ``json``: the shard json plus `
 ``README.md`` is the dataset card (``pipeline/readers/card.py``) describing these tars.
 The datasets library infers the features from the first examples, so the json is made
 type-stable: a float column that is null for a sample is written as NaN (JSON ``NaN``, which
-Python's json reads), empty mappings are dropped, and every sample has the same members.
+Python's json reads), a null float list as ``[NaN]`` (another shard may hold real values: its
+type must already be a float list), another null list as ``[]``, empty mappings are dropped, and every sample has the same members.
 """
 from __future__ import annotations
 
@@ -23,22 +24,29 @@ from pipeline.readers.export import Context, caption_of
 from pipeline.core.manifest import TarWriter
 from schemas.shard import META
 
-_FLOAT_COLUMNS: dict[str, set[str]] = {}
+_COLUMNS: dict[tuple[str, str], set[str]] = {}
+
+
+def _columns_of(stage: str, kind: str) -> set[str]:
+    """Names of a stage's manifest columns of one kind (float or list), from its schema module."""
+    if (stage, kind) not in _COLUMNS:
+        from schemas.common import COMMON
+
+        test = {"float": pa.types.is_floating,
+                "float_list": lambda t: pa.types.is_list(t) and pa.types.is_floating(t.value_type),
+                "list": pa.types.is_list}[kind]
+        names = {f.name for f in COMMON if test(f.type)}
+        try:
+            schema = importlib.import_module(f"schemas.{stage.replace('-', '_')}").SCHEMA
+            names |= {f.name for f in schema if test(f.type)}
+        except (ImportError, AttributeError):
+            pass
+        _COLUMNS[(stage, kind)] = names
+    return _COLUMNS[(stage, kind)]
 
 
 def float_columns(stage: str) -> set[str]:
-    """Names of the float columns of a stage's manifest (from its schema module)."""
-    if stage not in _FLOAT_COLUMNS:
-        from schemas.common import COMMON
-
-        names = {f.name for f in COMMON if pa.types.is_floating(f.type)}
-        try:
-            schema = importlib.import_module(f"schemas.{stage.replace('-', '_')}").SCHEMA
-            names |= {f.name for f in schema if pa.types.is_floating(f.type)}
-        except (ImportError, AttributeError):
-            pass
-        _FLOAT_COLUMNS[stage] = names
-    return _FLOAT_COLUMNS[stage]
+    return _columns_of(stage, "float")
 
 
 def stable(value: Any) -> Any:
@@ -55,8 +63,9 @@ def annotations(meta: dict[str, Any], caption: str, audit_row: dict[str, Any] | 
     doc: dict[str, Any] = {}
     for name, value in meta.items():
         if isinstance(value, dict) and name != "source":
-            floats = float_columns(name)
-            value = {k: (math.nan if v is None and k in floats else v) for k, v in value.items()}
+            floats, float_lists, lists = float_columns(name), _columns_of(name, "float_list"), _columns_of(name, "list")
+            value = {k: (v if v is not None else math.nan if k in floats else [math.nan] if k in float_lists
+                         else [] if k in lists else None) for k, v in value.items()}
         doc[name] = value
     doc["caption"] = caption if "caption" not in meta else {**doc["caption"], "text": caption}
     if audit_row is not None:
