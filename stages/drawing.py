@@ -70,32 +70,6 @@ def resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def valid_image(image: object) -> bool:
-    """An HxWx3 uint8 array with both sides at least 2 pixels."""
-    return (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
-            and image.dtype == np.uint8 and min(image.shape[:2]) >= 2)
-
-
-def map_images(batch: list, batch_size: int, infer, to_result) -> list:
-    """Run ``infer(images) -> outputs`` over the valid images of ``batch`` in chunks of
-    ``batch_size``; ``to_result(sample, output)`` makes each Result. Invalid images become
-    ``bad_image`` error rows without reaching the model."""
-    from stages.base import ERROR, Result
-
-    results: list = [None] * len(batch)
-    valid = []
-    for i, sample in enumerate(batch):
-        if valid_image(sample.image):
-            valid.append(i)
-        else:
-            results[i] = Result.fail("bad_image", ERROR)
-    for start in range(0, len(valid), max(1, batch_size)):
-        idx = valid[start:start + batch_size]
-        for i, out in zip(idx, infer([batch[i].image for i in idx])):
-            results[i] = to_result(batch[i], out)
-    return results
-
-
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a uint8 label map (HxW) or RGB image (HxWx3)."""
     data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)

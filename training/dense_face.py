@@ -273,9 +273,6 @@ class DenseFace(TrainableParts):
 
     # -- building blocks shared by training and inference ---------------------------------------
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
 
     @torch.no_grad()
     def word_embedding(self, word: str) -> torch.Tensor:
@@ -342,11 +339,6 @@ class DenseFace(TrainableParts):
         self._features = []
         return pred, dense
 
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        # noise drawn from (seed, step) alone, so a resumed run draws what an unbroken one would
-        accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
-        step = self.global_step * accumulate + batch_idx % accumulate
-        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
 
     # -- Lightning ---------------------------------------------------------------------------------
 

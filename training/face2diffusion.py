@@ -176,17 +176,9 @@ class Face2Diffusion(TrainableParts):
     def denoise(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=context.to(self.unet.dtype)).sample.float()
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
 
     # -- training ----------------------------------------------------------------------------------
 
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        # randomness from (seed, step) alone, so a resumed run draws what an unbroken one would
-        accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
-        step = self.global_step * accumulate + batch_idx % accumulate
-        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         gen = self._generator(batch_idx)

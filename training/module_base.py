@@ -36,6 +36,18 @@ class TrainableParts(L.LightningModule):
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         return (dist.sample(generator) * self.vae.config.scaling_factor).float()
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
+
+    def _generator(self, batch_idx: int) -> torch.Generator:
+        """Randomness from (seed, step) alone, so a resumed run draws what an unbroken one would.
+
+        Subclasses keep the seed in ``self.cfg.seed``."""
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
+        step = self.global_step * accumulate + batch_idx % accumulate
+        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+
     def configure_optimizers(self) -> dict:
         o = self.optim
         opt = torch.optim.AdamW(self.trainable_parameters(), lr=o.lr, betas=tuple(o.betas),

@@ -209,11 +209,6 @@ class PortraitBooth(TrainableParts):
         face = torch.rand(n, generator=generator) < self.cfg.p_face_loss
         return uncond.to(self.device), text_only.to(self.device), face.to(self.device)
 
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        # randomness from (seed, step) alone, so a resumed run draws what an unbroken one would
-        accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
-        step = self.global_step * accumulate + batch_idx % accumulate
-        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
 
     def draw(self, batch: dict, batch_idx: int) -> Draw:
         gen = self._generator(batch_idx)

@@ -219,14 +219,7 @@ class SeFiIDE(TrainableParts):
             losses, s.values, s.reference, s.target_mask, s.losses = s.losses, None, None, None, []
         return pred, losses
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample.float()
 
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
-        step = self.global_step * accumulate + batch_idx % accumulate
-        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         gen = self._generator(batch_idx)
