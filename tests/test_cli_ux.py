@@ -260,8 +260,11 @@ def test_ctrl_c_is_one_line_and_the_rerun_finishes(casia_tree, tmp_path):
     args = [sys.executable, "-m", "pipeline.cli", "run", "--source", "casia-webface", "--input", str(casia_tree),
             "--out", str(out), "--stages", "colour", "--shard-size", "4", "--executor", "local", "-q"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACEWEAVE_PLUGINS": "tests.plugin_stages"}
+    # A shell that started the suite in the background leaves SIGINT ignored in its children:
+    # give the CLI the default disposition, as a terminal's Ctrl-C would find it.
     proc = subprocess.Popen(args, env={**env, "FACEWEAVE_TEST_SLEEP": "0.5"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((out / "manifests").glob("source/*.parquet")) and time.monotonic() < deadline:
         time.sleep(0.2)
