@@ -57,7 +57,8 @@ def test_replaced_photo_is_refused_then_refreshed(tree, tmp_path):
     shutil.copyfile(other_photo(victim), victim)
     with pytest.raises(InputChangedError, match=r"1 changed \(0000002_002\).*--refresh"):
         run(cfg_for(tree, out), quiet=True)
-    run(cfg_for(tree, out, refresh=True), quiet=True)
+    summary = run(cfg_for(tree, out, refresh=True), quiet=True)
+    assert {n: st["computed"] for n, st in summary["stages"].items()} == {"source": 1, "center": 1, "colour": 1}
     src, colour = rows(out, "source"), rows(out, "colour")
     new_sha = hashlib.sha256(victim.read_bytes()).hexdigest()
     assert src["0000002_002"]["sha256"] == new_sha != before_src["0000002_002"]["sha256"]

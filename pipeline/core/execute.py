@@ -114,6 +114,12 @@ class ShardReport:
     """Seconds inside the stage's model calls (its compute time)."""
     reused: bool = False
     """Done by an earlier run: nothing was computed now."""
+    computed: int | None = None
+    """Rows computed now (None: all ``n``; fewer in a partial redo, --retry-errors or --refresh)."""
+
+    @property
+    def n_computed(self) -> int:
+        return 0 if self.reused else self.n if self.computed is None else self.computed
 
     @classmethod
     def from_stats(cls, stats: dict, reused: bool = False) -> "ShardReport":

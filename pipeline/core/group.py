@@ -64,6 +64,8 @@ class _SourcePending:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     started: float = field(default_factory=time.time)
+    read: int = 0
+    """Files read now (the rest of the rows were kept from ``old``)."""
 
 
 class GroupWorker:
@@ -171,6 +173,7 @@ class GroupWorker:
                     extras.setdefault(key, {})[suffix] = data
                 continue
             item = reader.read_input(self.ctx, self.source, row)
+            src.read += 1
             rec = item.record
             if rec["status"] == OK and self.source.files:
                 files, err = reader.extra_files(self.source, rec)
@@ -199,7 +202,10 @@ class GroupWorker:
         write_table(table, src.outs.manifest)
         statuses = [r["status"] for r in src.rows]
         write_marker(src.outs, self.ctx.source_lineage, dict(Counter(statuses)))
-        return write_stats(src.outs, statuses, [r["error"] for r in src.rows], src.seconds, started=src.started)
+        report = write_stats(src.outs, statuses, [r["error"] for r in src.rows], src.seconds, started=src.started)
+        if src.old is not None:
+            report.computed = src.read
+        return report
 
     def _run_chunk(self, rows: list[dict], pending: dict[str, _Pending], stores: dict[str, UpstreamStore],
                    src: _SourcePending | None, source_files: UpstreamStore | None) -> None:
@@ -388,7 +394,10 @@ class GroupWorker:
         write_marker(p.outs, p.run.lineage, dict(Counter(statuses)))
         p.journal.close()
         extra = p.stage.stats([r for r in p.rows if r["status"] == OK])
-        return write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra, p.started)
+        report = write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra, p.started)
+        if p.old is not None:
+            report.computed = p.redone
+        return report
 
 
 def auto_batch_size(device: str, mem_per_sample_mb: float, cap: int = 512, floor: int = 1) -> int:

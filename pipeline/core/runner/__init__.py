@@ -220,7 +220,7 @@ def summarize(reports: list[ShardReport], names: list[str]) -> dict[str, Any]:
         st["reasons"].update(r.reasons)
         if not r.reused:
             st["seconds"] += r.seconds
-            st["computed"] += r.n
+            st["computed"] += r.n_computed
     return {"stages": {n: {"status": dict(st["status"]), "reasons": dict(st["reasons"]),
                            "seconds": round(st["seconds"], 3), "computed": st["computed"]}
                        for n, st in per_stage.items()}}
