@@ -318,7 +318,26 @@ class PairedShardStream(IterableDataset):
             yield collate(batch)
 
 
-class FaceShardDataModule(L.LightningDataModule):
+class ResumableBatches(L.LightningDataModule):
+    """A data module whose state is the number of training batches it handed out (``consumed``);
+    a resumed run starts its stream there. Subclasses set ``self.consumed = 0`` and ``self.cfg``."""
+
+    consumed: int
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.training:
+            self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed_batches": self.consumed, "seed": self.cfg.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consumed = int(state.get("consumed_batches", 0))
+
+
+class FaceShardDataModule(ResumableBatches):
     """Shards of one pipeline output -> endless paired batches; its state is the batches consumed."""
 
     def __init__(self, shards: str | Path, cfg: DataConfig | None = None):
@@ -349,14 +368,3 @@ class FaceShardDataModule(L.LightningDataModule):
         return DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.training:
-            self.consumed += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"consumed_batches": self.consumed, "seed": self.cfg.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.consumed = int(state.get("consumed_batches", 0))

@@ -29,7 +29,7 @@ from schemas import pseudo_mask
 from training.dense_losses import REDUCTIONS, dense_terms
 from training.heatmaps import dense_targets, landmark_subset
 from training.module_base import TrainableParts
-from training.sd import SDComponents
+from training.sd import SDComponents, attention_begin, attention_end
 
 TRAINABLE = ("pose_branch", "id_mlp", "pc_adapter", "head")
 C_FACE = ("word_embedding", "contextual")
@@ -116,13 +116,7 @@ class PCAdapterProcessor(nn.Module):
                 temb: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.gate.text_tokens:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        residual, shape = hidden_states, hidden_states.shape
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        if hidden_states.ndim == 4:
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, residual, shape = attention_begin(attn, hidden_states, temb)
         ctx = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
         b, n_ctx = ctx.shape[0], ctx.shape[1]
         q = attn.to_q(hidden_states) + self._res(self.to_q_res, hidden_states)
@@ -138,12 +132,7 @@ class PCAdapterProcessor(nn.Module):
             q, k = attn.norm_q(q), attn.norm_k(k)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         out = out.transpose(1, 2).reshape(b, -1, heads * head_dim).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if len(shape) == 4:
-            out = out.transpose(1, 2).reshape(shape)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_end(attn, out, residual, shape)
 
 
 def install_pc_adapter(unet: nn.Module, gate: Gate, rank: int) -> nn.ModuleList:

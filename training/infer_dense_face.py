@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from training.dense_face import DenseFace, DenseFaceConfig
+from training.infer_common import to_uint8
 from training.sd import load_sd
 
 Box = tuple[int, int, int, int]
@@ -64,10 +65,6 @@ def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device) / 255.0
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
 def _scheduler(model: DenseFace, steps: int) -> DDIMScheduler:
     sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(steps)
@@ -95,7 +92,7 @@ def text_editing(model: DenseFace, prompt: str, cfg: InferenceConfig, generator:
     for t in sched.timesteps:
         eps = _guided(model, sched.scale_model_input(z, t), t.to(model.device), text[:1], text[1:], None, False, cfg)
         z = sched.step(eps, t, z).prev_sample
-    return _to_uint8(model.decode_latents(z))
+    return to_uint8(model.decode_latents(z))
 
 
 @torch.no_grad()
@@ -122,7 +119,7 @@ def face_generation(model: DenseFace, face: np.ndarray, reference_embedding: np.
         # the step leaves z at the next timestep, so the background is noised to that level
         z_bgt = sched.add_noise(z_bg, noise, timesteps[i + 1:i + 2]) if i + 1 < len(timesteps) else z_bg
         z = z_fg * m + z_bgt * (1 - m)
-    return _to_uint8(model.decode_latents(z))
+    return to_uint8(model.decode_latents(z))
 
 
 def square_box(box: Iterable[float], shape: tuple[int, ...], margin: float) -> Box:

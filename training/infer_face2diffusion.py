@@ -13,7 +13,7 @@ marks where S* goes; the unconditional branch is the empty prompt.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
 
-from stages.models import align
-from stages.models import load, retinaface
+from stages.models import align, load, retinaface
 from training.face2diffusion import F2DConfig, Face2Diffusion
+from training.infer_common import add_config_options, config_from_options, to_uint8
 from training.sd import load_sd
 from training.text_tokens import fill, placeholder_positions
 
@@ -91,7 +91,7 @@ def generate(model: Face2Diffusion, face: torch.Tensor, prompt: str, cfg: Infere
         eps_u, eps_c = model.denoise(z_in, t, context).chunk(2)
         z = sched.step(eps_u + cfg.guidance_scale * (eps_c - eps_u), t, z, generator=gen).prev_sample
     image = model.decode_latents(z)
-    return ((image[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return to_uint8(image)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,12 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt", required=True, help="text with one {} where the person goes")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    defaults = InferenceConfig()
-    for f in fields(InferenceConfig):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                        default=getattr(defaults, f.name))
+    add_config_options(ap, InferenceConfig)
     args = ap.parse_args(argv)
-    cfg = InferenceConfig(**{f.name: getattr(args, f.name) for f in fields(InferenceConfig)})
+    cfg = config_from_options(InferenceConfig, args)
     model = load_model(args.base, args.checkpoint).to(args.device)
     image = cv2.imread(args.reference, cv2.IMREAD_COLOR)
     if image is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from stages.models import align
-from stages.models import load, retinaface
+from stages.models import align, load, retinaface
 from training.portraitbooth import PortraitBooth, PortraitBoothConfig
 from training.portraitbooth_blocks import FACE_SIZE, FaceEmbedder
+from training.infer_common import add_config_options, config_from_options, to_uint8
 from training.sd import load_sd
 
 NO_SPAN = [-1, -1]
@@ -117,7 +117,7 @@ def generate(model: PortraitBooth, reference: np.ndarray, prompt: str, cfg: Infe
         eps_u, eps_c = model.denoise(z_in, t, context)[0].chunk(2)
         z = sched.step(eps_u + cfg.guidance_scale * (eps_c - eps_u), t, z).prev_sample
     image = model.decode_latents(z)
-    return ((image[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return to_uint8(image)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,13 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    defaults = InferenceConfig()
-    for f in fields(InferenceConfig):
-        if f.name != "subject_words":
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                            default=getattr(defaults, f.name))
+    add_config_options(ap, InferenceConfig, skip=("subject_words",))
     args = ap.parse_args(argv)
-    cfg = InferenceConfig(**{f.name: getattr(args, f.name) for f in fields(InferenceConfig) if f.name != "subject_words"})
+    cfg = config_from_options(InferenceConfig, args, skip=("subject_words",))
     model = load_model(args.base, args.checkpoint).to(args.device)
     image = cv2.cvtColor(cv2.imread(args.reference, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     out = generate(model, image, args.prompt, cfg)

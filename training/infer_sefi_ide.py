@@ -11,7 +11,7 @@ its values from the prompt encoded with P_i^V; the unconditional branch is the e
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from training.infer_common import add_config_options, config_from_options, to_uint8
 from training.sd import SDComponents, load_sd
 from training.sefi_ide_blocks import KVState, install_kv
 from training.text_tokens import encode, fill, placeholder_positions
@@ -84,7 +85,7 @@ class Composer:
                 self.state.values = None
             z = sched.step(eps_u + cfg.guidance_scale * (eps_c - eps_u), t, z).prev_sample
         image = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample.float()
-        return ((image[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return to_uint8(image)
 
 
 def load(base: str, tokens: str | Path, device: str = "cpu") -> Composer:
@@ -101,12 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt", required=True, help="text with one {} where the person goes")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    defaults = InferenceConfig()
-    for f in fields(InferenceConfig):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                        default=getattr(defaults, f.name))
+    add_config_options(ap, InferenceConfig)
     args = ap.parse_args(argv)
-    cfg = InferenceConfig(**{f.name: getattr(args, f.name) for f in fields(InferenceConfig)})
+    cfg = config_from_options(InferenceConfig, args)
     out = load(args.base, args.tokens, args.device).generate(args.prompt, cfg)
     cv2.imwrite(args.out, cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
 

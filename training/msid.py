@@ -12,14 +12,12 @@ and deterministic per seed, so a resumed run starts at exactly the batch it stop
 """
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from schemas.shard import IMAGE, META
-from training.data import _imdecode, _rank_world, _rgb_tensor, reference_face
+from training.data import ResumableBatches, _imdecode, _rank_world, _rgb_tensor, reference_face
 from training.dense_face import OptimConfig
 from training.module_base import TrainableParts
 from training.pairs import PairConfig, PairIndex, load_index
@@ -202,7 +200,7 @@ class FaceStream(IterableDataset):
                    "label": torch.tensor([c for _, c, _ in chunk])}
 
 
-class MSIDDataModule(L.LightningDataModule):
+class MSIDDataModule(ResumableBatches):
     """Faces of the shards by identity; its state is the batches consumed."""
 
     def __init__(self, shards: str | Path, cfg: MSIDDataConfig):
@@ -223,17 +221,6 @@ class MSIDDataModule(L.LightningDataModule):
         names = {n: i for i, n in enumerate(sorted(set(self.index.identity[self.held_rows].tolist())))}
         return faces, torch.tensor([names[n] for n in self.index.identity[self.held_rows]], dtype=torch.long)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.training:
-            self.consumed += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"consumed_batches": self.consumed, "seed": self.cfg.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.consumed = int(state.get("consumed_batches", 0))
 
 
 class MSID(TrainableParts):

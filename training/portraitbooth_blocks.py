@@ -13,6 +13,7 @@ from torch import nn
 
 from stages.models import align
 from stages.models import load, registry
+from training.sd import attention_begin, attention_end
 
 FACE_SIZE = 112  # the ArcFace template crop every registered recogniser takes
 # per recogniser family, the end of its first 56x56 stage (64 channels): STEA's "shallow features"
@@ -83,16 +84,10 @@ class RecordingCrossAttnProcessor:
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  *args: object, **kwargs: object) -> torch.Tensor:
-        residual, shape = hidden_states, hidden_states.shape
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        if hidden_states.ndim == 4:
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        hidden_states, residual, shape = attention_begin(attn, hidden_states, temb)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         batch, n_ctx = context.shape[0], context.shape[1]
         attention_mask = attn.prepare_attention_mask(attention_mask, n_ctx, batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         q = attn.head_to_batch_dim(attn.to_q(hidden_states))
@@ -101,12 +96,7 @@ class RecordingCrossAttnProcessor:
         probs = attn.get_attention_scores(q, k, attention_mask)
         self.recorder.keep(probs, batch, attn.heads)
         out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if len(shape) == 4:
-            out = out.transpose(-1, -2).reshape(shape)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_end(attn, out, residual, shape)
 
 
 def install_recorder(unet: nn.Module, recorder: AttentionRecorder) -> int:

@@ -128,3 +128,27 @@ def sd21_components(dtype: torch.dtype = torch.float32) -> SDComponents:
         tokenizer=tokenizer,
         scheduler=DDPMScheduler(**SCHEDULER_CONFIG),
     )
+
+
+def attention_begin(attn: Any, hidden_states: torch.Tensor, temb: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
+    """What every diffusers attention processor does first: spatial norm, (B, C, H, W) ->
+    (B, HW, C), group norm. Returns (hidden states, residual, input shape)."""
+    residual, shape = hidden_states, hidden_states.shape
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    if hidden_states.ndim == 4:
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, residual, shape
+
+
+def attention_end(attn: Any, out: torch.Tensor, residual: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """And last: output projection and dropout, back to the input's shape, residual, rescale."""
+    out = attn.to_out[1](attn.to_out[0](out))
+    if len(shape) == 4:
+        out = out.transpose(1, 2).reshape(shape)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
+from training.sd import attention_begin, attention_end
 
 
 class TokenExpander(nn.Module):
@@ -73,13 +74,7 @@ class KVAttnProcessor(nn.Module):
         s = self.state
         if encoder_hidden_states is None or (s.values is None and s.reference is None):
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        residual, shape = hidden_states, hidden_states.shape
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        if hidden_states.ndim == 4:
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, residual, shape = attention_begin(attn, hidden_states, temb)
         keys_ctx = encoder_hidden_states
         values_ctx = s.values.to(keys_ctx.dtype) if s.values is not None else keys_ctx
         if attn.norm_cross:
@@ -100,12 +95,7 @@ class KVAttnProcessor(nn.Module):
             side = (shape[-2], shape[-1]) if len(shape) == 4 else (int(n ** 0.5), int(n ** 0.5))
             s.losses.append(F.mse_loss(probs.float(), attention_target(ref_probs.float(), s, side)))
         out = (probs @ v).transpose(1, 2).reshape(b, -1, heads * v.shape[-1]).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if len(shape) == 4:
-            out = out.transpose(1, 2).reshape(shape)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_end(attn, out, residual, shape)
 
 
 def install_kv(unet: nn.Module, state: KVState) -> int:
