@@ -205,13 +205,22 @@ class TarWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+_TAR_INDEX: dict[tuple[str, int, int, int], dict[str, tuple[int, int]]] = {}
+
+
 class TarReader:
     """Random access to a tar's members by name (reads the index once)."""
 
     def __init__(self, path: Path):
         self._f = open(path, "rb")
-        with tarfile.open(fileobj=self._f, mode="r:") as tar:
-            self.index = {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
+        st = os.fstat(self._f.fileno())
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _TAR_INDEX:  # a shard is opened by every stage that stored files in it
+            with tarfile.open(fileobj=self._f, mode="r:") as tar:
+                if len(_TAR_INDEX) >= 64:
+                    _TAR_INDEX.pop(next(iter(_TAR_INDEX)))
+                _TAR_INDEX[key] = {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
+        self.index = _TAR_INDEX[key]
 
     def get(self, name: str) -> bytes | None:
         if name not in self.index:

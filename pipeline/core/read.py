@@ -61,11 +61,9 @@ def verify(data: bytes, expected_sha: str | None, expected_size: int | None) -> 
     return ""
 
 
-def read_input(ctx: Any, source: Any, row: dict[str, Any], previous_sha: str | None = None) -> Input:
-    """Read one planned file once: the source manifest record plus the decoded image.
-
-    ``previous_sha`` is the sha256 an earlier run recorded for this key (if any): the new bytes
-    must match it, or the sample becomes ``input_changed``.
+def read_input(ctx: Any, source: Any, row: dict[str, Any]) -> Input:
+    """Read one planned file once: the source manifest record plus the decoded image; bytes that
+    no longer have the planned size make the sample ``input_changed``.
     """
     rec = {"key": row["key"], "identity": row["identity"], "location": row["location"],
            "meta": row["meta"], "sha256": None, "bytes": None, "width": None, "height": None,
@@ -80,7 +78,7 @@ def read_input(ctx: Any, source: Any, row: dict[str, Any], previous_sha: str | N
             reason = "unreadable: FileNotFoundError"  # never readable (e.g. a dangling link), not gone
         rec["error"] = reason
         return _finish(item)
-    rec["error"] = verify(data, previous_sha, row.get("size"))
+    rec["error"] = verify(data, None, row.get("size"))
     if rec["error"]:
         return _finish(item)
     rec["sha256"], rec["bytes"] = hashlib.sha256(data).hexdigest(), len(data)

@@ -66,7 +66,8 @@ def run(cfg: RunConfig, quiet: bool = False) -> dict[str, Any]:
 
 def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     out = Path(cfg.out)
-    quick = _up_to_date(cfg, out)
+    compared: dict[str, Any] = {}  # the input comparison, done once per run
+    quick = _up_to_date(cfg, out, compared)
     if quick is not None:  # before importing any model code: a no-op rerun takes a second
         Progress(quiet=quiet).nothing_to_do(quick["summary"]["samples"], quick["n_shards"], quick["stages"], out)
         return _nothing_done(quick["summary"])
@@ -78,17 +79,17 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     with OutputLock(out) as lock:
         guard.join(out, lock.token)
         try:
-            return _locked_run(cfg, quiet, out, lock, started, source, names, instances)
+            return _locked_run(cfg, quiet, out, lock, started, source, names, instances, compared)
         finally:
             guard.leave()
 
 
 def _locked_run(cfg: RunConfig, quiet: bool, out: Path, lock: OutputLock, started: float, source: Any,
-                names: list[str], instances: dict) -> dict[str, Any]:
+                names: list[str], instances: dict, compared: dict[str, Any]) -> dict[str, Any]:
     from pipeline.core.schedule import make_context
 
     clean_temp_files(out)
-    plan = _plan(out, source, cfg)
+    plan = _plan(out, source, cfg, compared)
     cfg.shard_size = plan.info["shard_size"]
     ctx = make_context(cfg, plan, names, instances)
     ctx.lock_token = lock.token
@@ -144,13 +145,17 @@ def _nothing_done(last: dict[str, Any]) -> dict[str, Any]:
     return {**last, "stages": stages, "nothing_to_do": True}
 
 
-def _plan(out: Path, source: Any, cfg: RunConfig) -> plan_mod.Plan:
-    """The plan, checked against the input folder as it is now (``--refresh`` applies changes)."""
+def _plan(out: Path, source: Any, cfg: RunConfig, compared: dict[str, Any]) -> plan_mod.Plan:
+    """The plan, checked against the input folder as it is now (``--refresh`` applies changes);
+    ``compared`` is reused when it was made against this very plan."""
     existing = plan_mod.load(out)
     plan = plan_mod.load_or_create(out, source, cfg.source, cfg.input, cfg.shard_size)
     if existing is None:
         return plan
-    changes = refresh.compare(out, plan, plan_mod.listing(source, cfg.source), source)
+    if compared.get("plan_sha256") == plan.info["plan_sha256"]:
+        changes = compared["changes"]
+    else:
+        changes = refresh.compare(out, plan, plan_mod.listing(source, cfg.source), source)
     if changes and not cfg.refresh:
         raise InputChangedError(f"{changes.message()}. Rerun with --refresh to recompute just those "
                                 f"samples (deleted ones leave the manifests and shards), or use another --out")
@@ -165,9 +170,10 @@ class InputChangedError(ValueError):
     """The input folder no longer matches the plan and --refresh was not given."""
 
 
-def _up_to_date(cfg: RunConfig, out: Path) -> dict | None:
+def _up_to_date(cfg: RunConfig, out: Path, compared: dict[str, Any]) -> dict | None:
     """run.json when the last run had this config and every output is still done and the input
-    unchanged; else None. Reads markers, plan and a listing of the input: no model code."""
+    unchanged; else None. Reads markers, plan and a listing of the input: no model code. The
+    comparison it made is left in ``compared`` for the run that follows."""
     if cfg.retry_errors:
         return None
     try:
@@ -185,7 +191,9 @@ def _up_to_date(cfg: RunConfig, out: Path) -> dict | None:
         return None
     try:
         source = get_source(cfg.source)(cfg.input)
-        if refresh.compare(out, plan, plan_mod.listing(source, cfg.source), source):
+        changes = refresh.compare(out, plan, plan_mod.listing(source, cfg.source), source)
+        compared.update(plan_sha256=plan.info["plan_sha256"], changes=changes)
+        if changes:
             return None
     except (OSError, ValueError):
         return None
