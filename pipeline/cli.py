@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -60,11 +61,11 @@ def run(
                                              show_default=RUN_DEFAULTS["shard_size"]),
     weights_dir: Optional[str] = typer.Option(None, help="Weights directory.",
                                               show_default="$FACEWEAVE_WEIGHTS, else ~/.cache/faceweave/weights"),
-    executor: Optional[str] = typer.Option(None, help="auto (Ray with a GPU or --ray-address, else one process), ray or local.",
+    executor: Optional[str] = typer.Option(None, help="auto (Ray with a GPU or --ray-address, else processes), ray, processes (a worker process per core) or local (this process).",
                                           show_default=RUN_DEFAULTS["executor"]),
     ray_address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster.",
                                               show_default="an embedded local Ray"),
-    num_cpus: Optional[int] = typer.Option(None, help="CPU cap for the embedded Ray.", show_default="all cores"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPU cap for the embedded Ray and the worker processes.", show_default="all cores"),
     num_gpus: Optional[float] = typer.Option(None, help="GPU cap for the embedded Ray.", show_default="all GPUs"),
     retry_errors: Optional[str] = typer.Option(
         None, help="Recompute the error rows of these stages (comma-separated, or 'all'); ok rows stay."),
@@ -93,7 +94,7 @@ def run(
             check_output_folder(cfg.out)
             from pipeline.config import choose_executor
 
-            if choose_executor(cfg) == "local" and not verbose:  # the models' C++ logs come from this process
+            if choose_executor(cfg) in ("local", "processes") and not verbose:  # models' C++ logs: this fd 2
                 stack.enter_context(native_stderr_filtered())
             from pipeline.core.runner import run as run_pipeline  # heavy (models): only once the checks passed
 
@@ -347,7 +348,32 @@ def main() -> None:
     from pipeline import logs
 
     logs.NATIVE_FILTER_ALLOWED = True  # a real process: fd 2 may be filtered (never under CliRunner)
-    app()
+    try:
+        app()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    _exit_now(code)
+
+
+def _exit_now(code: object) -> None:
+    """End the process without the interpreter's teardown of every module (about a second once
+    torch is loaded): every output was renamed into place before this point, and the exit
+    handlers (multiprocessing's among them) and stream flushes still run."""
+    import atexit
+    import logging
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,13 @@ class RunConfig:
     """Images whose decode would need more memory (pixels x peak bytes per pixel of their mode) are
     refused from their header, e.g. a small 16-bit PNG of 10000x10000."""
     executor: str = "auto"
-    """``auto`` (Ray when a GPU or a cluster address is there, else one process), ``ray`` (embedded
-    local Ray, or a cluster via ray_address) or ``local`` (one process)."""
+    """``auto`` (Ray when a GPU or a cluster address is there, else ``processes``), ``ray`` (embedded
+    local Ray, or a cluster via ray_address), ``processes`` (worker processes on this machine, one
+    per core, steps pipelined by shard) or ``local`` (this process, step after step: debugging)."""
     ray_address: str | None = None
     """Address of an existing Ray cluster to join; None starts an embedded one."""
     num_cpus: int | None = None
-    """CPU cap for the embedded Ray (None: all cores)."""
+    """CPU cap for the embedded Ray and the ``processes`` workers (None: all cores)."""
     num_gpus: float | None = None
     """GPU cap for the embedded Ray (None: all GPUs)."""
     decode: str = "auto"
@@ -189,7 +190,7 @@ def choose_executor(cfg: RunConfig) -> str:
     """auto: Ray where it pays (a GPU, a cluster), one process on a CPU-only machine."""
     if cfg.executor != "auto":
         return cfg.executor
-    return "ray" if cfg.ray_address or gpu_available(cfg) else "local"
+    return "ray" if cfg.ray_address or gpu_available(cfg) else "processes"
 
 
 def build_stage(name: str, values: dict[str, Any]) -> Stage:

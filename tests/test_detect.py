@@ -201,3 +201,26 @@ def test_cuda_matches_cpu(lfw, dtype):
     out = stage.process(samples)
     for a, b in zip(out, results):
         assert a.status == OK and np.allclose(a.columns["points5"], b.columns["points5"], atol=6)
+
+
+def test_own_nms_matches_torchvision(monkeypatch):
+    """retinaface.nms without torchvision loaded (the driver's case) keeps exactly what
+    torchvision.ops.nms keeps."""
+    import sys
+
+    import torch
+    import torchvision
+
+    from stages.models import retinaface
+
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for trial in range(200):
+        n = int(torch.randint(0, 300, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 500
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 120 + 1], 1)
+        cases.append((boxes, torch.rand(n, generator=g), (0.3, 0.4, 0.5)[trial % 3]))
+    want = [torchvision.ops.nms(*c) for c in cases]
+    monkeypatch.delitem(sys.modules, "torchvision")
+    for case, expected in zip(cases, want):
+        assert torch.equal(retinaface.nms(*case), expected)

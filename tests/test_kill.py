@@ -44,7 +44,7 @@ def assert_same_outputs(out: Path, ref: Path) -> None:
 
 
 @pytest.mark.fault("SIGKILL of the driver mid-stage", injection="killpg(SIGKILL) once the first shard of the stage is done", behaviour="rerun completes the stage, packs, no temp files left", compared="manifests row by row (minus duration_s), payloads and shards byte for byte vs an uninterrupted run")
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize("executor", ["local", "processes", "ray"])
 def test_sigkill_during_stage_then_rerun(casia_tree, tmp_path, executor):
     ref, out = tmp_path / "ref", tmp_path / "out"
     subprocess.run(cli(casia_tree, ref, "--executor", "local"), env=env(), check=True, timeout=300)

@@ -234,3 +234,20 @@ def test_cuda_autocast_matches_cpu(dtype, light):
     gpu = Pose(model="lightweight_headpose", crop=LFW_CROP, device="cuda", dtype=dtype)
     for a, b in zip(run(light, images), run(gpu, images)):
         assert abs(a.columns["yaw"] - b.columns["yaw"]) < 3
+
+
+def test_own_bottleneck_matches_torchvision():
+    """hopenet.Bottleneck stands in for torchvision's (so the stage imports no torchvision):
+    same parameter names, same output."""
+    import torch
+    from torchvision.models.resnet import Bottleneck as TvBottleneck
+
+    torch.manual_seed(0)
+    down = torch.nn.Sequential(torch.nn.Conv2d(64, 256, 1, 2, bias=False), torch.nn.BatchNorm2d(256))
+    ref = TvBottleneck(64, 64, 2, down).eval()
+    ours = hopenet.Bottleneck(64, 64, 2, torch.nn.Sequential(torch.nn.Conv2d(64, 256, 1, 2, bias=False),
+                                                             torch.nn.BatchNorm2d(256))).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 64, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))

@@ -14,7 +14,7 @@ from pipeline.core.manifest import stable_hash
 from pipeline.sources import get_source
 from stages.models.registry import MissingWeights
 
-EXECUTORS = ("auto", "ray", "local")
+EXECUTORS = ("auto", "ray", "processes", "local")
 RUNTIME_FIELDS = ("device", "batch_size", "weights_dir", "num_workers", "compile")
 """Stage fields that change speed, not results: excluded from the lineage hash."""
 

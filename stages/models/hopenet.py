@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from stages.models import common, registry
 from stages.models.registry import WeightsSpec
@@ -71,8 +70,32 @@ registry.register(WeightsSpec(
 ))
 
 
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3), same parameter names, so
+    deep-head-pose checkpoints load strictly; kept here so importing the stage skips torchvision."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
 class HopenetR50(nn.Module):
-    """ResNet50 trunk (torchvision Bottleneck, [3, 4, 6, 3]) with yaw/pitch/roll bin heads."""
+    """ResNet50 trunk (Bottleneck, [3, 4, 6, 3]) with yaw/pitch/roll bin heads."""
 
     def __init__(self, num_bins: int = NUM_BINS, finetune_head: bool = True):
         super().__init__()

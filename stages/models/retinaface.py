@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from functools import lru_cache
 
 import cv2
 import numpy as np
 import torch
-import torchvision
 
 from stages.models import common, registry
 from stages.models.registry import WeightsSpec
@@ -135,7 +135,33 @@ def detect(model: torch.nn.Module, images: list[np.ndarray], device: str | torch
     for i, scale in enumerate(scales):
         keep = scores[i] > score_floor
         b, s, p = boxes[i][keep], scores[i][keep], points[i][keep]
-        order = torchvision.ops.nms(b, s, nms_iou)[:top_k]
+        order = nms(b, s, nms_iou)[:top_k]
         out = torch.cat([b[order] / scale, s[order, None], p[order] / scale], 1)
         results.append(out.cpu().numpy().astype(np.float32))
     return results
+
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """Greedy non-maximum suppression, as torchvision.ops.nms: indices by descending score, a box
+    dropped when its IoU with a kept one exceeds ``iou``. Our own so the CPU path needs no
+    torchvision import (its ops pull in torch._dynamo: ~1.5 s per process); torchvision's kernel
+    when something already imported it (facexlib's backbone does, at set-up)."""
+    tv = sys.modules.get("torchvision")
+    if tv is not None:
+        return tv.ops.nms(boxes, scores, iou)
+    order = torch.argsort(scores, descending=True, stable=True)
+    x1, y1, x2, y2 = boxes[order].detach().float().cpu().numpy().T
+    area = (x2 - x1) * (y2 - y1)
+    alive = np.ones(len(area), dtype=bool)
+    keep = []
+    for i in range(len(area)):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        w = (np.minimum(x2[i + 1:], x2[i]) - np.maximum(x1[i + 1:], x1[i])).clip(min=0)
+        h = (np.minimum(y2[i + 1:], y2[i]) - np.maximum(y1[i + 1:], y1[i])).clip(min=0)
+        inter = w * h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alive[i + 1:] &= ~(inter / (area[i] + area[i + 1:] - inter) > iou)
+    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]

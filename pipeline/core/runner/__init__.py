@@ -71,7 +71,13 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     if quick is not None:  # before importing any model code: a no-op rerun takes a second
         Progress(quiet=quiet).nothing_to_do(quick["summary"]["samples"], quick["n_shards"], quick["stages"], out)
         return _nothing_done(quick["summary"])
+    from pipeline.config import choose_executor
     from pipeline.core import guard
+
+    if choose_executor(cfg) == "processes":
+        from pipeline.core.runner.pool import warm_up
+
+        warm_up()  # the workers' imports run beside the model imports just below
     from pipeline.core.schedule import prepare
 
     source, names, instances = prepare(cfg)
@@ -103,7 +109,8 @@ def _locked_run(cfg: RunConfig, quiet: bool, out: Path, lock: OutputLock, starte
 def _run_steps(cfg: RunConfig, out: Path, lock: OutputLock, started: float, source: Any, names: list[str],
                instances: dict, plan: plan_mod.Plan, ctx: RunContext, progress: Progress) -> dict[str, Any]:
     from pipeline.core.group import GroupWorker
-    from pipeline.core.schedule import choose_executor, groups_of
+    from pipeline.config import choose_executor
+    from pipeline.core.schedule import groups_of
 
     shards = plan.shards
     groups = groups_of(ctx, names, cfg.fuse)

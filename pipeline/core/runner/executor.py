@@ -1,6 +1,7 @@
 """Executors: run pipeline steps (source, stage groups, pack) over shards.
 
-``local`` runs each step over every shard in this process, one step after the other. ``ray``
+``local`` runs each step over every shard in this process, one step after the other.
+``processes`` pipelines the steps by shard over worker processes on this machine (``pool.py``). ``ray``
 pipelines the steps by shard: shard s enters step i+1 as soon as step i finished it, so a GPU
 group, the CPU group after it and the pack run at the same time on different shards. Each step
 has its own actors (stages set up once per actor); the number of live CPU actors never exceeds
@@ -64,6 +65,14 @@ class Executor:
     def run(self, steps: list[Step], shards: list[str], poll: Callable[[], None] | None = None) -> dict[str, str]:
         """Run every step over every shard; returns the shards that failed ({shard: why}): they
         skip later steps, the others finish."""
+        if self.cfg.executor == "processes":
+            from pipeline.core import threads
+            from pipeline.core.runner.pool import ProcessPipeline
+
+            cores = min(threads.available_cores(), self.cfg.num_cpus or 10**6)
+            procs = ProcessPipeline(steps, shards, cores, cores, self.max_attempts, poll)
+            procs.run()
+            return procs.failed
         if self.ray is None:
             failed: dict[str, str] = {}
             for step in steps:

@@ -1,0 +1,189 @@
+"""The process executor: steps pipelined by shard over worker processes on this machine.
+
+Each worker process (forked from a fork server that has imported torch once) holds every step's
+worker object, built lazily, so stages are set up once per process. The driver hands out
+(step, shard) tasks, later steps first like the Ray scheduler: shard s enters step i+1 as soon
+as step i finished it. The cores are split evenly among the workers (``pipeline/core/threads.py``):
+one intra-op thread each when there are as many shards as cores. A worker that dies is replaced and its shard retried; the crash
+journal narrows the culprit so a sample that kills the process costs one row. Workers ignore
+SIGINT: the driver stops them.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import traceback
+import warnings
+from collections import Counter, deque
+from multiprocessing.connection import wait
+from typing import Any, Callable
+
+PRELOAD = ["torch", "torchvision", "mediapipe", "facexlib.detection.retinaface", "stages.models",
+           "pipeline.core.group", "pipeline.core.pack"]
+"""Imported once by the fork server (what is missing is skipped), so a worker starts in
+milliseconds instead of importing torch and the model packages itself (~4 s)."""
+
+
+def _context() -> Any:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def warm_up() -> None:
+    """Start the fork server now: its imports run beside the driver's own (a fork server rather
+    than a plain fork because torch's OpenMP pool hangs in a child forked after it was used)."""
+    from multiprocessing import forkserver
+
+    _context()
+    forkserver.ensure_running()
+
+
+def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str], n_threads: int) -> None:
+    """A worker process: run (step, shard) tasks until told to stop (None) or the pipe closes."""
+    from pipeline.core import threads
+    from pipeline.core.execute import ShardError
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.clear()
+    os.environ.update(env)  # the driver's environment now, not the fork server's at its start
+    threads.configure(n_threads)
+    built: dict[int, Any] = {}
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        i, shard = task
+        try:
+            if i not in built:
+                cls, args = specs[i]
+                built[i] = cls(*args)
+            reply: tuple[str, Any] = ("ok", built[i].run_shard(shard))
+        except ShardError as exc:
+            reply = ("shard_error", str(exc))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver
+            reply = ("raise", _portable(exc))
+        conn.send(reply)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception itself when it pickles, else a RuntimeError carrying its text; with the
+    worker's traceback as a note either way."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    exc.add_note(f"in a worker process:\n{text}")
+    return exc
+
+
+class _Worker:
+    def __init__(self, ctx: Any, specs: list, n_threads: int):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, specs, dict(os.environ), n_threads),
+                                daemon=True, name="faceweave-worker")
+        self.proc.start()
+        child.close()
+        self.task: tuple[int, str] | None = None
+
+    def stop(self, hard: bool = False) -> None:
+        if not hard and self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                hard = True
+            self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+class ProcessPipeline:
+    """The scheduling loop over worker processes."""
+
+    def __init__(self, steps: list, shards: list[str], workers: int, cores: int, max_attempts: int,
+                 poll: Callable[[], None] | None = None):
+        self.steps, self.max_attempts, self.poll = steps, max_attempts, poll
+        self.n_workers, self.cores = max(1, min(workers, len(shards))), cores
+        self.ready = [deque(shards)] + [deque() for _ in steps[1:]]
+        self.deaths: Counter = Counter()
+        self.failed: dict[str, str] = {}
+
+    def run(self) -> None:
+        ctx = _context()
+        specs = [(s.worker_cls, s.args) for s in self.steps]
+        n_threads = max(1, self.cores // self.n_workers)
+        start = lambda: _Worker(ctx, specs, n_threads)  # noqa: E731
+        pool = [start() for _ in range(self.n_workers)]
+        try:
+            while any(self.ready) or any(w.task for w in pool):
+                for w in pool:
+                    if w.task is None:
+                        self._assign(w)
+                running = [w for w in pool if w.task]
+                ready = wait([w.conn for w in running] + [w.proc.sentinel for w in running], timeout=1.0)
+                if not ready and self.poll is not None:
+                    self.poll()
+                for k, w in enumerate(pool):
+                    if w.task and (w.conn in ready or w.proc.sentinel in ready):
+                        if not self._collect(w):
+                            w.stop(hard=True)
+                            pool[k] = start()
+        except BaseException:
+            for w in pool:
+                w.stop(hard=True)
+            raise
+        for w in pool:
+            w.stop()
+
+    def _assign(self, w: _Worker) -> None:
+        for i in reversed(range(len(self.steps))):  # later steps first: drain the pipeline
+            if self.ready[i]:
+                w.task = (i, self.ready[i].popleft())
+                w.conn.send(w.task)
+                return
+
+    def _collect(self, w: _Worker) -> bool:
+        """Take the worker's reply; False when it died (its shard is queued again)."""
+        from pipeline.core.execute import ShardError  # noqa: F401 - unpickling a worker's ShardError
+
+        i, shard = w.task
+        try:
+            kind, value = w.conn.recv()
+        except (EOFError, OSError):
+            self._died(w, i, shard)
+            return False
+        w.task = None
+        if kind == "raise":
+            raise value
+        if kind == "shard_error":
+            self.failed[shard] = value
+            warnings.warn(value, stacklevel=2)
+            return True
+        if i + 1 < len(self.steps):
+            self.ready[i + 1].append(shard)
+        self.steps[i].done(value)
+        return True
+
+    def _died(self, w: _Worker, i: int, shard: str) -> None:
+        w.proc.join(timeout=5)
+        code = w.proc.exitcode
+        self.deaths[(i, shard)] += 1
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if self.deaths[(i, shard)] >= self.max_attempts:
+            raise RuntimeError(f"shard {shard}: the worker died {self.deaths[(i, shard)]} times; giving up "
+                               f"(last: {how}). Rerun to retry.") from None
+        step = self.steps[i]
+        note = getattr(step.worker_cls, "note_crash", None)
+        blamed = note(*step.args, shard) if note else []
+        warnings.warn(f"a worker died on shard {shard} ({how}); retrying"
+                      + (f", isolating {blamed}" if blamed else ""), stacklevel=2)
+        w.task = None
+        self.ready[i].appendleft(shard)
