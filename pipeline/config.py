@@ -187,7 +187,7 @@ def gpu_available(cfg: RunConfig) -> bool:
 
 
 def choose_executor(cfg: RunConfig) -> str:
-    """auto: Ray where it pays (a GPU, a cluster), one process on a CPU-only machine."""
+    """auto: Ray where it pays (a GPU, a cluster), worker processes on a CPU-only machine."""
     if cfg.executor != "auto":
         return cfg.executor
     return "ray" if cfg.ray_address or gpu_available(cfg) else "processes"

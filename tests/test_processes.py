@@ -117,3 +117,18 @@ def test_a_worker_error_reaches_the_driver_with_its_traceback():
     assert any("in a worker process" in note and "raise Unpicklable" in note for note in again.__notes__)
     err = _portable(ValueError("plain"))
     assert isinstance(err, ValueError) and err.__notes__
+
+
+def test_auto_picks_processes_without_a_gpu_and_splits_the_cores(monkeypatch):
+    from pipeline.config import RunConfig, choose_executor
+    from pipeline.core.runner.pool import ProcessPipeline
+
+    monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/dev/nvidiactl" else os.path.lexists(p))
+    assert choose_executor(RunConfig()) == "processes"
+    assert choose_executor(RunConfig(ray_address="10.0.0.1:6379")) == "ray"
+    assert choose_executor(RunConfig(num_gpus=1)) == "ray"
+    assert choose_executor(RunConfig(executor="local")) == "local"
+    one = ProcessPipeline([object()], ["00000"], workers=8, cores=8, max_attempts=8)
+    many = ProcessPipeline([object()], [f"{i:05d}" for i in range(20)], workers=8, cores=8, max_attempts=8)
+    assert (one.n_workers, one.cores // one.n_workers) == (1, 8)  # a one-shard run: one worker, every core
+    assert (many.n_workers, many.cores // many.n_workers) == (8, 1)

@@ -2,7 +2,8 @@
 
 The only package that imports ray (in ``executor.py``). Executors: ``ray`` (embedded local Ray
 or ``--ray-address``; one actor per worker, stages set up once per actor, steps pipelined by
-shard) and ``local`` (one process, step after step, for debugging).
+shard), ``processes`` (``pool.py``: worker processes on this machine, the same pipelining) and
+``local`` (this process, step after step, for debugging).
 """
 from __future__ import annotations
 
