@@ -252,13 +252,14 @@ def test_verbose_keeps_the_noise_but_not_the_colour():
 
 
 @pytest.mark.slow  # two plugin-stage runs through the CLI (~40 s on 2 busy cores)
-def test_ctrl_c_is_one_line_and_the_rerun_finishes(casia_tree, tmp_path):
+@pytest.mark.parametrize("executor", ["local", "processes"])
+def test_ctrl_c_is_one_line_and_the_rerun_finishes(casia_tree, tmp_path, executor):
     import signal
     import time
 
     out = tmp_path / "out"
     args = [sys.executable, "-m", "pipeline.cli", "run", "--source", "casia-webface", "--input", str(casia_tree),
-            "--out", str(out), "--stages", "colour", "--shard-size", "4", "--executor", "local", "-q"]
+            "--out", str(out), "--stages", "colour", "--shard-size", "4", "--executor", executor, "-q"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACEWEAVE_PLUGINS": "tests.plugin_stages"}
     # A shell that started the suite in the background leaves SIGINT ignored in its children:
     # give the CLI the default disposition, as a terminal's Ctrl-C would find it.

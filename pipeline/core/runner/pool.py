@@ -21,7 +21,7 @@ from multiprocessing.connection import wait
 from typing import Any, Callable
 
 PRELOAD = ["torch", "torchvision", "mediapipe", "facexlib.detection.retinaface", "stages.models",
-           "pipeline.core.group", "pipeline.core.pack"]
+           "pipeline.core.group", "pipeline.core.pack", "pipeline.core.runner.server_exit"]
 """Imported once by the fork server (what is missing is skipped), so a worker starts in
 milliseconds instead of importing torch and the model packages itself (~4 s)."""
 
