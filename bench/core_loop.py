@@ -31,14 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
 
 FACES = ROOT.parent / "shared" / "faces"
-NOTE = ("The default (`processes`: one worker process per core, one torch thread each) is the fastest of the three here. "
-        "The ratio stays above 1.25 at 300 photos because of fixed costs: about 4-5 s before the first sample "
-        "(the driver's imports, the fork server importing torch, torchvision, mediapipe and the model code, each "
-        "worker's model set-up), which is a third of the stages' compute divided by 2 cores at this size; the "
-        "larger run shows the ratio falling as that start-up is spread over more photos. The in-process executor's "
-        "compute is timed with torch on both cores, so its ratio cannot go below ~1.4 here (torch gains ~1.4x from "
-        "the second core). Tail: the last shard of an odd count runs alone on one thread (thread counts are fixed "
-        "per run so that annotations never depend on scheduling).")
+NOTE = ("On 2 cores the default (`processes`: one worker process per core, one torch thread each) ties with one process at 300 photos (3 shards: the last one runs alone, on one thread, since thread counts are fixed per run so that annotations never depend on scheduling) and is 1.4x faster at 1200 photos, where the ratio meets the target. At 300 photos it does not: about 4 s pass before the first sample (the driver's imports beside the fork server importing torch, torchvision, mediapipe and the model code, then each worker's model set-up), a third of the stages' compute divided by 2 cores at that size, plus the lone last shard. Stage compute is timed inside model calls: with two busy processes on this VM each call is ~1.4x slower than alone, and the in-process run's compute is timed with torch on both cores, so its ratio cannot go below ~1.4 here; compare the wall times across executors. Ray's start-up and serialisation cost more than they gain on one machine.")
 
 
 def build_tree(root: Path, n: int, side: int) -> int:
