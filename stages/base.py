@@ -82,6 +82,10 @@ class Stage:
         """The model and weights behind this stage's columns (after setup)."""
         return Provenance()
 
+    def resident_mb(self) -> float:
+        """Memory its models hold once set up, MB (how many worker processes fit in RAM)."""
+        return 0.0
+
     def stats(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Extra shard-level figures for the stats JSON (e.g. accuracy against ground truth)."""
         return {}

@@ -43,6 +43,8 @@ from stages.base import Provenance, Result, Sample, Stage
 from stages.models import common
 
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"
+CLIP_RESIDENT_MB = 1700.0
+"""CLIP ViT-L/14's fp32 weights in memory, MB."""
 TEXT_BATCH = 256
 
 
@@ -235,6 +237,9 @@ class Caption(Stage):
             captioner.load(dirs[name], self._device, dtype)
             self._captioners[name] = captioner
         self._scorer = ClipScorer(dirs[""], self._device, dtype)
+
+    def resident_mb(self) -> float:
+        return sum(caps.get(n).resident_mb for n in self.captioners) + CLIP_RESIDENT_MB
 
     def provenance(self) -> Provenance:
         if getattr(self, "_provenance", None) is None:

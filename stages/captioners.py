@@ -187,14 +187,17 @@ class CaptionerSpec:
     """Hugging Face model id or local directory used when the stage's model_paths has no entry."""
     revision: str = ""
     """Hub commit the default id resolves to ("" : the newest); model_paths entries are used as given."""
+    resident_mb: float = 2000.0
+    """fp32 weights in memory, MB (the process executor's worker count)."""
 
 
 CAPTIONERS: dict[str, CaptionerSpec] = {}
 
 
-def register(name: str, cls: type[Captioner], default: str, revision: str = "") -> CaptionerSpec:
+def register(name: str, cls: type[Captioner], default: str, revision: str = "",
+             resident_mb: float = 2000.0) -> CaptionerSpec:
     """Add a captioner under ``name`` (plugins and tests may re-register their own names)."""
-    spec = CaptionerSpec(name, cls, default, revision)
+    spec = CaptionerSpec(name, cls, default, revision, resident_mb)
     CAPTIONERS[name] = spec
     return spec
 
@@ -206,16 +209,16 @@ def get(name: str) -> CaptionerSpec:
         raise ValueError(f"unknown captioner '{name}'; known: {', '.join(sorted(CAPTIONERS))}") from None
 
 
-register("blip_base", BlipCaptioner, "Salesforce/blip-image-captioning-base")
-register("blip_large", BlipCaptioner, "Salesforce/blip-image-captioning-large")
-register("git_base", GitCaptioner, "microsoft/git-base-coco")
-register("git_large", GitCaptioner, "microsoft/git-large-coco")
+register("blip_base", BlipCaptioner, "Salesforce/blip-image-captioning-base", resident_mb=1000)
+register("blip_large", BlipCaptioner, "Salesforce/blip-image-captioning-large", resident_mb=1900)
+register("git_base", GitCaptioner, "microsoft/git-base-coco", resident_mb=700)
+register("git_large", GitCaptioner, "microsoft/git-large-coco", resident_mb=1600)
 # Dense-Face (Sec. 3.4) ranks BLIP-2 OPT and FlanT5 captions beside BLIP's; ~3.9 B parameters each
 # (fp32 weights ~15 GiB, run under bf16 autocast on GPU)
 register("blip2_opt_2_7b", Blip2Captioner, "Salesforce/blip2-opt-2.7b",
-         revision="51572668da0eb669e01a189dc22abe6088589a24")
+         revision="51572668da0eb669e01a189dc22abe6088589a24", resident_mb=16000)
 register("blip2_flan_t5_xl", Blip2Captioner, "Salesforce/blip2-flan-t5-xl",
-         revision="0eb0d3b46c14c1f8c7680bca2693baafdb90bb28")
+         revision="0eb0d3b46c14c1f8c7680bca2693baafdb90bb28", resident_mb=16000)
 
 
 def set_offline_env() -> None:

@@ -148,6 +148,9 @@ class DetailCaption(Stage):
         dtype = common.torch_dtype(self.dtype) if self._device.type == "cuda" else torch.float32
         self._vlm = ChatVLM(self._dir(), self._device, dtype)
 
+    def resident_mb(self) -> float:
+        return 9000.0  # Qwen2-VL-2B in fp32; BLIP-2-sized models take ~16 GB
+
     def provenance(self) -> Provenance:
         path = self._dir()
         revision = caps.revision_of(path)

@@ -62,6 +62,16 @@ class ModelStage(Stage):
         return load(self.weights_name, self.weights_dir, device=self._device, dtype=self.dtype,
                     random_init=self.random_weights)
 
+    def resident_mb(self) -> float:
+        """fp32 weights in memory are about their file's size; 500 MB when the registry has none."""
+        from stages.models import registry
+
+        try:
+            size = registry.get(self.weights_name).size
+        except KeyError:
+            size = 0
+        return 1.2 * size / 2**20 if size else 500.0
+
     def provenance(self) -> Provenance:
         from stages.models import common
 

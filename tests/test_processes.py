@@ -132,3 +132,17 @@ def test_auto_picks_processes_without_a_gpu_and_splits_the_cores(monkeypatch):
     many = ProcessPipeline([object()], [f"{i:05d}" for i in range(20)], workers=8, cores=8, max_attempts=8)
     assert (one.n_workers, one.cores // one.n_workers) == (1, 8)  # a one-shard run: one worker, every core
     assert (many.n_workers, many.cores // many.n_workers) == (8, 1)
+
+
+def test_memory_caps_the_worker_count():
+    from pipeline.core.threads import WORKER_RUNTIME_MB, workers_for
+    from pipeline.config import resolve
+    from pipeline.core.schedule import prepare
+
+    assert workers_for(8, 100, 0.0, None) == (8, "")
+    assert workers_for(8, 3, 0.0, 64_000) == (3, "")
+    n, why = workers_for(8, 100, 5000.0, 16_000)  # the full preset's size on a 16 GB laptop
+    assert n == int(0.8 * 16_000 // (5000 + WORKER_RUNTIME_MB)) == 2 and "not 8" in why and "--num-cpus" in why
+    assert workers_for(8, 100, 50_000.0, 16_000)[0] == 1  # never fewer than one
+    _, _, lite = prepare(resolve(preset="lite"))
+    assert 0 < sum(s.resident_mb() for s in lite.values()) < 300  # small bundled models

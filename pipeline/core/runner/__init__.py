@@ -131,7 +131,8 @@ def _run_steps(cfg: RunConfig, out: Path, lock: OutputLock, started: float, sour
                       collect=lambda r: index.__setitem__(r.shard, r.index)))
     cfg.executor = choose_executor(cfg)
     with Executor(cfg) as ex:
-        failed = ex.run(steps, shards, poll=progress.poll)
+        failed = ex.run(steps, shards, poll=progress.poll,
+                        models_mb=sum(instances[n].resident_mb() for n in names))
     clean_temp_files(out)  # what killed workers left behind, now that every worker is done
     write_index(out, index)
     summary = summarize(reports, [SOURCE, *names])

@@ -62,15 +62,20 @@ class Executor:
         if self.ray is not None and not self.cfg.ray_address:
             self.ray.shutdown()
 
-    def run(self, steps: list[Step], shards: list[str], poll: Callable[[], None] | None = None) -> dict[str, str]:
+    def run(self, steps: list[Step], shards: list[str], poll: Callable[[], None] | None = None,
+            models_mb: float = 0.0) -> dict[str, str]:
         """Run every step over every shard; returns the shards that failed ({shard: why}): they
-        skip later steps, the others finish."""
+        skip later steps, the others finish. ``models_mb``: memory one worker's models take."""
         if self.cfg.executor == "processes":
             from pipeline.core import threads
             from pipeline.core.runner.pool import ProcessPipeline
 
             cores = min(threads.available_cores(), self.cfg.num_cpus or 10**6)
-            procs = ProcessPipeline(steps, shards, cores, cores, self.max_attempts, poll)
+            workers, why = threads.workers_for(cores, len(shards), models_mb,
+                                               None if self.cfg.num_cpus else threads.available_mb())
+            if why:
+                warnings.warn(why, stacklevel=2)
+            procs = ProcessPipeline(steps, shards, workers, cores, self.max_attempts, poll)
             procs.run()
             return procs.failed
         if self.ray is None:
