@@ -147,7 +147,10 @@ class ProcessPipeline:
         for i in reversed(range(len(self.steps))):  # later steps first: drain the pipeline
             if self.ready[i]:
                 w.task = (i, self.ready[i].popleft())
-                w.conn.send(w.task)
+                try:
+                    w.conn.send(w.task)
+                except OSError:
+                    pass  # it died idle: its sentinel is ready, and _collect queues the shard again
                 return
 
     def _collect(self, w: _Worker) -> bool:
