@@ -155,8 +155,6 @@ class ProcessPipeline:
 
     def _collect(self, w: _Worker) -> bool:
         """Take the worker's reply; False when it died (its shard is queued again)."""
-        from pipeline.core.execute import ShardError  # noqa: F401 - unpickling a worker's ShardError
-
         i, shard = w.task
         try:
             kind, value = w.conn.recv()
