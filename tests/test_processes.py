@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,11 +17,18 @@ from tests.test_kill import assert_same_outputs, cli, env
 
 
 def process_workers(driver: int) -> list[int]:
-    """The worker processes of a driver: children of its fork server."""
-    rows = [line.split(None, 2) for line in subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True,
-                                                            text=True).stdout.splitlines()[1:]]
-    servers = {int(pid) for pid, ppid, args in rows if int(ppid) == driver and "forkserver" in args}
-    return [int(pid) for pid, ppid, _ in rows if int(ppid) in servers]
+    """The worker processes of a driver: children of its fork server (read from /proc: ps cuts
+    long command lines to the terminal's width)."""
+    procs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(stat.parent.name)] = (ppid, cmd)
+    servers = {pid for pid, (ppid, cmd) in procs.items() if ppid == driver and b"forkserver" in cmd}
+    return [pid for pid, (ppid, _) in procs.items() if ppid in servers]
 
 
 def test_processes_match_in_process_run(casia_tree, tmp_path):
