@@ -4,9 +4,9 @@ Each worker process (forked from a fork server that has imported torch once) hol
 worker object, built lazily, so stages are set up once per process. The driver hands out
 (step, shard) tasks, later steps first like the Ray scheduler: shard s enters step i+1 as soon
 as step i finished it. The cores are split evenly among the workers (``pipeline/core/threads.py``):
-one intra-op thread each when there are as many shards as cores. A worker that dies is replaced and its shard retried; the crash
-journal narrows the culprit so a sample that kills the process costs one row. Workers ignore
-SIGINT: the driver stops them.
+one intra-op thread each when there are as many shards as cores. A worker that dies is replaced
+and its shard retried; the crash journal narrows the culprit so a sample that kills the process
+costs one row. Workers ignore SIGINT: the driver stops them.
 """
 from __future__ import annotations
 
