@@ -108,3 +108,15 @@ def test_memory_caps_the_worker_count():
     assert workers_for(8, 100, 50_000.0, 16_000)[0] == 1  # never fewer than one
     _, _, lite = prepare(resolve(preset="lite"))
     assert 0 < sum(s.resident_mb() for s in lite.values()) < 300  # small bundled models
+
+
+def test_the_summary_says_where_the_work_ran(casia_tree, tmp_path):
+    out = tmp_path / "out"
+    args = [a for a in cli(casia_tree, out, "--executor", "processes", "--num-cpus", "2") if a != "-q"]
+    proc = subprocess.run(args, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 worker processes x 1 thread" in " ".join(proc.stdout.split())  # the title may wrap
+    import json
+
+    assert json.loads((out / "run.json").read_text())["summary"]["workers"] == "2 worker processes x 1 thread"

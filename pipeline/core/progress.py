@@ -155,7 +155,8 @@ class Progress:
             return
         wall = summary["seconds"]
         table = Table(title=f"{summary['samples']} samples, {summary['packed']} packed, {wall} s wall "
-                            f"({summary['samples'] / wall if wall else 0:.1f} img/s wall-clock, start-up included)")
+                            f"({summary['samples'] / wall if wall else 0:.1f} img/s wall-clock, start-up included; "
+                            f"{summary.get('workers', summary.get('executor', ''))})")
         for col in ("stage", "ok", "skipped", "error", "compute img/s", "top reasons"):
             table.add_column(col)
         for name, st in summary["stages"].items():

@@ -133,11 +133,12 @@ def _run_steps(cfg: RunConfig, out: Path, lock: OutputLock, started: float, sour
     with Executor(cfg) as ex:
         failed = ex.run(steps, shards, poll=progress.poll,
                         models_mb=sum(instances[n].resident_mb() for n in names))
+        workers = ex.workers
     clean_temp_files(out)  # what killed workers left behind, now that every worker is done
     write_index(out, index)
     summary = summarize(reports, [SOURCE, *names])
     summary.update(seconds=round(time.time() - started, 2), samples=len(plan),
-                   packed=sum(e["samples"] for e in index.values()), executor=cfg.executor,
+                   packed=sum(e["samples"] for e in index.values()), executor=cfg.executor, workers=workers,
                    skipped_files=plan.info.get("skipped_files", {}), failed_shards=failed)
     write_json({"config": cfg.to_dict(), "stages": names, "summary": summary, "started": started,
                 "provenance": {n: dataclasses.asdict(s.provenance()) for n, s in instances.items()},

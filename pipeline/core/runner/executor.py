@@ -45,6 +45,8 @@ class Executor:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.ray = None
+        self.workers = "this process" if cfg.executor == "local" else "Ray actors"
+        """Where the work ran, in words (the summary prints it)."""
 
     def __enter__(self) -> "Executor":
         if self.cfg.executor == "ray":
@@ -76,6 +78,9 @@ class Executor:
             if why:
                 warnings.warn(why, stacklevel=2)
             procs = ProcessPipeline(steps, shards, workers, cores, self.max_attempts, poll)
+            per = max(1, cores // procs.n_workers)
+            self.workers = (f"{procs.n_workers} worker process{'es' if procs.n_workers > 1 else ''} x "
+                            f"{per} thread{'s' if per > 1 else ''}")
             procs.run()
             return procs.failed
         if self.ray is None:
