@@ -92,8 +92,12 @@ def test_auto_picks_processes_without_a_gpu_and_splits_the_cores(monkeypatch):
     assert choose_executor(RunConfig(executor="local")) == "local"
     one = ProcessPipeline([object()], ["00000"], workers=8, cores=8, max_attempts=8)
     many = ProcessPipeline([object()], [f"{i:05d}" for i in range(20)], workers=8, cores=8, max_attempts=8)
-    assert (one.n_workers, one.cores // one.n_workers) == (1, 8)  # a one-shard run: one worker, every core
-    assert (many.n_workers, many.cores // many.n_workers) == (8, 1)
+    assert (one.n_workers, one.threads) == (1, {"00000": 8})  # a one-shard run: one worker, every core
+    assert many.n_workers == 8
+    # 20 shards on 8 workers: two full rounds on one thread each, the last 4 shards on 2 threads
+    assert [many.threads[f"{i:05d}"] for i in range(20)] == [1] * 16 + [2] * 4
+    three = ProcessPipeline([object()], ["a", "b", "c"], workers=2, cores=2, max_attempts=8)
+    assert three.threads == {"a": 1, "b": 1, "c": 2}  # fixed by the plan, whoever runs "c"
 
 
 def test_memory_caps_the_worker_count():

@@ -1,9 +1,10 @@
 """Intra-op threads of a worker process: the cores split evenly among the workers.
 
-Fixed for the whole run, never rebalanced as workers go idle: torch's results depend on its
-thread count (reduction order), and an annotation must not depend on which shard happened to
-run last. ``workers = min(cores, shards)``, so a one-shard run gets every core in one worker,
-exactly like the in-process executor.
+A shard's thread count is fixed by the plan, never by timing (``shard_threads``): torch's
+results depend on its thread count (reduction order), and an annotation must not depend on
+which worker happened to go idle first. ``workers = min(cores, shards)``, so a one-shard run gets
+every core in one worker, exactly like the in-process executor; the last shards, which do not
+fill a round of workers, share the cores among themselves.
 """
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ def workers_for(cores: int, shards: int, models_mb: float, available: float | No
     fit = max(1, int(0.8 * available // need))
     return min(n, fit), (f"{min(n, fit)} worker processes, not {n}: each needs about {need / 1024:.1f} GB "
                          f"(its models) and {available / 1024:.1f} GB are available (--num-cpus sets the count)")
+
+
+def shard_threads(shards: list[str], workers: int, cores: int) -> dict[str, int]:
+    """Threads per shard: cores ÷ workers, and cores ÷ r for the last r = len % workers shards (in
+    plan order, the order they are handed out), so the tail of a run keeps every core busy."""
+    workers = max(1, min(workers, len(shards)))
+    tail = len(shards) % workers
+    return {s: max(1, cores // (tail if tail and i >= len(shards) - tail else workers))
+            for i, s in enumerate(shards)}
 
 
 def configure(n: int) -> None:

@@ -78,9 +78,9 @@ class Executor:
             if why:
                 warnings.warn(why, stacklevel=2)
             procs = ProcessPipeline(steps, shards, workers, cores, self.max_attempts, poll)
-            per = max(1, cores // procs.n_workers)
+            per, last = max(1, cores // procs.n_workers), procs.threads[shards[-1]] if shards else 1
             self.workers = (f"{procs.n_workers} worker process{'es' if procs.n_workers > 1 else ''} x "
-                            f"{per} thread{'s' if per > 1 else ''}")
+                            f"{per} thread{'s' if per > 1 else ''}" + (f" (the last shards: {last})" if last != per else ""))
             procs.run()
             return procs.failed
         if self.ray is None:

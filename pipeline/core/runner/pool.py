@@ -3,8 +3,8 @@
 Each worker process (forked from a fork server that has imported torch once) holds every step's
 worker object, built lazily, so stages are set up once per process. The driver hands out
 (step, shard) tasks, later steps first like the Ray scheduler: shard s enters step i+1 as soon
-as step i finished it. The cores are split evenly among the workers (``pipeline/core/threads.py``):
-one intra-op thread each when there are as many shards as cores. A worker that dies is replaced
+as step i finished it. The cores are split evenly among the workers, per shard as the plan fixes it
+(``pipeline/core/threads.py``): one intra-op thread each when there are as many shards as cores. A worker that dies is replaced
 and its shard retried; the crash journal narrows the culprit so a sample that kills the process
 costs one row. Workers ignore SIGINT: the driver stops them.
 """
@@ -19,6 +19,8 @@ import warnings
 from collections import Counter, deque
 from multiprocessing.connection import wait
 from typing import Any, Callable
+
+from pipeline.core import threads
 
 PRELOAD = ["torch", "torchvision", "mediapipe", "facexlib.detection.retinaface", "stages.models",
            "pipeline.core.group", "pipeline.core.pack", "pipeline.core.runner.server_exit"]
@@ -41,16 +43,15 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str], n_threads: int) -> None:
-    """A worker process: run (step, shard) tasks until told to stop (None) or the pipe closes."""
-    from pipeline.core import threads
+def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str]) -> None:
+    """A worker process: run (step, shard, threads) tasks until told to stop (None) or the pipe closes."""
     from pipeline.core.execute import ShardError
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.clear()
     os.environ.update(env)  # the driver's environment now, not the fork server's at its start
-    threads.configure(n_threads)
     built: dict[int, Any] = {}
+    n_threads = 0
     while True:
         try:
             task = conn.recv()
@@ -58,7 +59,10 @@ def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str]
             return
         if task is None:
             return
-        i, shard = task
+        i, shard, n = task
+        if n != n_threads:
+            threads.configure(n)
+            n_threads = n
         try:
             if i not in built:
                 cls, args = specs[i]
@@ -84,9 +88,9 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, specs: list, n_threads: int):
+    def __init__(self, ctx: Any, specs: list):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, specs, dict(os.environ), n_threads),
+        self.proc = ctx.Process(target=_worker_main, args=(child, specs, dict(os.environ)),
                                 daemon=True, name="faceweave-worker")
         self.proc.start()
         child.close()
@@ -112,6 +116,7 @@ class ProcessPipeline:
                  poll: Callable[[], None] | None = None):
         self.steps, self.max_attempts, self.poll = steps, max_attempts, poll
         self.n_workers, self.cores = max(1, min(workers, len(shards))), cores
+        self.threads = threads.shard_threads(shards, self.n_workers, cores)
         self.ready = [deque(shards)] + [deque() for _ in steps[1:]]
         self.deaths: Counter = Counter()
         self.failed: dict[str, str] = {}
@@ -119,8 +124,7 @@ class ProcessPipeline:
     def run(self) -> None:
         ctx = _context()
         specs = [(s.worker_cls, s.args) for s in self.steps]
-        n_threads = max(1, self.cores // self.n_workers)
-        start = lambda: _Worker(ctx, specs, n_threads)  # noqa: E731
+        start = lambda: _Worker(ctx, specs)  # noqa: E731
         pool = [start() for _ in range(self.n_workers)]
         try:
             while any(self.ready) or any(w.task for w in pool):
@@ -148,7 +152,7 @@ class ProcessPipeline:
             if self.ready[i]:
                 w.task = (i, self.ready[i].popleft())
                 try:
-                    w.conn.send(w.task)
+                    w.conn.send((*w.task, self.threads[w.task[1]]))
                 except OSError:
                     pass  # it died idle: its sentinel is ready, and _collect queues the shard again
                 return
