@@ -149,7 +149,7 @@ def main() -> int:
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset, run in the fixed order")
     ap.add_argument("--total", type=float, default=None, help="seconds for all parts (default: sum of budgets)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every budget (a slow or busy machine)")
-    ap.add_argument("--executor", default=None, help="ray or local (default: ray where importable, local in smoke)")
+    ap.add_argument("--executor", default=None, help="ray, processes or local (default: ray where importable, else processes; processes in smoke)")
     ap.add_argument("--faces", default=None, help="folder of face JPEGs (default ../shared/faces/lfw10, else the "
                                                     "bundled sample photos)")
     ap.add_argument("--no-docs", action="store_true", help="do not write the docs/benchmarks.md section")

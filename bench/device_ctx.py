@@ -43,7 +43,7 @@ class Ctx:
     smoke: bool
     """Tiny sizes and models on the CPU."""
     executor: str | None = None
-    """Pipeline executor for the e2e parts; None: ray where importable (local in smoke)."""
+    """Pipeline executor for the e2e parts; None: ray where importable, else processes (processes in smoke)."""
     faces: str | None = None
     """Folder of face JPEGs; None: ../shared/faces/lfw10, else the bundled sample photos."""
     part: str = ""

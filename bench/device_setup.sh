@@ -9,7 +9,7 @@
 # lacks (docs: /work/.library/device/KINDS.md), builds the sdist-only ones, and copies the lfw10
 # photos the tests read from ../shared; everything lands in .device/ (git-ignored), which a device
 # call carries (`carry: [".device"]`). ray (~70 MB) cannot travel within the 64 MiB a call carries:
-# the e2e parts then run the local executor and say so.
+# the e2e parts then run the process executor (local if it fails) and say so.
 #
 # install makes a venv with --system-site-packages where the image's python3 has torch with CUDA
 # (so its torch, numpy, transformers, ... are used as they are), installs .device/wheels and this
@@ -124,7 +124,7 @@ checks = {
     "cv2": "import cv2; v = cv2.__version__",
     "h5py": "import h5py; v = h5py.__version__",
     "pytest": "import pytest; v = pytest.__version__",
-    "ray (optional: else the local executor)": "import ray; v = ray.__version__",
+    "ray (optional: else the process executor)": "import ray; v = ray.__version__",
     "duckdb (optional: pipeline sql only)": "import duckdb; v = duckdb.__version__",
     "faceweave": "import pipeline.core.runner, stages, training.sd; v = 'ok'",
 }
