@@ -1,12 +1,31 @@
-"""What the inference entry points share: decoded images and config options on the command line."""
+"""What the inference entry points share: the guided sampling loop, decoded images and config
+options on the command line."""
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+
+
+def guided_latents(sched: Any, cfg: Any, channels: int, vae_blocks: int, device: Any,
+                   eps: Callable[[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]],
+                   ancestral: bool = False) -> torch.Tensor:
+    """Classifier-free guidance from noise seeded by ``cfg.seed``: ``eps(z_in, t)`` gives the
+    (unconditional, conditional) noise of the doubled, scaled latents; ``ancestral`` schedulers
+    draw their step noise from the same generator. ``cfg`` has steps, resolution, seed and
+    guidance_scale; ``vae_blocks`` (len of the VAE's block_out_channels) sets the latent side."""
+    sched.set_timesteps(cfg.steps, device=device)
+    side = cfg.resolution // 2 ** (vae_blocks - 1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    z = torch.randn((1, channels, side, side), generator=gen).to(device) * sched.init_noise_sigma
+    step = {"generator": gen} if ancestral else {}
+    for t in sched.timesteps:
+        eps_u, eps_c = eps(sched.scale_model_input(torch.cat([z, z]), t), t)
+        z = sched.step(eps_u + cfg.guidance_scale * (eps_c - eps_u), t, z, **step).prev_sample
+    return z
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -23,7 +23,7 @@ from diffusers import EulerAncestralDiscreteScheduler
 
 from stages.models import align, load, retinaface
 from training.face2diffusion import F2DConfig, Face2Diffusion
-from training.infer_common import add_config_options, config_from_options, to_uint8
+from training.infer_common import add_config_options, config_from_options, guided_latents, to_uint8
 from training.sd import load_sd
 from training.text_tokens import fill, placeholder_positions
 
@@ -82,16 +82,9 @@ def generate(model: Face2Diffusion, face: torch.Tensor, prompt: str, cfg: Infere
     uncond = model.text_encoder(empty.to(device))[0]
     context = torch.cat([uncond.float(), cond.float()])
     sched = EulerAncestralDiscreteScheduler.from_config(model.scheduler.config)
-    sched.set_timesteps(cfg.steps, device=device)
-    side = cfg.resolution // 2 ** (len(model.vae.config.block_out_channels) - 1)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    z = torch.randn((1, model.unet.config.in_channels, side, side), generator=gen).to(device) * sched.init_noise_sigma
-    for t in sched.timesteps:
-        z_in = sched.scale_model_input(torch.cat([z, z]), t)
-        eps_u, eps_c = model.denoise(z_in, t, context).chunk(2)
-        z = sched.step(eps_u + cfg.guidance_scale * (eps_c - eps_u), t, z, generator=gen).prev_sample
-    image = model.decode_latents(z)
-    return to_uint8(image)
+    z = guided_latents(sched, cfg, model.unet.config.in_channels, len(model.vae.config.block_out_channels), device,
+                       lambda z_in, t: model.denoise(z_in, t, context).chunk(2), ancestral=True)
+    return to_uint8(model.decode_latents(z))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ from diffusers import EulerDiscreteScheduler
 from stages.models import align, load, retinaface
 from training.portraitbooth import PortraitBooth, PortraitBoothConfig
 from training.portraitbooth_blocks import FACE_SIZE, FaceEmbedder
-from training.infer_common import add_config_options, config_from_options, to_uint8
+from training.infer_common import add_config_options, config_from_options, guided_latents, to_uint8
 from training.sd import load_sd
 
 NO_SPAN = [-1, -1]
@@ -108,16 +108,9 @@ def generate(model: PortraitBooth, reference: np.ndarray, prompt: str, cfg: Infe
     cond = model.condition(text[:1], pos[:1, 0], face, torch.ones(1, dtype=torch.bool, device=device))
     context = torch.cat([text[1:].float(), cond])
     sched = EulerDiscreteScheduler.from_config(model.scheduler.config)
-    sched.set_timesteps(cfg.steps, device=device)
-    side = cfg.resolution // 2 ** (len(model.vae.config.block_out_channels) - 1)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    z = torch.randn((1, model.unet.config.in_channels, side, side), generator=gen).to(device) * sched.init_noise_sigma
-    for t in sched.timesteps:
-        z_in = sched.scale_model_input(torch.cat([z, z]), t)
-        eps_u, eps_c = model.denoise(z_in, t, context)[0].chunk(2)
-        z = sched.step(eps_u + cfg.guidance_scale * (eps_c - eps_u), t, z).prev_sample
-    image = model.decode_latents(z)
-    return to_uint8(image)
+    z = guided_latents(sched, cfg, model.unet.config.in_channels, len(model.vae.config.block_out_channels), device,
+                       lambda z_in, t: model.denoise(z_in, t, context)[0].chunk(2))
+    return to_uint8(model.decode_latents(z))
 
 
 def main(argv: list[str] | None = None) -> None:

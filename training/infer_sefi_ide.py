@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from training.infer_common import add_config_options, config_from_options, to_uint8
+from training.infer_common import add_config_options, config_from_options, guided_latents, to_uint8
 from training.sd import SDComponents, load_sd
 from training.sefi_ide_blocks import KVState, install_kv
 from training.text_tokens import encode, fill, placeholder_positions
@@ -68,22 +68,19 @@ class Composer:
         keys, values = self.stage_contexts(prompt)
         empty = self.sd.tokenizer([""], padding="max_length", max_length=self.n_text, return_tensors="pt").input_ids
         uncond = self.sd.text_encoder(empty.to(self.device))[0]
-        sched = DDIMScheduler.from_config(self.sd.scheduler.config)
-        sched.set_timesteps(cfg.steps, device=self.device)
         unet, vae = self.sd.unet, self.sd.vae
-        side = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        z = torch.randn((1, unet.config.in_channels, side, side), generator=gen).to(self.device) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            i = self.stage_of(t)
+
+        def eps(z_in: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            i = self.stage_of(t)  # this timestep's stage: its (K, V) token pair
             self.state.values = torch.cat([uncond, values[i:i + 1]]).to(unet.dtype)
             try:
                 ctx = torch.cat([uncond, keys[i:i + 1]]).to(unet.dtype)
-                eps_u, eps_c = unet(sched.scale_model_input(torch.cat([z, z]), t).to(unet.dtype), t,
-                                    encoder_hidden_states=ctx).sample.float().chunk(2)
+                return unet(z_in.to(unet.dtype), t, encoder_hidden_states=ctx).sample.float().chunk(2)
             finally:
                 self.state.values = None
-            z = sched.step(eps_u + cfg.guidance_scale * (eps_c - eps_u), t, z).prev_sample
+
+        z = guided_latents(DDIMScheduler.from_config(self.sd.scheduler.config), cfg, unet.config.in_channels,
+                           len(vae.config.block_out_channels), self.device, eps)
         image = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample.float()
         return to_uint8(image)
 
