@@ -35,6 +35,17 @@ class Step:
         if self.collect:
             self.collect(result)
 
+    def worker_died(self, shard: str, deaths: int, max_attempts: int, how: str) -> None:
+        """A worker of this step died on ``shard`` (the ``deaths``-th time): give up past
+        ``max_attempts``, else let the worker class narrow the culprit down and say so."""
+        if deaths >= max_attempts:
+            raise RuntimeError(f"shard {shard}: the worker died {deaths} times; giving up "
+                               f"(last: {how}). Rerun to retry.") from None
+        note = getattr(self.worker_cls, "note_crash", None)
+        blamed = note(*self.args, shard) if note else []
+        warnings.warn(f"a worker died on shard {shard} ({how}); retrying"
+                      + (f", isolating {blamed}" if blamed else ""), stacklevel=3)
+
 
 class Executor:
     """Context manager owning the Ray connection (when ``executor == 'ray'``)."""
@@ -78,9 +89,7 @@ class Executor:
             if why:
                 warnings.warn(why, stacklevel=2)
             procs = ProcessPipeline(steps, shards, workers, cores, self.max_attempts, poll)
-            per, last = max(1, cores // procs.n_workers), procs.threads[shards[-1]] if shards else 1
-            self.workers = (f"{procs.n_workers} worker process{'es' if procs.n_workers > 1 else ''} x "
-                            f"{per} thread{'s' if per > 1 else ''}" + (f" (the last shards: {last})" if last != per else ""))
+            self.workers = procs.layout()
             procs.run()
             return procs.failed
         if self.ray is None:
@@ -214,15 +223,8 @@ class _RayPipeline:
                 self.ray.kill(actor)
 
     def _died(self, i: int, actor: Any, shard: str, exc: BaseException) -> None:
-        step = self.steps[i]
         self.deaths[(i, shard)] += 1
-        if self.deaths[(i, shard)] >= self.max_attempts:
-            raise RuntimeError(f"shard {shard}: the worker died {self.deaths[(i, shard)]} times; giving up "
-                               f"(last: {type(exc).__name__}). Rerun to retry.") from None
-        note = getattr(step.worker_cls, "note_crash", None)
-        blamed = note(*step.args, shard) if note else []
-        warnings.warn(f"a worker died on shard {shard} ({type(exc).__name__}); retrying"
-                      + (f", isolating {blamed}" if blamed else ""), stacklevel=2)
+        self.steps[i].worker_died(shard, self.deaths[(i, shard)], self.max_attempts, type(exc).__name__)
         self.ray.kill(actor)
         self.alive[i] -= 1
         self.ready[i].appendleft(shard)

@@ -3,10 +3,11 @@
 Each worker process (forked from a fork server that has imported torch once) holds every step's
 worker object, built lazily, so stages are set up once per process. The driver hands out
 (step, shard) tasks, later steps first like the Ray scheduler: shard s enters step i+1 as soon
-as step i finished it. The cores are split evenly among the workers, per shard as the plan fixes it
-(``pipeline/core/threads.py``): one intra-op thread each when there are as many shards as cores. A worker that dies is replaced
-and its shard retried; the crash journal narrows the culprit so a sample that kills the process
-costs one row. Workers ignore SIGINT: the driver stops them.
+as step i finished it. The cores are split among the workers per shard, as the plan fixes it
+(``pipeline/core/threads.py``): one intra-op thread each when there are as many shards as cores.
+A worker that dies is replaced and its shard retried (``Step.worker_died``); the crash journal
+narrows the culprit so a sample that kills the process costs one row. Workers ignore SIGINT:
+the driver stops them.
 """
 from __future__ import annotations
 
@@ -121,6 +122,14 @@ class ProcessPipeline:
         self.deaths: Counter = Counter()
         self.failed: dict[str, str] = {}
 
+    def layout(self) -> str:
+        """Where the work runs, in words: "2 worker processes x 1 thread (the last shards: 2)"."""
+        counts = list(self.threads.values())
+        per, last = (counts[0], counts[-1]) if counts else (self.cores, self.cores)
+        text = (f"{self.n_workers} worker process{'es' if self.n_workers > 1 else ''} x "
+                f"{per} thread{'s' if per > 1 else ''}")
+        return text + (f" (the last shards: {last})" if last != per else "")
+
     def run(self) -> None:
         ctx = _context()
         specs = [(s.worker_cls, s.args) for s in self.steps]
@@ -182,13 +191,6 @@ class ProcessPipeline:
         code = w.proc.exitcode
         self.deaths[(i, shard)] += 1
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        if self.deaths[(i, shard)] >= self.max_attempts:
-            raise RuntimeError(f"shard {shard}: the worker died {self.deaths[(i, shard)]} times; giving up "
-                               f"(last: {how}). Rerun to retry.") from None
-        step = self.steps[i]
-        note = getattr(step.worker_cls, "note_crash", None)
-        blamed = note(*step.args, shard) if note else []
-        warnings.warn(f"a worker died on shard {shard} ({how}); retrying"
-                      + (f", isolating {blamed}" if blamed else ""), stacklevel=2)
+        self.steps[i].worker_died(shard, self.deaths[(i, shard)], self.max_attempts, how)
         w.task = None
         self.ready[i].appendleft(shard)
