@@ -259,9 +259,7 @@ class Attributes(Stage):
                 "celeba_accuracy": {a["attribute"]: a["accuracy"] for a in report}}
 
     def resident_mb(self) -> float:
-        from stages.caption import CLIP_RESIDENT_MB
-
-        return 100.0 + (CLIP_RESIDENT_MB if set(self.active()) & set(CLIP_GROUPS) else 0.0)
+        return 100.0 + (zs.CLIP_RESIDENT_MB if set(self.active()) & set(CLIP_GROUPS) else 0.0)
 
     def provenance(self) -> Provenance:
         groups = self.active()

@@ -21,9 +21,9 @@ import torch
 
 from stages import captioners as caps
 from stages.base import Provenance
-from stages.caption import CLIP_DEFAULT, ClipScorer
+from stages.caption import CLIP_DEFAULT, CLIP_RESIDENT_MB, ClipScorer
 
-__all__ = ["CLIP_DEFAULT", "ZeroShotClip", "resolve_clip", "clip_provenance"]
+__all__ = ["CLIP_DEFAULT", "CLIP_RESIDENT_MB", "ZeroShotClip", "resolve_clip", "clip_provenance"]
 
 PromptSet = Sequence[Sequence[str]]
 """Per class, the sentences describing it."""
