@@ -224,3 +224,20 @@ def test_own_nms_matches_torchvision(monkeypatch):
     monkeypatch.delitem(sys.modules, "torchvision")
     for case, expected in zip(cases, want):
         assert torch.equal(retinaface.nms(*case), expected)
+
+
+def test_a_torchvision_built_for_another_torch_is_named_with_the_fix(monkeypatch):
+    """The pip trap of a CPU torch beside a CUDA torchvision wheel: one line that says what to do."""
+    import importlib
+
+    import pytest
+
+    from stages.models import common
+
+    def broken(name, *a, **k):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(RuntimeError, match=r"torchvision .* was built for another torch than torch .*install both "
+                                           r"from one index"):
+        common.facexlib("facexlib.detection.retinaface", "RetinaFace")

@@ -33,7 +33,7 @@ registry.register(WeightsSpec(
 
 
 def _backbone_class() -> type[nn.Module]:
-    from facexlib.recognition.arcface_arch import Backbone
+    Backbone = common.facexlib("facexlib.recognition.arcface_arch", "Backbone")  # noqa: N806
 
     class IRSE50(Backbone):
         """IR-SE50 returning the un-normalised 512-d embedding."""

@@ -21,6 +21,24 @@ RANDOM_SEED = 0
 """Random-weights models are seeded so their (meaningless) outputs are at least reproducible."""
 
 
+def facexlib(module: str, name: str) -> Any:
+    """``name`` from the facexlib module (which imports torchvision); a torchvision built for
+    another torch (its C++ ops do not load: "operator torchvision::nms does not exist") is named
+    with the fix, in one line."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            raise
+        from importlib import metadata
+
+        raise RuntimeError(f"torchvision {metadata.version('torchvision')} was built for another torch than "
+                           f"torch {torch.__version__} ({exc}); install both from one index, e.g. pip install "
+                           f"torch torchvision --index-url https://download.pytorch.org/whl/cpu") from None
+
+
 def check_device(device: str) -> None:
     """Raise ValueError for a device string that is not auto, cpu, cuda or cuda:N."""
     if device in ("auto", "cpu", "cuda"):

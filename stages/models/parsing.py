@@ -75,13 +75,9 @@ class FaceParser(nn.Module):
 def build(arch: str) -> nn.Module:
     """A fresh ``bisenet`` or ``parsenet`` with random weights."""
     if arch == "bisenet":
-        from facexlib.parsing.bisenet import BiSeNet
-
-        return BiSeNet(num_class=NUM_CLASSES)
+        return common.facexlib("facexlib.parsing.bisenet", "BiSeNet")(num_class=NUM_CLASSES)
     if arch == "parsenet":
-        from facexlib.parsing.parsenet import ParseNet
-
-        return ParseNet(in_size=INPUT_SIZE, out_size=INPUT_SIZE, parsing_ch=NUM_CLASSES)
+        return common.facexlib("facexlib.parsing.parsenet", "ParseNet")(in_size=INPUT_SIZE, out_size=INPUT_SIZE, parsing_ch=NUM_CLASSES)
     raise ValueError(f"unknown parsing arch '{arch}' (bisenet | parsenet)")
 
 

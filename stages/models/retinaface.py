@@ -49,8 +49,7 @@ def load_retinaface(name: str, root: str | os.PathLike | None = None, device: st
 
     ``dtype`` is applied at inference (``detect``'s autocast); the weights stay fp32.
     """
-    from facexlib.detection.retinaface import RetinaFace
-
+    RetinaFace = common.facexlib("facexlib.detection.retinaface", "RetinaFace")  # noqa: N806
     common.torch_dtype(dtype)
     network = registry.get(name).extra["network"]
 

@@ -23,10 +23,9 @@ from typing import Any, Callable
 
 from pipeline.core import threads
 
-PRELOAD = ["torch", "torchvision", "mediapipe", "facexlib.detection.retinaface", "stages.models",
-           "pipeline.core.group", "pipeline.core.pack", "pipeline.core.runner.server_exit"]
-"""Imported once by the fork server (what is missing is skipped), so a worker starts in
-milliseconds instead of importing torch and the model packages itself (~4 s)."""
+PRELOAD = ["pipeline.core.runner.server_preload"]
+"""Imported once by the fork server: torch and the model packages (``server_preload.MODULES``), so
+a worker starts in milliseconds instead of importing them itself (~4 s)."""
 
 
 def _context() -> Any:

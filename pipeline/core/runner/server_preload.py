@@ -1,0 +1,27 @@
+"""Imported only by the process executor's fork server (``pool.PRELOAD``); never anywhere else.
+
+It imports torch, torchvision, mediapipe and the model code once, so every worker forked from
+the server starts with them. A module that fails to import (missing, or broken: a torchvision
+built for another torch raises RuntimeError) is skipped here, so the server always starts; the
+worker that needs it then fails at its stage's set-up, with an error that reaches the driver.
+
+The server also ends without tearing those modules down one by one (about a second after the
+driver is gone, while it still holds the driver's stdout and stderr open), as the driver itself
+does (``pipeline.cli._exit_now``).
+"""
+from __future__ import annotations
+
+import atexit
+import importlib
+import os
+
+MODULES = ("torch", "torchvision", "mediapipe", "facexlib.detection.retinaface", "stages.models",
+           "pipeline.core.group", "pipeline.core.pack")
+
+for _name in MODULES:
+    try:
+        importlib.import_module(_name)
+    except Exception:  # noqa: BLE001 - see the module docstring
+        pass
+
+atexit.register(os._exit, 0)
