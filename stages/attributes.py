@@ -140,6 +140,9 @@ class Attributes(Stage):
     """Used when its row is in ``Sample.upstream`` (face ROI); never required."""
     schema: ClassVar = aschema.SCHEMA
     gpus: ClassVar[float] = 0.1
+    limits: ClassVar[dict] = {
+        **{f"{g}_threshold": "[0, 1)" for g in ("emotion", "emotion_confident", "age", "gender", "celeba")},
+        "emotion_crop": "[0.3, 1.5]", "no_detect_roi": "[0.1, 2]", "clip_context": "[1, 4]"}
 
     groups: list[str] = field(default_factory=lambda: ["emotion"])
     """Attribute groups: emotion, age, gender, celeba (CLIP zero-shot); clip_attributes = the
@@ -185,19 +188,11 @@ class Attributes(Stage):
     def active(self) -> tuple[str, ...]:
         return expand_groups(self.groups)
 
-    def check(self) -> None:
+    def check_config(self) -> None:
         common.check_common(self.device, self.dtype, self.weights, self.batch_size)
         if not self.groups:
             raise ValueError("attributes needs at least one group")
         groups = self.active()
-        for name in ("emotion_threshold", "emotion_confident_threshold", "age_threshold", "gender_threshold",
-                     "celeba_threshold"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.3 <= self.emotion_crop <= 1.5 or not 0.1 <= self.no_detect_roi <= 2.0:
-            raise ValueError("emotion_crop must be in [0.3, 1.5] and no_detect_roi in [0.1, 2]")
-        if not 1.0 <= self.clip_context <= 4.0:
-            raise ValueError(f"clip_context must be in [1, 4], got {self.clip_context}")
         if "emotion" in groups:
             self._check_emotion()
         if any(g in groups for g in ("age", "gender")) and self.age_gender_model != CLIP:

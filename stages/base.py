@@ -1,9 +1,10 @@
 """The stage contract: a small dataclass whose fields are its config.
 
 A stage declares, as class attributes, its name, version, what it reads, its columns (a pyarrow
-schema from ``schemas/``), its per-sample files and its resources, and implements only its model
-work: ``setup()`` (weights, once per worker) and ``compute(batch)`` -> one ``Result`` per sample,
-on valid images only, with arrays for files. ``process(batch)`` is the framework's side, the one
+schema from ``schemas/``), its per-sample files, its resources and the ``limits`` of its config
+fields, and implements only its model work: ``setup()`` (weights, once per worker) and
+``compute(batch)`` -> one ``Result`` per sample, on valid images only, with arrays for files
+(``check_config()`` where ``limits`` do not say it all). ``process(batch)`` is the framework's side, the one
 entry point callers use: setup once, bad images out, files encoded. Common model fields live in
 ``stages.model_stage.ModelStage``. Stages never import ray or ``pipeline``.
 """
@@ -38,6 +39,9 @@ class Stage:
     needs_image: ClassVar[bool] = True
     mem_per_sample_mb: ClassVar[float] = 64.0
     """Accelerator memory one sample needs in a batch (for ``batch_size: 0`` = automatic)."""
+    limits: ClassVar[dict[str, str | tuple]] = {}
+    """Allowed config values, e.g. ``{"crop": "(0, 1]", "select": ("auto", "largest")}``
+    (``stages/limits.py``; a subclass adds to its bases' limits)."""
 
     def setup(self) -> None:
         """Load weights once per worker."""
@@ -94,4 +98,11 @@ class Stage:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        """Raise ValueError for a bad config or missing weights file, before any work starts."""
+        """Framework side, before any work: the declared ``limits``, then ``check_config()``."""
+        from stages import limits
+
+        limits.check(self)
+        self.check_config()
+
+    def check_config(self) -> None:
+        """Checks beyond ``limits``: raise ValueError for a bad config or a missing weights file."""

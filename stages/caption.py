@@ -142,6 +142,8 @@ class Caption(Stage):
     schema: ClassVar = pa.schema([*cs.SCHEMA, *aschema.CAPTION_EMOTION_FIELDS])
     files: ClassVar[tuple[str, ...]] = ()
     gpus: ClassVar[float] = 0.5
+    limits: ClassVar[dict] = {"n_beam": "[0, inf)", "n_sample": "[0, inf)", "top_p": "(0, 1]", "k": "[1, inf)",
+                              "max_new_tokens": "[1, inf)", "min_score": "[-1, 1]"}
 
     captioners: list[str] = field(default_factory=lambda: ["blip_base", "blip_large"])
     """Registered captioner names (stages/captioners.py): blip_base, blip_large, git_base, git_large,
@@ -196,7 +198,7 @@ class Caption(Stage):
         """The registry's pinned hub revision of a captioner at its default location, else ""."""
         return "" if name in self.model_paths else caps.get(name).revision
 
-    def check(self) -> None:
+    def check_config(self) -> None:
         common.check_common(self.device, self.dtype, "pretrained", self.batch_size)
         if not self.captioners or len(set(self.captioners)) != len(self.captioners):
             raise ValueError(f"caption.captioners must list distinct names, got {self.captioners}")
@@ -204,14 +206,10 @@ class Caption(Stage):
         if unknown:
             raise ValueError(f"caption.model_paths names unknown captioners {sorted(unknown)}; "
                              f"known: {', '.join(sorted(caps.CAPTIONERS))}")
-        if self.n_beam < 0 or self.n_sample < 0 or self.n_beam + self.n_sample == 0:
-            raise ValueError("caption: n_beam and n_sample must be >= 0 and not both 0")
+        if self.n_beam + self.n_sample == 0:
+            raise ValueError("caption: n_beam and n_sample must not both be 0")
         if self.n_beam and self.num_beams < self.n_beam:
             raise ValueError(f"caption.num_beams ({self.num_beams}) must be >= n_beam ({self.n_beam})")
-        if not 0 < self.top_p <= 1 or self.k < 1 or self.max_new_tokens < 1:
-            raise ValueError("caption: need 0 < top_p <= 1, k >= 1 and max_new_tokens >= 1")
-        if not -1 <= self.min_score <= 1:
-            raise ValueError(f"caption.min_score is a cosine in [-1, 1], got {self.min_score}")
         self._dirs()
 
     def _dirs(self) -> dict[str, Path]:

@@ -36,6 +36,9 @@ class Consistency(Stage):
         "detect", "restore", "landmarks", "pose", "parsing", "identity", "expression")
     schema: ClassVar[pa.Schema] = schema.SCHEMA
     needs_image: ClassVar[bool] = False
+    limits: ClassVar[dict] = {"max_pose_diff_deg": "(0, inf)", "min_mask_iou": "[-1, 1]",
+                              "min_landmarks_in_box": "[-1, 1]", "min_restore_cosine": "[-1, 1]",
+                              "box_margin": "[0, 1]", "bad_at": "[1, inf)"}
 
     max_pose_diff_deg: float = 15.0
     """Largest mean |yaw, pitch, roll| difference between two pose estimators that still agrees."""
@@ -54,18 +57,6 @@ class Consistency(Stage):
     """Upstream columns from random weights make the sample ``bad`` (else only ``suspect``)."""
     batch_size: int = 64
     """Samples per call (the work is cheap numpy)."""
-
-    def check(self) -> None:
-        if self.max_pose_diff_deg <= 0:
-            raise ValueError(f"max_pose_diff_deg must be > 0, got {self.max_pose_diff_deg}")
-        for field in ("min_mask_iou", "min_landmarks_in_box", "min_restore_cosine"):
-            value = getattr(self, field)
-            if not -1.0 <= value <= 1.0:
-                raise ValueError(f"{field} must be in [-1, 1], got {value}")
-        if not 0.0 <= self.box_margin <= 1.0:
-            raise ValueError(f"box_margin must be in [0, 1], got {self.box_margin}")
-        if self.bad_at < 1:
-            raise ValueError(f"bad_at must be >= 1, got {self.bad_at}")
 
     def provenance(self) -> Provenance:
         return Provenance(model=f"consistency-checks:v{self.version}")

@@ -93,6 +93,9 @@ class DetailCaption(Stage):
     reads: ClassVar[tuple[str, ...]] = ()
     schema: ClassVar = ds.SCHEMA
     gpus: ClassVar[float] = 0.5
+    limits: ClassVar[dict] = {"max_words": "[1, inf)", "max_new_tokens_short": "[1, inf)",
+                              "max_new_tokens_detail": "[1, inf)", "repetition_penalty": "[1, 2]",
+                              "image_size": "[28, 2048]"}
 
     model: str = MODEL_DEFAULT
     """The VLM: HF model id or local snapshot directory (AutoModelForImageTextToText)."""
@@ -125,14 +128,10 @@ class DetailCaption(Stage):
     batch_size: int = 16
     """Images per generate call."""
 
-    def check(self) -> None:
+    def check_config(self) -> None:
         common.check_common(self.device, self.dtype, "pretrained", self.batch_size)
         if not self.short_prompt.strip() or not self.detail_prompt.strip():
             raise ValueError("detail_caption: short_prompt and detail_prompt must not be empty")
-        if self.max_words < 1 or self.max_new_tokens_short < 1 or self.max_new_tokens_detail < 1:
-            raise ValueError("detail_caption: max_words and max_new_tokens_* must be >= 1")
-        if not 1.0 <= self.repetition_penalty <= 2.0 or not 28 <= self.image_size <= 2048:
-            raise ValueError("detail_caption: repetition_penalty in [1, 2], image_size in [28, 2048]")
         self._dir()
 
     def _dir(self) -> Path:

@@ -20,7 +20,7 @@ from stages import face_choice
 from stages.models import align
 from stages.base import SKIPPED, Result, Sample
 from stages.model_stage import ModelStage
-from stages.models import registry, retinaface
+from stages.models import retinaface
 
 SELECT = ("auto", "largest", "central")
 LOW_SCORE_FLOOR = 0.5
@@ -34,6 +34,9 @@ class Detect(ModelStage):
     schema: ClassVar = schemas.detect.SCHEMA
     gpus: ClassVar[float] = 0.25
     produces_frame: ClassVar[str | None] = "aligned"
+    families: ClassVar[tuple[str, ...]] = ("retinaface",)
+    limits: ClassVar[dict] = {"conf_threshold": "(0, 1)", "nms_iou": "(0, 1)", "select": SELECT,
+                              "crop_size": "[64, inf)", "min_face_size": "[0, inf)", "max_side": "[0, inf)"}
 
     model: str = "retinaface_resnet50"
     """Registry name: retinaface_resnet50 (accurate) or retinaface_mobile0.25 (lite, bundled)."""
@@ -52,18 +55,6 @@ class Detect(ModelStage):
     max_side: int = 1024
     """Images with a longer side are detected downscaled (the crop still uses full resolution);
     a batch is padded to its largest image."""
-
-    def check_model(self) -> None:
-        if registry.get(self.model).family != "retinaface":
-            raise ValueError(f"model {self.model!r} is not a RetinaFace detector")
-        if not 0.0 < self.conf_threshold < 1.0:
-            raise ValueError(f"conf_threshold must be in (0, 1), got {self.conf_threshold}")
-        if not 0.0 < self.nms_iou < 1.0:
-            raise ValueError(f"nms_iou must be in (0, 1), got {self.nms_iou}")
-        if self.select not in SELECT:
-            raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
-        if self.crop_size < 64 or self.min_face_size < 0 or self.max_side < 0:
-            raise ValueError("crop_size must be >= 64, min_face_size and max_side >= 0")
 
     def setup(self) -> None:
         super().setup()

@@ -15,44 +15,28 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
-import torch
 
 import schemas.expression as xschema
 from stages.models import align
 from stages.base import SKIPPED, Result, Sample
+from stages.types import finite
 from stages.model_stage import ModelStage
-from stages.models import common, registry, tddfa
+from stages.models import registry, tddfa
 
 MIN_ROI = 16.0
 """ROIs smaller than this (px) hold too little face to regress: skipped as ``face_too_small``."""
-FAMILIES = ("tddfa",)
-
-
-def _points(values) -> np.ndarray | None:
-    """Ten finite numbers as (5, 2), else None."""
-    if values is None:
-        return None
-    p = np.asarray(values, dtype=np.float64).reshape(-1)
-    return p.reshape(5, 2) if p.size == 10 and np.all(np.isfinite(p)) else None
 
 
 def face_roi(sample: Sample, no_detect_roi: float) -> tuple[tuple[float, float, float], str]:
     """The 3DDFA-V2 ROI (cx, cy, side) in the sample's frame and where it came from."""
-    det = sample.upstream.get("detect")
     h, w = sample.image.shape[:2]
-    if det is not None:
-        cols = det.columns
-        if sample.frame == "source":
-            box = cols.get("box")
-            if box is not None and len(box) == 4 and np.all(np.isfinite(box)):
-                return tddfa.roi_from_box(box), "box"
-            points = _points(cols.get("points5"))
-            if points is not None:
-                return tddfa.roi_from_points(points), "points5"
-        else:
-            points = _points(cols.get("points5_crop"))
-            if points is not None:
-                return tddfa.roi_from_points(points), "points5_crop"
+    if "detect" in sample.upstream:
+        box, points = sample.box(), sample.points5()
+        if box is not None:
+            return tddfa.roi_from_box(box), "box"
+        if points is not None:
+            return tddfa.roi_from_points(points), "points5" if sample.frame == "source" else "points5_crop"
+        if sample.frame != "source":
             return tddfa.roi_from_points(align.ffhq_template(min(h, w))), "template"
     return (w / 2.0, h / 2.0, no_detect_roi * min(h, w)), "centre"
 
@@ -72,12 +56,8 @@ def angle_diff(a: float, b: float) -> float:
 
 def pose_agreement(pose: tuple[float, float, float], upstream) -> float | None:
     """Mean absolute yaw/pitch/roll difference to an upstream row's angles; None without them."""
-    if upstream is None:
-        return None
-    theirs = [upstream.columns.get(k) for k in ("yaw", "pitch", "roll")]
-    if any(v is None or not math.isfinite(float(v)) for v in theirs):
-        return None
-    return float(np.mean([angle_diff(a, float(b)) for a, b in zip(pose, theirs)]))
+    theirs = finite([upstream.columns.get(k) for k in ("yaw", "pitch", "roll")], 3) if upstream else None
+    return None if theirs is None else float(np.mean([angle_diff(a, b) for a, b in zip(pose, theirs)]))
 
 
 @dataclass
@@ -90,6 +70,8 @@ class Expression(ModelStage):
     schema: ClassVar = xschema.SCHEMA
     files: ClassVar[tuple[str, ...]] = (xschema.EXPR_FILE,)
     gpus: ClassVar[float] = 0.1
+    families: ClassVar[tuple[str, ...]] = ("tddfa",)
+    limits: ClassVar[dict] = {"no_detect_roi": "[0.1, 2]"}
 
     model: str = tddfa.WEIGHTS
     """Registry name of the 3DMM regressor: tddfa_v2_mb05 (3DDFA-V2 MobileNet x0.5, bundled)."""
@@ -98,26 +80,18 @@ class Expression(ModelStage):
     no_detect_roi: float = 0.71
     """Without detect: side of the centred square ROI over the shorter image side (0.1-2)."""
 
-    def check_model(self) -> None:
-        if registry.get(self.model).family not in FAMILIES:
-            raise ValueError(f"model {self.model!r} is not a 3DMM regressor ({', '.join(FAMILIES)})")
-        if not 0.1 <= self.no_detect_roi <= 2.0:
-            raise ValueError(f"no_detect_roi must be in [0.1, 2], got {self.no_detect_roi}")
-        if self.weights == "pretrained":
+    def check_config(self) -> None:
+        if self.weights == "pretrained":  # the parameters' mean and std, a file of their own
             registry.resolve(registry.get(self.model).extra["mean_std"], self.weights_dir)
 
     def load(self):  # noqa: ANN201
         return tddfa.load_tddfa(self.model, self.weights_dir, device=self._device, dtype=self.dtype,
                                 random_init=self.random_weights)
 
-    @torch.inference_mode()
     def regress(self, crops_bgr: list[np.ndarray]) -> np.ndarray:
         """(N, 62) float32 de-normalised parameters of 120x120 BGR uint8 crops."""
-        x = tddfa.preprocess(np.stack(crops_bgr)).to(self._device)
-        if self._device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with common.autocast(self._device, common.torch_dtype(self.dtype)):
-            params = self._net.params(x)
+        with self.inference():
+            params = self._net.params(self.to_device(tddfa.preprocess(np.stack(crops_bgr))))
         return params.cpu().numpy().astype(np.float32)
 
     def _crop(self, sample: Sample) -> tuple[np.ndarray | None, str, str]:
@@ -130,20 +104,12 @@ class Expression(ModelStage):
         return cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), source, ""
 
     def compute(self, batch: list[Sample]) -> list[Result]:
-        results: list[Result | None] = [None] * len(batch)
-        crops, idx, sources = [], [], []
-        for i, sample in enumerate(batch):
-            crop, source, reason = self._crop(sample)
-            if crop is None:
-                results[i] = Result.fail(reason, SKIPPED)
-                continue
-            crops.append(crop)
-            idx.append(i)
-            sources.append(source)
-        params = self.regress(crops) if crops else []
-        for j, p in enumerate(params):
-            results[idx[j]] = self._result(batch[idx[j]], p, sources[j])
-        return results  # type: ignore[return-value]
+        crops = [self._crop(s) for s in batch]  # (crop, roi source, reason)
+        todo = [i for i, (crop, _, _) in enumerate(crops) if crop is not None]
+        results = [Result.fail(reason, SKIPPED) for _, _, reason in crops]
+        for i, params in zip(todo, self.regress([crops[i][0] for i in todo]) if todo else []):
+            results[i] = self._result(batch[i], params, crops[i][1])
+        return results
 
     def _result(self, sample: Sample, params: np.ndarray, source: str) -> Result:
         if not np.all(np.isfinite(params)):

@@ -18,7 +18,7 @@ import schemas.identity
 from stages.models import align
 from stages.base import ERROR, SKIPPED, Result, Sample
 from stages.model_stage import ModelStage
-from stages.models import common, registry
+from stages.models import registry
 
 SIZE = 112
 
@@ -31,6 +31,7 @@ class Identity(ModelStage):
     schema: ClassVar = schemas.identity.SCHEMA
     files: ClassVar[tuple[str, ...]] = ("id.npy",)
     gpus: ClassVar[float] = 0.25
+    families: ClassVar[tuple[str, ...]] = ("arcface", "mobilefacenet", "insightface")
 
     model: str = "arcface_irse50"
     """Registry name: arcface_irse50 (512-d), mobilefacenet (128-d, lite, bundled), or the
@@ -39,11 +40,8 @@ class Identity(ModelStage):
     batch_size: int = 64
     """Faces per forward pass (112x112)."""
 
-    def check_model(self) -> None:
-        family = registry.get(self.model).family
-        if family not in ("arcface", "mobilefacenet", "insightface"):
-            raise ValueError(f"model {self.model!r} is not a face-recognition embedder")
-        if family == "insightface" and self.weights == "random":
+    def check_config(self) -> None:
+        if registry.get(self.model).family == "insightface" and self.weights == "random":
             raise ValueError(f"model {self.model!r} is an ONNX graph: weights=random is not available")
 
     def setup(self) -> None:
@@ -52,26 +50,10 @@ class Identity(ModelStage):
         self._mean = torch.tensor(spec.extra["mean"], device=self._device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(spec.extra["std"], device=self._device).view(1, 3, 1, 1) * 255
 
-    def _points(self, sample: Sample) -> np.ndarray | None:
-        det = sample.upstream.get("detect")
-        if det is None:
-            return None
-        key = "points5" if sample.frame == "source" else "points5_crop"
-        points = det.columns.get(key)
-        if points is None or len(points) != 10 or not np.all(np.isfinite(points)):
-            return None
-        return align.as_points(points)
-
-    @torch.inference_mode()
     def embed(self, faces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw embeddings of 112x112 RGB uint8 faces: (unit vectors, norms before)."""
-        x = torch.from_numpy(np.stack(faces)).to(self._device).permute(0, 3, 1, 2).float()
-        x = (x - self._mean) / self._std
-        memory = torch.channels_last if self._device.type == "cuda" else torch.contiguous_format
-        x = x.contiguous(memory_format=memory)
-        with common.autocast(self._device, common.torch_dtype(self.dtype)):
-            raw = self._net(x)
-        raw = raw.float()
+        with self.inference():
+            raw = self._net((self.tensor(faces, 1.0) - self._mean) / self._std).float()
         norms = raw.norm(dim=1)
         unit = raw / norms.clamp_min(1e-12)[:, None]
         return unit.cpu().numpy().astype(np.float32), norms.cpu().numpy().astype(np.float32)
@@ -80,7 +62,7 @@ class Identity(ModelStage):
         results: list[Result | None] = [None] * len(batch)
         faces, idx, raw_faces, raw_idx = [], [], [], []  # raw: the un-restored crops, for the drift
         for i, sample in enumerate(batch):
-            points = self._points(sample)
+            points = sample.points5()
             if points is None:
                 results[i] = Result.fail("no_detection", SKIPPED)
                 continue

@@ -63,6 +63,8 @@ class LandmarksStage(Stage):
     schema: ClassVar[pa.Schema] = schema.SCHEMA
     files: ClassVar[tuple[str, ...]] = ("lmk.npy", "depth.png", "mask.png")
     gpus: ClassVar[float] = 0.0
+    limits: ClassVar[dict] = {"min_detection_confidence": "[0, 1]", "max_faces": "[1, inf)",
+                              "batch_size": "[1, inf)"}
 
     refine: bool = False
     """Use mediapipe's attention mesh: 478 points (10 iris points appended), refined eyes/lips."""
@@ -78,13 +80,7 @@ class LandmarksStage(Stage):
     _mesh = None  # mediapipe FaceMesh
     _model = None  # geometry.FaceModel
 
-    def check(self) -> None:
-        if not 0.0 <= self.min_detection_confidence <= 1.0:
-            raise ValueError(f"min_detection_confidence must be in [0, 1], got {self.min_detection_confidence}")
-        if self.max_faces < 1:
-            raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    def check_config(self) -> None:
         try:
             path = landmark_model(self.refine)
         except ModuleNotFoundError:
@@ -148,7 +144,8 @@ class LandmarksStage(Stage):
         meshes = [m for m in meshes if np.isfinite(m).all()]
         if not meshes:
             return Result.fail("landmarks_failed: nonfinite")
-        choice = face_choice.choose_mesh(meshes, w, h, _detect_points(sample))
+        in_crop = sample.frame != "source"  # detect's points pick the mesh only in its crop
+        choice = face_choice.choose_mesh(meshes, w, h, sample.points5() if in_crop else None)
         if choice.ambiguous:
             return Result.fail("multiple_faces")
         try:
@@ -185,14 +182,3 @@ class LandmarksStage(Stage):
         }
         files = {"lmk.npy": pts, "depth.png": depth, "mask.png": mask}
         return Result(columns=columns, files=files)
-
-
-def _detect_points(sample: Sample) -> np.ndarray | None:
-    """detect's five points in this frame (aligned / restored crop), when detect's row is here."""
-    det = sample.upstream.get("detect")
-    if det is None or sample.frame not in ("aligned", "restored"):
-        return None
-    pts = det.columns.get("points5_crop")
-    if pts is None or len(pts) != 10 or not np.all(np.isfinite(pts)):
-        return None
-    return np.asarray(pts, np.float64).reshape(5, 2)

@@ -1,19 +1,29 @@
 """The fields and plumbing every model stage shares, declared once.
 
 A model stage subclasses ``ModelStage`` (a ``Stage``), redeclares ``model`` with its own default
-and docstring, names the registry entry of its weights (``weights_name``), and implements
-``load()`` (build the net on ``self._device``) and ``process()``. Checks of the common fields,
-device/dtype resolution, weight verification before any work and provenance come from here.
+and docstring, names the registry entry of its weights (``weights_name``) and the registry
+``families`` its model may come from, and implements ``compute()`` (plus ``load()`` where the
+registry's loader does not fit). Checks of the common fields, device/dtype resolution, weight
+verification before any work, batches as tensors (``tensor``, ``inference``) and provenance
+come from here.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
 
 from stages.base import Provenance, Stage
 
 
 @dataclass
 class ModelStage(Stage):
+    families: ClassVar[tuple[str, ...]] = ()
+    """Registry families the model must come from (empty: any)."""
+    limits: ClassVar[dict[str, str | tuple]] = {"batch_size": "[0, inf)"}
+
     model: str = ""
     """Registry name of the model (each stage lists its choices)."""
     weights: str = "pretrained"
@@ -36,17 +46,20 @@ class ModelStage(Stage):
     def random_weights(self) -> bool:
         return self.weights == "random"
 
+    @property
+    def verify_weights(self) -> bool:
+        """Whether check() insists on the verified weights file (False: a stage fetches its own)."""
+        return True
+
     def check(self) -> None:
-        from stages.models import common
+        from stages.models import common, registry
 
         common.check_common(self.device, self.dtype, self.weights, max(self.batch_size, 1))
-        if self.batch_size < 0:
-            raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
-        self.check_model()
-        common.check_weights(self.weights_name, self.weights, self.weights_dir)
-
-    def check_model(self) -> None:
-        """Stage-specific config checks (raise ValueError)."""
+        if self.families and registry.get(self.weights_name).family not in self.families:
+            raise ValueError(f"model {self.model!r} is not a {' or '.join(self.families)} model")
+        super().check()
+        if self.verify_weights:
+            common.check_weights(self.weights_name, self.weights, self.weights_dir)
 
     def setup(self) -> None:
         from stages.models import common
@@ -62,6 +75,32 @@ class ModelStage(Stage):
         return load(self.weights_name, self.weights_dir, device=self._device, dtype=self.dtype,
                     random_init=self.random_weights)
 
+    def tensor(self, images: np.ndarray | list[np.ndarray], divide: float = 255.0,  # noqa: ANN201
+               subtract: float = 0.0):
+        """NCHW float batch on the stage's device from NHWC uint8 (``x / divide - subtract``)."""
+        import torch
+
+        x = torch.from_numpy(np.stack(images) if isinstance(images, list) else images)
+        return self.to_device(x.to(self._device).permute(0, 3, 1, 2).float().div_(divide).sub_(subtract))
+
+    def to_device(self, t):  # noqa: ANN001, ANN201 - torch.Tensor in and out
+        """An NCHW batch on the stage's device, channels-last on CUDA (faster convolutions there)."""
+        import torch
+
+        t = t.to(self._device)
+        return t.contiguous(memory_format=torch.channels_last) if self._device.type == "cuda" else t
+
+    def inference(self) -> contextlib.AbstractContextManager:
+        """No autograd, and the configured mixed precision."""
+        import torch
+
+        from stages.models import common
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(common.autocast(self._device, self._dtype))
+        return stack
+
     def resident_mb(self) -> float:
         """fp32 weights in memory are about their file's size; 500 MB when the registry has none."""
         from stages.models import registry
@@ -72,7 +111,15 @@ class ModelStage(Stage):
             size = 0
         return 1.2 * size / 2**20 if size else 500.0
 
+    def weights_path(self):  # noqa: ANN201 - a Path, or None for the registry's place
+        """Where the loaded weights file is, when not in the weights directory (e.g. a hub cache)."""
+        return None
+
     def provenance(self) -> Provenance:
+        """Worked out once per instance: the runner asks per row, and an unpinned file is hashed."""
         from stages.models import common
 
-        return common.provenance(self.weights_name, self.random_weights, self.weights_dir)
+        if "_provenance" not in self.__dict__:
+            self.__dict__["_provenance"] = common.provenance(self.weights_name, self.random_weights,
+                                                             self.weights_dir, self.weights_path())
+        return self.__dict__["_provenance"]

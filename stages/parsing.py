@@ -22,7 +22,7 @@ from schemas.gt import GT_PARSING
 from stages import drawing, parsing_eval
 from stages.base import ERROR, Result, Sample
 from stages.model_stage import ModelStage
-from stages.models import common, parsing
+from stages.models import parsing
 
 MODELS = {"bisenet": parsing.BISENET, "parsenet": parsing.PARSENET}
 _FACE_LUT = np.zeros(256, np.uint8)
@@ -37,6 +37,7 @@ class Parsing(ModelStage):
     schema: ClassVar[pa.Schema] = sp.SCHEMA
     files: ClassVar[tuple[str, ...]] = (sp.PARSING_IMAGE, sp.FACE_MASK_IMAGE)
     gpus: ClassVar[float] = 0.25
+    limits: ClassVar[dict] = {"model": tuple(MODELS)}
 
     model: str = "bisenet"
     """bisenet (facexlib BiSeNet, ImageNet normalisation) or parsenet (facexlib ParseNet)."""
@@ -46,10 +47,6 @@ class Parsing(ModelStage):
     @property
     def weights_name(self) -> str:
         return MODELS.get(self.model, self.model)
-
-    def check_model(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {tuple(MODELS)}, got {self.model!r}")
 
     def stats(self, rows: list[dict]) -> dict:
         """Ground-truth scores over the shard (celeba-hq): mean IoU per class."""
@@ -61,12 +58,8 @@ class Parsing(ModelStage):
     def labels(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
         """uint8 label maps the size of each image (None where the scores are not finite)."""
         size = parsing.INPUT_SIZE
-        x = np.stack([drawing.resize_to(im, size, size) for im in images])
-        t = torch.from_numpy(x).to(self._device).permute(0, 3, 1, 2).float().div_(255.0)
-        if self._device.type == "cuda":
-            t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), common.autocast(self._device, self._dtype):
-            scores = self._net(t)
+        with self.inference():
+            scores = self._net(self.tensor([drawing.resize_to(im, size, size) for im in images]))
         out: list[np.ndarray | None] = []
         with torch.inference_mode():
             for s, im in zip(scores.float(), images):

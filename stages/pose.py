@@ -10,19 +10,18 @@ Per-sample failures: ``non_finite_output`` (``bad_image`` from the framework).
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import torch
-
 import schemas.pose
 from stages import drawing
 from stages.base import ERROR, Provenance, Result, Sample
+from stages.types import finite
 from stages.model_stage import ModelStage
-from stages.models import common, hopenet, registry
+from stages.models import hopenet, registry
 
 MODELS: dict[str, tuple[str, ...]] = {
     # model -> registry names it accepts, the default first
@@ -40,6 +39,7 @@ class Pose(ModelStage):
     schema: ClassVar[pa.Schema] = schemas.pose.SCHEMA
     files: ClassVar[tuple[str, ...]] = (schemas.pose.POSE_IMAGE,)
     gpus: ClassVar[float] = 0.25
+    limits: ClassVar[dict] = {"model": tuple(MODELS), "crop": "[0.1, 1]", "axis_scale": "(0, 1]"}
 
     model: str = "hopenet_r50"
     """hopenet_r50 (Hopenet ResNet50) or lightweight_headpose (bundled real weights, 0.9 MB)."""
@@ -58,42 +58,25 @@ class Pose(ModelStage):
     def weights_name(self) -> str:
         return self.checkpoint or MODELS[self.model][0]
 
-    def check(self) -> None:  # hub downloads and unpinned checkpoints: not the common check
-        common.check_common(self.device, self.dtype, self.weights, max(self.batch_size, 1))
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {tuple(MODELS)}, got {self.model!r}")
+    @property
+    def verify_weights(self) -> bool:
+        return not self.hub  # a hub download is verified when it is fetched
+
+    def check_config(self) -> None:
         if self.weights_name not in MODELS[self.model]:
             raise ValueError(f"checkpoint {self.weights_name!r} does not fit model {self.model!r}; "
                              f"choose from {MODELS[self.model]}")
-        registry.get(self.weights_name)
-        if not 0.1 <= self.crop <= 1.0:
-            raise ValueError(f"crop must be in [0.1, 1], got {self.crop}")
-        if not 0.0 < self.axis_scale <= 1.0:
-            raise ValueError(f"axis_scale must be in (0, 1], got {self.axis_scale}")
-        if self.weights == "pretrained" and not self.hub:
-            registry.resolve(self.weights_name, self.weights_dir)
 
     def load(self):  # noqa: ANN201
         return hopenet.load_hopenet(self.weights_name, self.weights_dir, self._device, self.dtype,
                                     random_init=self.random_weights, hub=self.hub)
 
-    def provenance(self) -> Provenance:
-        # the runner asks once per row; an unpinned checkpoint's sha256 is worth computing once
-        if getattr(self, "_provenance", None) is None:
-            self._provenance = self._find_provenance()
-        return self._provenance
+    def weights_path(self):  # noqa: ANN201
+        local = registry.path_of(self.weights_name, self.weights_dir)
+        return hopenet.hub_path(registry.get(self.weights_name)) if self.hub and not local.is_file() else None
 
-    def _find_provenance(self) -> Provenance:
-        model = f"{self.model}:{self.weights_name}"
-        if self.weights == "random":
-            return Provenance(model=model, weights="", weights_sha256="", weights_random=True)
-        spec = registry.get(self.weights_name)
-        # an unpinned checkpoint (allowed via FACEWEAVE_ALLOW_UNVERIFIED) records what was loaded
-        path = registry.path_of(self.weights_name, self.weights_dir)
-        if self.hub and not path.is_file():
-            path = hopenet.hub_path(spec)
-        sha = spec.sha256 or registry.sha256_of(path)
-        return Provenance(model=model, weights=spec.filename, weights_sha256=sha, weights_random=False)
+    def provenance(self) -> Provenance:
+        return dataclasses.replace(super().provenance(), model=f"{self.model}:{self.weights_name}")
 
     def compute(self, batch: list[Sample]) -> list[Result]:
         return [self._result(s, ypr) for s, ypr in zip(batch, self.angles([s.image for s in batch]))]
@@ -101,12 +84,9 @@ class Pose(ModelStage):
     def angles(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) float32 yaw, pitch, roll in degrees for RGB uint8 images."""
         size = self._net.input_size
-        x = np.stack([drawing.resize_to(_centre_crop(im, self.crop), size, size) for im in images])
-        t = torch.from_numpy(x).to(self._device).permute(0, 3, 1, 2).float().div_(255.0)
-        if self._device.type == "cuda":
-            t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), common.autocast(self._device, self._dtype):
-            out = self._net(t)
+        x = [drawing.resize_to(_centre_crop(im, self.crop), size, size) for im in images]
+        with self.inference():
+            out = self._net(self.tensor(x))
         return out.float().cpu().numpy()
 
     def _result(self, sample: Sample, ypr: np.ndarray) -> Result:
@@ -138,23 +118,11 @@ def _wrap(deg: float) -> float:
 def _landmark_pose(sample: Sample) -> dict[str, float] | None:
     """The landmarks stage's PnP yaw/pitch/roll when that stage's result is at hand."""
     res = sample.upstream.get("landmarks")
-    if res is None:
-        return None
-    cols = res.columns
-    values = {k: cols.get(k) for k in ("yaw", "pitch", "roll")}
-    if any(v is None or not math.isfinite(float(v)) for v in values.values()):
-        return None
-    return {k: float(v) for k, v in values.items()}
+    ypr = finite([res.columns.get(k) for k in ("yaw", "pitch", "roll")], 3) if res is not None else None
+    return None if ypr is None else dict(zip(("yaw", "pitch", "roll"), ypr.tolist()))
 
 
 def _face_centre(sample: Sample) -> tuple[float, float] | None:
-    """Mean of detect's five crop points in an aligned/restored frame, else None (image centre)."""
-    if sample.frame not in ALIGNED_FRAMES:
-        return None
-    for res in sample.upstream.values():
-        pts = res.columns.get("points5_crop")
-        if pts is not None and len(pts) == 10:
-            xy = np.asarray(pts, np.float64).reshape(5, 2)
-            if np.isfinite(xy).all():
-                return float(xy[:, 0].mean()), float(xy[:, 1].mean())
-    return None
+    """Mean of detect's five points in an aligned/restored frame, else None (image centre)."""
+    points = sample.points5() if sample.frame in ALIGNED_FRAMES else None
+    return None if points is None else (float(points[:, 0].mean()), float(points[:, 1].mean()))

@@ -21,6 +21,7 @@ import schemas.quality as qs
 from stages.models import align
 from stages.jpeg import jpeg_quality_from_bytes
 from stages.base import SKIPPED, Provenance, Result, Sample, Stage
+from stages.types import finite
 from stages.expression import MIN_ROI, face_roi
 from stages.models import common, fiqa, registry, tddfa
 
@@ -67,19 +68,12 @@ def exposure(gray: np.ndarray) -> dict[str, float]:
             "clipped_low": float((gray <= qs.CLIP_LOW).mean()), "clipped_high": float((gray >= qs.CLIP_HIGH).mean())}
 
 
-def _floats(values: Any, n: int) -> np.ndarray | None:
-    if values is None:
-        return None
-    a = np.asarray(values, dtype=np.float64).reshape(-1)
-    return a if a.size == n and np.all(np.isfinite(a)) else None
-
-
 def detect_columns(det: Result | None, meta: dict[str, Any]) -> dict[str, Any]:
     """interocular_px, face_area_ratio, n_faces from detect's row (source px) and the source size."""
     cols: dict[str, Any] = {"interocular_px": None, "face_area_ratio": None, "n_faces": None}
     if det is None:
         return cols
-    points, box = _floats(det.columns.get("points5"), 10), _floats(det.columns.get("box"), 4)
+    points, box = finite(det.columns.get("points5"), 10), finite(det.columns.get("box"), 4)
     if points is not None:
         cols["interocular_px"] = float(np.hypot(*(points[2:4] - points[0:2])))
     width, height = meta.get("width"), meta.get("height")
@@ -100,6 +94,9 @@ class Quality(Stage):
     schema: ClassVar = qs.SCHEMA
     gpus: ClassVar[float] = 0.1
     """Only requested when ``device`` is cuda (the FIQA model); the metrics run on the CPU."""
+    limits: ClassVar[dict] = {"min_sharpness": "[0, inf)", "min_interocular_px": "[0, inf)",
+                              "max_faces": "[0, inf)", "gray_chroma": "[0, 255]", "sepia_hue_spread": "[0, 1]",
+                              "no_detect_roi": "[0.1, 2]"}
 
     min_sharpness: float = 0.0
     """Skip as ``blurry`` below this face-region Laplacian variance (0: off)."""
@@ -128,14 +125,8 @@ class Quality(Stage):
     batch_size: int = 64
     """Faces per batch."""
 
-    def check(self) -> None:
+    def check_config(self) -> None:
         common.check_common(self.device, self.dtype, self.weights, self.batch_size)
-        if self.min_sharpness < 0 or self.min_interocular_px < 0 or self.max_faces < 0:
-            raise ValueError("quality: min_sharpness, min_interocular_px and max_faces must be >= 0")
-        if not 0 <= self.gray_chroma <= 255 or not 0 <= self.sepia_hue_spread <= 1:
-            raise ValueError("quality: gray_chroma must be in [0, 255] and sepia_hue_spread in [0, 1]")
-        if not 0.1 <= self.no_detect_roi <= 2.0:
-            raise ValueError(f"no_detect_roi must be in [0.1, 2], got {self.no_detect_roi}")
         if self.fiqa_model:
             if registry.get(self.fiqa_model).family != "fiqa":
                 raise ValueError(f"model {self.fiqa_model!r} is not a face image quality model")
@@ -195,12 +186,10 @@ class Quality(Stage):
         return ""
 
     def arcface_crop(self, sample: Sample) -> np.ndarray | None:
-        det = sample.upstream.get("detect")
-        key = "points5" if sample.frame == "source" else "points5_crop"
-        points = _floats(det.columns.get(key), 10) if det is not None else None
+        points = sample.points5()
         if points is None:
             return None
-        face, _ = align.align(np.ascontiguousarray(sample.image), points.reshape(5, 2), align.ARCFACE_112, 112)
+        face, _ = align.align(np.ascontiguousarray(sample.image), points, align.ARCFACE_112, 112)
         return face
 
     @torch.inference_mode()

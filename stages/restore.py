@@ -8,6 +8,7 @@ e.g. an fp16 overflow).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,7 +20,7 @@ import schemas.restore
 from stages import drawing
 from stages.base import ERROR, Provenance, Result, Sample
 from stages.model_stage import ModelStage
-from stages.models import codeformer, common, registry
+from stages.models import codeformer
 
 ARCHS = ("full", "tiny")
 
@@ -33,6 +34,8 @@ class Restore(ModelStage):
     files: ClassVar[tuple[str, ...]] = (schemas.restore.RAW_IMAGE,)
     gpus: ClassVar[float] = 0.5
     produces_frame: ClassVar[str | None] = "restored"
+    families: ClassVar[tuple[str, ...]] = ("codeformer",)
+    limits: ClassVar[dict] = {"arch": ARCHS, "fidelity_w": "[0, 1]", "jpeg_quality": "[1, 100]"}
 
     model: str = codeformer.WEIGHTS
     """Registry name of the CodeFormer checkpoint."""
@@ -48,17 +51,9 @@ class Restore(ModelStage):
     compile: bool = False
     """torch.compile the network on CUDA (batches padded to batch_size so shapes stay static)."""
 
-    def check_model(self) -> None:
-        if registry.get(self.model).family != "codeformer":
-            raise ValueError(f"model {self.model!r} is not a CodeFormer checkpoint")
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+    def check_config(self) -> None:
         if self.arch != "full" and self.weights != "random":
             raise ValueError(f"arch {self.arch!r} has no pretrained weights; set weights: random")
-        if not 0.0 <= self.fidelity_w <= 1.0:
-            raise ValueError(f"fidelity_w must be in [0, 1], got {self.fidelity_w}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
 
     def load(self):  # noqa: ANN201
         net = codeformer.load_codeformer(self.model, self.weights_dir, self._device, self.dtype,
@@ -68,9 +63,7 @@ class Restore(ModelStage):
 
     def provenance(self) -> Provenance:
         prov = super().provenance()
-        if self.arch != "full":
-            prov.model = f"{self.model}:{self.arch}"
-        return prov
+        return prov if self.arch == "full" else dataclasses.replace(prov, model=f"{self.model}:{self.arch}")
 
     def compute(self, batch: list[Sample]) -> list[Result]:
         return [self._result(s, r) for s, r in zip(batch, self._restore([s.image for s in batch]))]
@@ -82,11 +75,8 @@ class Restore(ModelStage):
         n = len(x)
         if getattr(self, "_compiled", False) and n < self.batch_size:  # static shapes: no recompiles
             x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
-        t = torch.from_numpy(x).to(self._device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        if self._device.type == "cuda":
-            t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), common.autocast(self._device, self._dtype):
-            y = codeformer.restore(self._net, t, self.fidelity_w)
+        with self.inference():
+            y = codeformer.restore(self._net, self.tensor(x, 127.5, 1.0), self.fidelity_w)
         y = y[:n].float()
         finite = torch.isfinite(y).flatten(1).all(dim=1).tolist()
         y = ((y.nan_to_num(0.0) + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)

@@ -16,6 +16,16 @@ def valid_image(image: object) -> bool:
             and image.dtype == np.uint8 and min(image.shape[:2]) >= 2)
 
 
+def finite(values: Any, n: int, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """``n`` finite numbers as a float64 array (of ``shape`` when given), else None."""
+    if values is None:
+        return None
+    a = np.asarray(values, dtype=np.float64).reshape(-1)
+    if a.size != n or not np.all(np.isfinite(a)):
+        return None
+    return a.reshape(shape) if shape else a
+
+
 @dataclass
 class Provenance:
     """Which model and weights produced a stage's columns (recorded on every manifest row)."""
@@ -40,6 +50,18 @@ class Sample:
     """Results of ``reads`` (always) and ``optional_reads`` (when run and ok) for this sample."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Source manifest columns (location, width, height, ...)."""
+
+    def points5(self) -> np.ndarray | None:
+        """detect's five points, (5, 2) in this frame (``points5`` in the source photo,
+        ``points5_crop`` in a crop); None without a usable detect row."""
+        det = self.upstream.get("detect")
+        key = "points5" if self.frame == "source" else "points5_crop"
+        return finite(det.columns.get(key), 10, (5, 2)) if det is not None else None
+
+    def box(self) -> np.ndarray | None:
+        """detect's face box (x1, y1, x2, y2) when this frame is the source photo, else None."""
+        det = self.upstream.get("detect")
+        return finite(det.columns.get("box"), 4) if det is not None and self.frame == "source" else None
 
 
 @dataclass

@@ -115,5 +115,37 @@ def test_stage_keeps_its_declaration(name, recipes, faces):
         assert len(prov.weights_sha256) == 64
 
 
+@pytest.mark.parametrize("name", BUILTIN)
+def test_limits_name_real_fields_and_hold_for_the_defaults(name):
+    """Each declared limit is a config field of the stage, and the default config keeps it; a value
+    outside it is refused by check() before any work, naming the field."""
+    import dataclasses
+
+    from stages import limits
+
+    cls = registry.stage_class(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    rules = {k: v for c in reversed(cls.__mro__) for k, v in c.__dict__.get("limits", {}).items()}
+    assert set(rules) <= fields, f"limits on unknown fields {set(rules) - fields}"
+    stage = cls()
+    for field, rule in rules.items():
+        assert limits.allowed(getattr(stage, field), rule), (field, rule)
+    field, rule = next(iter(rules.items()))
+    bad = "no such choice" if isinstance(rule, tuple) else float("nan")
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        dataclasses.replace(stage, **{field: bad}).check()
+
+
+def test_limits_rules():
+    from stages.limits import allowed
+
+    assert allowed(0.5, "(0, 1)") and not allowed(0.0, "(0, 1)") and allowed(0.0, "[0, 1)")
+    assert allowed(1.0, "(0, 1]") and not allowed(1.0, "[0, 1)") and allowed(1e9, "[1, inf)")
+    assert not allowed(float("nan"), "[0, 1]") and not allowed(True, "[0, 1]") and not allowed("a", "[0, 1]")
+    assert allowed(["a", "b"], ("a", "b", "c")) and not allowed(["a", "z"], ("a", "b"))
+    with pytest.raises(ValueError, match="bad interval"):
+        allowed(1, "0..1")
+
+
 def test_every_registered_stage_is_covered():
     assert [n for n in registry.ORDER if registry.MODULES[n].startswith("stages.")] == BUILTIN

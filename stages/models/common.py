@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -145,13 +146,15 @@ def build(constructor: Callable[[], nn.Module], name: str, root: str | os.PathLi
     return prepare(model, device)
 
 
-def provenance(name: str, random_init: bool, root: str | os.PathLike | None = None) -> Provenance:
-    """The provenance of a model built by ``build``: no file behind random weights."""
+def provenance(name: str, random_init: bool, root: str | os.PathLike | None = None,
+               path: Path | None = None) -> Provenance:
+    """The provenance of a model built by ``build``: no file behind random weights; ``path`` is
+    where the file was loaded from when not ``root`` (only read for an unpinned entry)."""
     spec = registry.get(name)
     if random_init:
         return Provenance(model=name, weights="", weights_sha256="", weights_random=True)
     # an unpinned entry loaded with allow_unverified still records what was actually loaded
-    sha = spec.sha256 or registry.sha256_of(registry.path_of(name, root))
+    sha = spec.sha256 or registry.sha256_of(path or registry.path_of(name, root))
     return Provenance(model=name, weights=spec.filename, weights_sha256=sha, weights_random=False)
 
 
