@@ -83,9 +83,7 @@ class EmotionHead:
     @torch.inference_mode()
     def probs(self, gray: list[np.ndarray]) -> np.ndarray:
         """(N, 7) float32 class probabilities of (64, 64) uint8 grayscale crops."""
-        x = emotion.preprocess(np.stack(gray)).to(self.device)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = common.on_device(emotion.preprocess(np.stack(gray)), self.device)
         with common.autocast(self.device, self.dtype):
             p = self.net(x)
         return p.float().cpu().numpy()

@@ -84,11 +84,10 @@ class ModelStage(Stage):
         return self.to_device(x.to(self._device).permute(0, 3, 1, 2).float().div_(divide).sub_(subtract))
 
     def to_device(self, t):  # noqa: ANN001, ANN201 - torch.Tensor in and out
-        """An NCHW batch on the stage's device, channels-last on CUDA (faster convolutions there)."""
-        import torch
+        """An NCHW batch on the stage's device, channels-last like its net (``common.on_device``)."""
+        from stages.models import common
 
-        t = t.to(self._device)
-        return t.contiguous(memory_format=torch.channels_last) if self._device.type == "cuda" else t
+        return common.on_device(t, self._device)
 
     def inference(self) -> contextlib.AbstractContextManager:
         """No autograd, and the configured mixed precision."""

@@ -226,6 +226,46 @@ def test_own_nms_matches_torchvision(monkeypatch):
         assert torch.equal(retinaface.nms(*case), expected)
 
 
+@pytest.mark.parametrize("network", ["mobile0.25", "resnet50"])
+def test_own_retinaface_net_matches_facexlib(network):
+    """Our RetinaFaceNet has facexlib's parameter names and shapes and gives its outputs: the
+    bundled mobile0.25 checkpoint on both; resnet50 (no offline weights) with one random state."""
+    import warnings
+
+    from facexlib.detection.retinaface import RetinaFace
+
+    from stages.models.retinaface_net import RetinaFaceNet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # facexlib's resnet50(pretrained=False)
+        ref = RetinaFace(network_name=network, half=False, phase="test", device="cpu")
+    ours = RetinaFaceNet(network)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    state = registry.load_state_dict("retinaface_mobile0.25") if network == "mobile0.25" else ref.state_dict()
+    ref.load_state_dict(state, strict=True)
+    ours.load_state_dict(state, strict=True)
+    ref.eval(), ours.eval()
+    x = torch.randn(2, 3, 160, 224, generator=torch.Generator().manual_seed(0)) * 60
+    with torch.inference_mode():
+        for a, b in zip(ours(x), ref(x)):
+            assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_a_worker_detecting_faces_imports_neither_facexlib_nor_torchvision():
+    """The lite preset's detector builds and runs without importing facexlib or torchvision (their
+    imports cost a worker seconds: torchvision.models pulls in torch._dynamo)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from stages.models import retinaface; "
+            "net = retinaface.load_retinaface('retinaface_mobile0.25'); "
+            "retinaface.detect(net, [np.zeros((64, 64, 3), np.uint8)], 'cpu', 'fp32'); "
+            "print(sorted(m for m in ('facexlib', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_a_torchvision_built_for_another_torch_is_named_with_the_fix(monkeypatch):
     """The pip trap of a CPU torch beside a CUDA torchvision wheel: one line that says what to do."""
     import importlib

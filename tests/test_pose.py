@@ -237,7 +237,8 @@ def test_cuda_autocast_matches_cpu(dtype, light):
 
 
 def test_own_bottleneck_matches_torchvision():
-    """hopenet.Bottleneck stands in for torchvision's (so the stage imports no torchvision):
+    """resnet.Bottleneck (Hopenet's and RetinaFace's trunk) stands in for torchvision's (so the
+    stages import no torchvision):
     same parameter names, same output."""
     import torch
     from torchvision.models.resnet import Bottleneck as TvBottleneck

@@ -100,6 +100,19 @@ def test_auto_picks_processes_without_a_gpu_and_splits_the_cores(monkeypatch):
     assert three.threads == {"a": 1, "b": 1, "c": 2}  # fixed by the plan, whoever runs "c"
 
 
+def test_a_run_of_less_than_two_rounds_gets_a_worker_per_shard():
+    """3 shards on 2 cores: three one-thread workers share the cores from the start (measured
+    faster than the third shard alone on two threads at the end); longer runs keep one per core."""
+    from pipeline.core.runner.pool import ProcessPipeline
+    from pipeline.core.threads import worker_count, workers_for
+
+    assert [worker_count(2, n) for n in (1, 2, 3, 4, 5)] == [1, 2, 3, 2, 2]
+    assert [worker_count(8, n) for n in (1, 8, 12, 15, 16, 494)] == [1, 8, 12, 15, 8, 8]
+    assert workers_for(2, 3, 0.0, None) == (3, "")
+    three = ProcessPipeline([object()], ["a", "b", "c"], workers=3, cores=2, max_attempts=8)
+    assert three.threads == {"a": 1, "b": 1, "c": 1} and three.layout() == "3 worker processes x 1 thread"
+
+
 def test_memory_caps_the_worker_count():
     from pipeline.core.threads import WORKER_RUNTIME_MB, workers_for
     from pipeline.config import resolve
@@ -123,4 +136,9 @@ def test_the_summary_says_where_the_work_ran(casia_tree, tmp_path):
     assert "2 worker processes x 1 thread" in " ".join(proc.stdout.split())  # the title may wrap
     import json
 
-    assert json.loads((out / "run.json").read_text())["summary"]["workers"] == "2 worker processes x 1 thread"
+    summary = json.loads((out / "run.json").read_text())["summary"]
+    assert summary["workers"] == "2 worker processes x 1 thread"
+    # CPU seconds inside the model calls beside their wall seconds (what the bench divides by cores)
+    stages = summary["stages"].values()
+    assert all(0 <= st["cpu_seconds"] <= 2 * st["seconds"] + 0.1 for st in stages)
+    assert sum(st["cpu_seconds"] for st in stages) > 0

@@ -112,6 +112,9 @@ class ShardReport:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     """Seconds inside the stage's model calls (its compute time)."""
+    cpu_seconds: float = 0.0
+    """CPU seconds of the worker process inside those calls (all its threads; not inflated when
+    more processes than cores share the machine, unlike ``seconds``)."""
     reused: bool = False
     """Done by an earlier run: nothing was computed now."""
     computed: int | None = None
@@ -124,7 +127,7 @@ class ShardReport:
     @classmethod
     def from_stats(cls, stats: dict, reused: bool = False) -> "ShardReport":
         return cls(stats["stage"], stats["shard"], stats["n"], dict(stats["status"]), dict(stats["reasons"]),
-                   float(stats.get("seconds") or 0.0), reused)
+                   float(stats.get("seconds") or 0.0), float(stats.get("cpu_seconds") or 0.0), reused)
 
     @classmethod
     def load(cls, outs: ShardOutputs, counts: dict[str, int] | None = None) -> "ShardReport":
@@ -137,7 +140,7 @@ class ShardReport:
 
 
 def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seconds: float,
-                extra: dict | None = None, started: float | None = None) -> ShardReport:
+                extra: dict | None = None, started: float | None = None, cpu_seconds: float = 0.0) -> ShardReport:
     stats = {
         "stage": outs.stage,
         "shard": outs.shard,
@@ -145,6 +148,7 @@ def write_stats(outs: ShardOutputs, statuses: list[str], errors: list[str], seco
         "status": dict(sorted(Counter(statuses).items())),
         "reasons": dict(sorted(Counter(reason_code(e) for e in errors if e).items())),
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
         "img_per_s": round(len(statuses) / seconds, 2) if seconds > 0 else None,
         # wall-clock span of the shard's work in this step (shows how steps overlap)
         "started": round(started, 3) if started is not None else None,

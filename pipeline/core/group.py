@@ -49,6 +49,7 @@ class _Pending:
     """The stage's finished outputs when only some rows are redone (--retry-errors, --refresh)."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     started: float = field(default_factory=time.time)
     redone: int = 0
     """Rows computed now (the rest were kept from ``old``)."""
@@ -63,6 +64,7 @@ class _SourcePending:
     old: UpstreamStore | None
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     started: float = field(default_factory=time.time)
     read: int = 0
     """Files read now (the rest of the rows were kept from ``old``)."""
@@ -163,7 +165,7 @@ class GroupWorker:
         """The source step for one chunk: read, verify, decode each file once; return its rows."""
         records = []
         for row in rows:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             key = row["key"]
             kept = src.old.rows.get(key) if src.old is not None else None
             if kept is not None and kept["config_hash"] == self.ctx.source_lineage:
@@ -188,6 +190,7 @@ class GroupWorker:
                     src.tar.add(f"{key}.{reader.SOURCE_IMAGE}", reader.image_member(item))
             dt = time.perf_counter() - t0
             src.seconds += dt
+            src.cpu_seconds += time.process_time() - c0
             rec.update(duration_s=dt, stage=SOURCE, stage_version="1", frame=None, model=None,
                        weights_sha256=None, weights_random=None, config_hash=self.ctx.source_lineage)
             records.append(rec)
@@ -202,7 +205,8 @@ class GroupWorker:
         write_table(table, src.outs.manifest)
         statuses = [r["status"] for r in src.rows]
         write_marker(src.outs, self.ctx.source_lineage, dict(Counter(statuses)))
-        report = write_stats(src.outs, statuses, [r["error"] for r in src.rows], src.seconds, started=src.started)
+        report = write_stats(src.outs, statuses, [r["error"] for r in src.rows], src.seconds, started=src.started,
+                             cpu_seconds=src.cpu_seconds)
         if src.old is not None:
             report.computed = src.read
         return report
@@ -275,12 +279,13 @@ class GroupWorker:
                 samples.append(Sample(key=key, identity=row["identity"], image=image, frame=frame,
                                       upstream=upstream, meta={**row, "files": extras.get(key, {})}))
             for batch in self._batches(p, samples, out):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 p.journal.begin([s.key for s in batch])
                 batch_results = process_isolated(p.stage, batch)
                 p.journal.end()
                 dt = time.perf_counter() - t0
                 p.seconds += dt
+                p.cpu_seconds += time.process_time() - c0
                 for s, res in zip(batch, batch_results):
                     res.columns.setdefault("__duration", dt / len(batch))
                     out[s.key] = res
@@ -394,7 +399,7 @@ class GroupWorker:
         write_marker(p.outs, p.run.lineage, dict(Counter(statuses)))
         p.journal.close()
         extra = p.stage.stats([r for r in p.rows if r["status"] == OK])
-        report = write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra, p.started)
+        report = write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra, p.started, p.cpu_seconds)
         if p.old is not None:
             report.computed = p.redone
         return report

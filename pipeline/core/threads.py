@@ -2,9 +2,10 @@
 
 A shard's thread count is fixed by the plan, never by timing (``shard_threads``): torch's
 results depend on its thread count (reduction order), and an annotation must not depend on
-which worker happened to go idle first. ``workers = min(cores, shards)``, so a one-shard run gets
-every core in one worker, exactly like the in-process executor; the last shards, which do not
-fill a round of workers, share the cores among themselves.
+which worker happened to go idle first. ``workers = min(cores, shards)`` (one per shard in a run
+of less than two rounds: ``worker_count``), so a one-shard run gets every core in one worker,
+exactly like the in-process executor; in longer runs the last shards, which do not fill a round
+of workers, share the cores among themselves.
 """
 from __future__ import annotations
 
@@ -40,9 +41,19 @@ def available_mb() -> float | None:
         return None
 
 
+def worker_count(cores: int, shards: int) -> int:
+    """One worker process per core; in a run of less than two rounds (cores < shards < 2 x cores)
+    one per shard, so the shards past the first round share the cores from the start rather than
+    run last with a few threads each (torch used 2 threads at ~70%: 1.4x, not 2x): every core is
+    busy until the end, all shards on one thread."""
+    if cores < shards < 2 * cores:
+        return shards
+    return max(1, min(cores, shards))
+
+
 def workers_for(cores: int, shards: int, models_mb: float, available: float | None) -> tuple[int, str]:
-    """How many worker processes to start, and why fewer than ``cores`` when memory decides."""
-    n = max(1, min(cores, shards))
+    """How many worker processes to start (``worker_count``), and why fewer when memory decides."""
+    n = worker_count(cores, shards)
     need = WORKER_RUNTIME_MB + models_mb
     if available is None or n * need <= 0.8 * available:
         return n, ""

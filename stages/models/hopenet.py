@@ -26,6 +26,7 @@ from torch import nn
 
 from stages.models import common, registry
 from stages.models.registry import WeightsSpec
+from stages.models.resnet import Bottleneck, ResNet50Trunk
 
 NUM_BINS = 66
 HOPENET_DHP = "hopenet_robust_alpha1"
@@ -70,44 +71,11 @@ registry.register(WeightsSpec(
 ))
 
 
-class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3), same parameter names, so
-    deep-head-pose checkpoints load strictly; kept here so importing the stage skips torchvision."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class HopenetR50(nn.Module):
+class HopenetR50(ResNet50Trunk):
     """ResNet50 trunk (Bottleneck, [3, 4, 6, 3]) with yaw/pitch/roll bin heads."""
 
     def __init__(self, num_bins: int = NUM_BINS, finetune_head: bool = True):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self._inplanes = 64
-        self.layer1 = self._stage(64, 3, 1)
-        self.layer2 = self._stage(128, 4, 2)
-        self.layer3 = self._stage(256, 6, 2)
-        self.layer4 = self._stage(512, 3, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         width = 512 * Bottleneck.expansion
         self.fc_yaw = nn.Linear(width, num_bins)
@@ -115,16 +83,6 @@ class HopenetR50(nn.Module):
         self.fc_roll = nn.Linear(width, num_bins)
         # deep-head-pose's refinement layer: part of its checkpoints, not of its inference path
         self.fc_finetune = nn.Linear(width + 3, 3) if finetune_head else None
-
-    def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        out = planes * Bottleneck.expansion
-        down = None
-        if stride != 1 or self._inplanes != out:
-            down = nn.Sequential(nn.Conv2d(self._inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-        layers = [Bottleneck(self._inplanes, planes, stride, down)]
-        self._inplanes = out
-        layers += [Bottleneck(out, planes) for _ in range(blocks - 1)]
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(yaw, pitch, roll) bin logits, each (N, 66)."""

@@ -1,16 +1,16 @@
-"""RetinaFace face detector (facexlib's architecture): loader and batched inference.
+"""RetinaFace face detector: loader and batched inference.
 
-The network is facexlib's ``RetinaFace`` built directly and loaded strictly from a verified
-file, so facexlib never downloads anything. Inference is our own: a batch of RGB images of any
-sizes is padded into one tensor, priors are generated vectorised and cached per input size,
-and boxes, scores and five landmarks are decoded per image in source pixels.
+The network (``retinaface_net.py``, the layout of facexlib's checkpoints) is built directly and
+loaded strictly from a verified file, so nothing is downloaded and neither facexlib nor
+torchvision is imported. Inference is our own: a batch of RGB images of any sizes is padded into
+one tensor, priors are generated vectorised and cached per input size, and boxes, scores and
+five landmarks are decoded per image in source pixels.
 """
 from __future__ import annotations
 
 import math
 import os
 import sys
-import warnings
 from functools import lru_cache
 
 import cv2
@@ -19,6 +19,7 @@ import torch
 
 from stages.models import common, registry
 from stages.models.registry import WeightsSpec
+from stages.models.retinaface_net import RetinaFaceNet
 
 _FACEXLIB = "https://github.com/xinntao/facexlib/releases/download/v0.1.0"
 _INPUT = "any size BGR image minus mean (104, 117, 123), no scaling"
@@ -49,17 +50,9 @@ def load_retinaface(name: str, root: str | os.PathLike | None = None, device: st
 
     ``dtype`` is applied at inference (``detect``'s autocast); the weights stay fp32.
     """
-    RetinaFace = common.facexlib("facexlib.detection.retinaface", "RetinaFace")  # noqa: N806
     common.torch_dtype(dtype)
     network = registry.get(name).extra["network"]
-
-    def construct() -> torch.nn.Module:
-        with warnings.catch_warnings():
-            # torchvision warns about facexlib's resnet50(pretrained=False); nothing is fetched
-            warnings.simplefilter("ignore", UserWarning)
-            return RetinaFace(network_name=network, half=False, phase="test", device="cpu")
-
-    return common.build(construct, name, root, device, random_init)
+    return common.build(lambda: RetinaFaceNet(network), name, root, device, random_init)
 
 
 @lru_cache(maxsize=16)
@@ -121,8 +114,7 @@ def detect(model: torch.nn.Module, images: list[np.ndarray], device: str | torch
     dev, dt = common.torch_device(device), common.torch_dtype(dtype)
     x, scales = _to_input(images, max_side)
     height, width = x.shape[2:]
-    memory = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
-    x = x.to(dev).contiguous(memory_format=memory)
+    x = common.on_device(x, dev)
     with common.autocast(dev, dt):
         loc, conf, landm = model(x)
     priors = _priors(height, width).to(dev)

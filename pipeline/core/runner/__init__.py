@@ -151,7 +151,7 @@ def _run_steps(cfg: RunConfig, out: Path, lock: OutputLock, started: float, sour
 
 def _nothing_done(last: dict[str, Any]) -> dict[str, Any]:
     """The last run's counts, with nothing computed by this one."""
-    stages = {n: {**st, "computed": 0, "seconds": 0.0} for n, st in last["stages"].items()}
+    stages = {n: {**st, "computed": 0, "seconds": 0.0, "cpu_seconds": 0.0} for n, st in last["stages"].items()}
     return {**last, "stages": stages, "nothing_to_do": True}
 
 
@@ -230,17 +230,22 @@ def _all_done(ctx: RunContext, names: list[str], shards: list[str]) -> bool:
 
 
 def summarize(reports: list[ShardReport], names: list[str]) -> dict[str, Any]:
-    """Counts per stage from the steps' reports; compute seconds = time inside model calls."""
-    per_stage = {n: {"status": Counter(), "reasons": Counter(), "seconds": 0.0, "computed": 0} for n in names}
+    """Counts per stage from the steps' reports; compute seconds = time inside model calls (and
+    the worker's CPU seconds there)."""
+    fresh = lambda: {"status": Counter(), "reasons": Counter(), "seconds": 0.0, "cpu_seconds": 0.0,  # noqa: E731
+                     "computed": 0}
+    per_stage = {n: fresh() for n in names}
     for r in reports:
-        st = per_stage.setdefault(r.stage, {"status": Counter(), "reasons": Counter(), "seconds": 0.0, "computed": 0})
+        st = per_stage.setdefault(r.stage, fresh())
         st["status"].update(r.status)
         st["reasons"].update(r.reasons)
         if not r.reused:
             st["seconds"] += r.seconds
+            st["cpu_seconds"] += r.cpu_seconds
             st["computed"] += r.n_computed
     return {"stages": {n: {"status": dict(st["status"]), "reasons": dict(st["reasons"]),
-                           "seconds": round(st["seconds"], 3), "computed": st["computed"]}
+                           "seconds": round(st["seconds"], 3), "cpu_seconds": round(st["cpu_seconds"], 3),
+                           "computed": st["computed"]}
                        for n, st in per_stage.items()}}
 
 

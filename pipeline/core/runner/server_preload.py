@@ -1,9 +1,11 @@
 """Imported only by the process executor's fork server (``pool.PRELOAD``); never anywhere else.
 
-It imports torch, torchvision, mediapipe and the model code once, so every worker forked from
-the server starts with them. A module that fails to import (missing, or broken: a torchvision
-built for another torch raises RuntimeError) is skipped here, so the server always starts; the
-worker that needs it then fails at its stage's set-up, with an error that reaches the driver.
+It imports torch, mediapipe and the model code once, so every worker forked from the server
+starts with them. Not torchvision or facexlib: the lite preset's nets need neither (RetinaFace
+and the ResNet trunk are our own), and ``torchvision.models`` alone costs ~2 s (it pulls in
+``torch._dynamo``); the stages built on facexlib (parsing, arcface) import it at their set-up. A
+module that fails to import (missing, or broken) is skipped here, so the server always starts;
+the worker that needs it then fails at its stage's set-up, with an error that reaches the driver.
 
 The server also ends without tearing those modules down one by one (about a second after the
 driver is gone, while it still holds the driver's stdout and stderr open), as the driver itself
@@ -15,8 +17,8 @@ import atexit
 import importlib
 import os
 
-MODULES = ("torch", "torchvision", "mediapipe", "facexlib.detection.retinaface", "stages.models",
-           "pipeline.core.group", "pipeline.core.pack")
+MODULES = ("torch", "mediapipe.python.solutions.face_mesh", "stages.models", "pipeline.core.group",
+           "pipeline.core.pack")
 
 for _name in MODULES:
     try:
