@@ -32,7 +32,16 @@ sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
 
 FACES = ROOT.parent / "shared" / "faces"
-NOTE = ("On 2 cores the default (`processes`: one worker process per core, one torch thread each; the last shards that do not fill a round of workers share the cores, fixed by the plan so that annotations never depend on scheduling) is the fastest of the three: 7% faster than one process at 300 photos, 1.4x at 1200. The ratio is not met at 300 photos: about 4 s pass before the first sample (the driver's imports beside the fork server importing torch, torchvision, mediapipe and the model code, then each worker's model set-up), which is over half of the stages' compute divided by 2 cores at that size. At 1200 photos the ratio was 1.24 and 1.35 in two runs an hour apart (this VM's speed varied by ~20% between them; the table is the later run). Stage compute is timed inside model calls: with two busy processes on this VM each call is ~1.4x slower than alone, and the in-process run's compute is timed with torch on both cores, so its ratio cannot go below ~1.4 here; compare the wall times across executors. Ray's start-up and serialisation cost more than they gain on one machine.")
+NOTE = ("On 2 cores the default (`processes`) is the fastest of the three: one one-thread worker process per core, "
+        "or one per shard in a run of under two rounds (3 shards of 100 on 2 cores: three workers share the cores "
+        "from the start, instead of the third shard running alone on two threads at the end, which torch used at "
+        "~70%); thread counts are fixed by the plan so annotations never depend on scheduling. The ratio is met at "
+        "1200 photos and not at 300: the first sample starts ~5.5 s after the command (the fork server's `import "
+        "torch` alone takes ~3.9 s on this VM, beside the driver's own imports, then each worker's model set-up), "
+        "about a third of the stages' compute divided by 2 cores at that size; from the first sample on, the 300-photo "
+        "run takes ~1.2x the ideal. This VM ran ~2.5x slower than on 2026-12-01 (it reports AVX2 only; the code "
+        "before this change took 13.8 s then: this section's git history), so compare ratios, not seconds, across days. Ray's start-up and serialisation "
+        "cost more than they gain on one machine; the in-process run's torch threads scale ~1.4x on 2 cores.")
 
 
 def build_tree(root: Path, n: int, side: int) -> int:
