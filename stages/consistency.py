@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 import schemas.consistency as schema
+from stages import geometry
 from stages.base import Provenance, Result, Sample, Stage
 
-ANGLES = ("yaw", "pitch", "roll")
 CROP_FRAMES = ("aligned",)
 """Frames whose pixels are detect's crop (``affine`` maps source pixels into them)."""
 
@@ -132,13 +132,8 @@ def pose_difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float
     """Mean absolute yaw/pitch/roll difference (each wrapped to [-180, 180]); None without both."""
     if a is None or b is None or not _same_frame(a, b):
         return None
-    diffs = []
-    for angle in ANGLES:
-        x, y = _finite(a.get(angle)), _finite(b.get(angle))
-        if x is None or y is None:
-            return None
-        diffs.append(abs((x - y + 180.0) % 360.0 - 180.0))
-    return float(np.mean(diffs))
+    x, y = geometry.angles_in(a), geometry.angles_in(b)
+    return None if x is None or y is None else geometry.mean_angle_difference(x, y)
 
 
 def _same_frame(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:

@@ -62,6 +62,14 @@ def draw_pose_axes(height: int, width: int, yaw: float, pitch: float, roll: floa
     return canvas
 
 
+def centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
+    """The centred square whose side is ``fraction`` of the shorter image side (at least 2 px)."""
+    h, w = image.shape[:2]
+    side = max(2, int(round(min(h, w) * fraction)))
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top:top + side, left:left + side]
+
+
 def resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize with area averaging when shrinking (no aliasing) and bilinear when enlarging."""
     if image.shape[1] == width and image.shape[0] == height:

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 import schemas.expression as xschema
+from stages import geometry
 from stages.models import align
 from stages.base import SKIPPED, Result, Sample
-from stages.types import finite
 from stages.model_stage import ModelStage
 from stages.models import registry, tddfa
 
@@ -39,25 +39,6 @@ def face_roi(sample: Sample, no_detect_roi: float) -> tuple[tuple[float, float, 
         if sample.frame != "source":
             return tddfa.roi_from_points(align.ffhq_template(min(h, w))), "template"
     return (w / 2.0, h / 2.0, no_detect_roi * min(h, w)), "centre"
-
-
-def pose_from_params(params: np.ndarray) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees, in the landmarks/pose sign convention."""
-    rot, _ = tddfa.camera_to_rotation(params)
-    yaw, pitch, roll = tddfa.rotation_to_angles(rot)
-    # 3DDFA's pitch is positive looking down and its roll positive counter-clockwise on screen
-    return yaw, -pitch, -roll
-
-
-def angle_diff(a: float, b: float) -> float:
-    """|a - b| in degrees, wrapped to [0, 180]."""
-    return abs((a - b + 180.0) % 360.0 - 180.0)
-
-
-def pose_agreement(pose: tuple[float, float, float], upstream) -> float | None:
-    """Mean absolute yaw/pitch/roll difference to an upstream row's angles; None without them."""
-    theirs = finite([upstream.columns.get(k) for k in ("yaw", "pitch", "roll")], 3) if upstream else None
-    return None if theirs is None else float(np.mean([angle_diff(a, b) for a, b in zip(pose, theirs)]))
 
 
 @dataclass
@@ -114,7 +95,7 @@ class Expression(ModelStage):
     def _result(self, sample: Sample, params: np.ndarray, source: str) -> Result:
         if not np.all(np.isfinite(params)):
             return Result.fail("non_finite_output")
-        pose = pose_from_params(params)
+        pose = tddfa.pose_angles(params)
         if not all(math.isfinite(a) for a in pose):
             return Result.fail("non_finite_output")
         shape = params[tddfa.N_POSE:tddfa.N_POSE + tddfa.N_SHAPE]
@@ -122,8 +103,14 @@ class Expression(ModelStage):
         columns = {
             "yaw": pose[0], "pitch": pose[1], "roll": pose[2],
             "shape": shape.tolist(), "expression": expr.tolist(), "params": params.tolist(),
-            "diff_to_landmarks_deg": pose_agreement(pose, sample.upstream.get("landmarks")),
-            "diff_to_posenet_deg": pose_agreement(pose, sample.upstream.get("pose")),
+            "diff_to_landmarks_deg": _agreement(pose, sample.upstream.get("landmarks")),
+            "diff_to_posenet_deg": _agreement(pose, sample.upstream.get("pose")),
             "roi_source": source,
         }
         return Result(columns=columns, files={xschema.EXPR_FILE: expr.astype(np.float32)})
+
+
+def _agreement(pose: tuple[float, float, float], upstream: Result | None) -> float | None:
+    """Mean absolute yaw/pitch/roll difference to an upstream row's angles; None without them."""
+    theirs = geometry.angles_in(upstream.columns if upstream is not None else None)
+    return None if theirs is None else geometry.mean_angle_difference(pose, theirs)

@@ -1,4 +1,5 @@
-"""Pure numpy/cv2 face-mesh geometry: z-buffer depth, pseudo-mask drawing, PnP head pose.
+"""Pure numpy/cv2 face-mesh geometry: z-buffer depth, pseudo-mask drawing, PnP head pose, and
+the angle arithmetic the pose-reporting stages share.
 
 Image points are continuous pixel coordinates where pixel (i, j) covers [i, i+1) x [j, j+1)
 (mediapipe's normalised coordinates times the image size), so pixel centres sit at i + 0.5.
@@ -13,6 +14,25 @@ import cv2
 import numpy as np
 
 FACE_MODEL = Path(__file__).resolve().parent / "data" / "face_model.npz"
+ANGLES = ("yaw", "pitch", "roll")
+
+
+def wrap_degrees(deg: float) -> float:
+    """An angle (or a difference of two) folded into [-180, 180)."""
+    return (deg + 180.0) % 360.0 - 180.0
+
+
+def angles_in(columns: dict | None) -> np.ndarray | None:
+    """(yaw, pitch, roll) from a row's columns when all three are finite numbers, else None."""
+    if not columns:
+        return None
+    values = np.asarray([columns.get(k) for k in ANGLES], dtype=np.float64)  # None -> nan
+    return values if np.all(np.isfinite(values)) else None
+
+
+def mean_angle_difference(a, b) -> float:  # noqa: ANN001 - two (yaw, pitch, roll) sequences
+    """Mean absolute difference of two (yaw, pitch, roll), each wrapped to [-180, 180)."""
+    return float(np.mean([abs(wrap_degrees(float(x) - float(y))) for x, y in zip(a, b)]))
 _SHIFT = 4  # cv2 fixed-point fraction bits for sub-pixel polygon vertices
 
 FOCAL_WIDTHS = 20.0

@@ -75,15 +75,9 @@ class Parsing(ModelStage):
 
 def _gt_miou(sample: Sample, labels: np.ndarray | None) -> tuple[float | None, list[float] | None]:
     """IoU against the source's ground truth (mean, per class); None without one or when misplaced."""
-    gt_png = (sample.meta.get("files") or {}).get(GT_PARSING)
-    if gt_png is None or labels is None:
-        return None, None
     det = sample.upstream.get("detect")
-    try:
-        return parsing_eval.score_per_class(labels, gt_png, sample.frame,
-                                            det.columns.get("affine") if det else None)
-    except ValueError:  # unreadable or out-of-range ground truth is no score, not a failed sample
-        return None, None
+    return parsing_eval.score_per_class(labels, (sample.meta.get("files") or {}).get(GT_PARSING), sample.frame,
+                                        det.columns.get("affine") if det else None)
 
 
 def _result(labels: np.ndarray | None, gt: tuple[float | None, list[float] | None] = (None, None)) -> Result:

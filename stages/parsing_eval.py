@@ -106,13 +106,20 @@ def score(pred: np.ndarray, gt_png: bytes, frame: str, affine: Any = None) -> fl
     return None if gt is None else mean_iou(pred, gt)
 
 
-def score_per_class(pred: np.ndarray, gt_png: bytes, frame: str,
+def score_per_class(pred: np.ndarray | None, gt_png: bytes | None, frame: str,
                     affine: Any = None) -> tuple[float | None, list[float] | None]:
-    """(mean IoU, IoU per class with NaN for absent classes), or (None, None) if not comparable."""
-    gt = gt_in_frame(decode_labels(gt_png), frame, (pred.shape[1], pred.shape[0]), affine)
-    if gt is None:
+    """(mean IoU, IoU per class with NaN for absent classes), or (None, None) without a prediction
+    or ground truth, or when they are not comparable: unreadable or out-of-range ground truth is
+    no score, not a failed sample."""
+    if pred is None or gt_png is None:
         return None, None
-    ious = iou_per_class(pred, gt)
+    try:
+        gt = gt_in_frame(decode_labels(gt_png), frame, (pred.shape[1], pred.shape[0]), affine)
+        ious = None if gt is None else iou_per_class(pred, gt)
+    except ValueError:
+        return None, None
+    if ious is None:
+        return None, None
     present = ious[~np.isnan(ious)]
     return (float(present.mean()) if present.size else None), ious.astype(np.float32).tolist()
 

@@ -17,9 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import schemas.pose
-from stages import drawing
+from stages import drawing, geometry
 from stages.base import ERROR, Provenance, Result, Sample
-from stages.types import finite
 from stages.model_stage import ModelStage
 from stages.models import hopenet, registry
 
@@ -84,7 +83,7 @@ class Pose(ModelStage):
     def angles(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) float32 yaw, pitch, roll in degrees for RGB uint8 images."""
         size = self._net.input_size
-        x = [drawing.resize_to(_centre_crop(im, self.crop), size, size) for im in images]
+        x = [drawing.resize_to(drawing.centre_crop(im, self.crop), size, size) for im in images]
         with self.inference():
             out = self._net(self.tensor(x))
         return out.float().cpu().numpy()
@@ -94,32 +93,13 @@ class Pose(ModelStage):
             return Result.fail("non_finite_output", ERROR)
         yaw, pitch, roll = (float(v) for v in ypr)
         columns: dict[str, Any] = {"yaw": yaw, "pitch": pitch, "roll": roll}
-        reference = _landmark_pose(sample)
-        for key, ours in zip(("yaw", "pitch", "roll"), (yaw, pitch, roll)):
-            theirs = reference.get(key) if reference else None
-            columns[f"pnp_diff_{key}"] = None if theirs is None else _wrap(ours - theirs)
+        landmarks = sample.upstream.get("landmarks")  # its PnP angles, when that stage's row is here
+        theirs = geometry.angles_in(landmarks.columns if landmarks is not None else None)
+        for key, ours, ref in zip(geometry.ANGLES, (yaw, pitch, roll), (None,) * 3 if theirs is None else theirs):
+            columns[f"pnp_diff_{key}"] = None if ref is None else geometry.wrap_degrees(ours - float(ref))
         h, w = sample.image.shape[:2]
         canvas = drawing.draw_pose_axes(h, w, yaw, pitch, roll, _face_centre(sample), self.axis_scale)
         return Result(columns=columns, files={schemas.pose.POSE_IMAGE: canvas})
-
-
-def _centre_crop(image: np.ndarray, fraction: float) -> np.ndarray:
-    h, w = image.shape[:2]
-    side = max(2, int(round(min(h, w) * fraction)))
-    top, left = (h - side) // 2, (w - side) // 2
-    return image[top:top + side, left:left + side]
-
-
-def _wrap(deg: float) -> float:
-    """Angle difference folded into [-180, 180)."""
-    return (deg + 180.0) % 360.0 - 180.0
-
-
-def _landmark_pose(sample: Sample) -> dict[str, float] | None:
-    """The landmarks stage's PnP yaw/pitch/roll when that stage's result is at hand."""
-    res = sample.upstream.get("landmarks")
-    ypr = finite([res.columns.get(k) for k in ("yaw", "pitch", "roll")], 3) if res is not None else None
-    return None if ypr is None else dict(zip(("yaw", "pitch", "roll"), ypr.tolist()))
 
 
 def _face_centre(sample: Sample) -> tuple[float, float] | None:

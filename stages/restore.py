@@ -77,12 +77,8 @@ class Restore(ModelStage):
             x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), x.dtype)])
         with self.inference():
             y = codeformer.restore(self._net, self.tensor(x, 127.5, 1.0), self.fidelity_w)
-        y = y[:n].float()
-        finite = torch.isfinite(y).flatten(1).all(dim=1).tolist()
-        y = ((y.nan_to_num(0.0) + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)
-        arrays = y.permute(0, 2, 3, 1).cpu().numpy()
-        return [drawing.resize_to(np.ascontiguousarray(a), im.shape[1], im.shape[0]) if ok else None
-                for a, im, ok in zip(arrays, images, finite)]
+        return [None if a is None else drawing.resize_to(a, im.shape[1], im.shape[0])
+                for a, im in zip(codeformer.to_images(y[:n]), images)]
 
     def _result(self, sample: Sample, restored: np.ndarray | None) -> Result:
         if restored is None:

@@ -14,7 +14,8 @@ import torch
 from schemas import expression as xschema
 from stages.models import align
 from stages.base import ERROR, OK, SKIPPED, Result, Sample
-from stages.expression import Expression, angle_diff, face_roi
+from stages.expression import Expression, face_roi
+from stages.geometry import wrap_degrees
 from stages.models import common, registry, tddfa
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -160,9 +161,9 @@ def test_agreement_columns_and_wrap(stage):
           "pose": Result(columns={"yaw": 1.0, "pitch": 2.0, "roll": 3.0})}
     (r,) = stage.process([Sample(key="k", identity="x", image=img, upstream=up)])
     assert r.columns["diff_to_landmarks_deg"] is None  # a missing angle: no comparison
-    expected = np.mean([angle_diff(r.columns[k], v) for k, v in zip(("yaw", "pitch", "roll"), (1, 2, 3))])
+    expected = np.mean([abs(wrap_degrees(r.columns[k] - v)) for k, v in zip(("yaw", "pitch", "roll"), (1, 2, 3))])
     assert r.columns["diff_to_posenet_deg"] == pytest.approx(expected)
-    assert angle_diff(179.0, -179.0) == pytest.approx(2.0)
+    assert abs(wrap_degrees(179.0 - -179.0)) == pytest.approx(2.0)
 
 
 def test_bad_inputs_become_results(stage):

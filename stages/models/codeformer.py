@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,6 +87,15 @@ def load_codeformer(name: str = WEIGHTS, root: str | Path | None = None, device:
     net = build(registry.get(name).extra.get("arch", "full"))
     common.load_into(net, unwrap(registry.load_state_dict(name, root)), strict=True)
     return common.prepare(net, device)
+
+
+def to_images(y: torch.Tensor) -> list[np.ndarray | None]:
+    """HxWx3 uint8 RGB arrays of ``restore``'s output, None where it is not finite (e.g. fp16 overflow)."""
+    y = y.float()
+    finite = torch.isfinite(y).flatten(1).all(dim=1).tolist()
+    y = ((y.nan_to_num(0.0) + 1.0) * 127.5).round().clamp_(0, 255).to(torch.uint8)
+    arrays = y.permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(a) if ok else None for a, ok in zip(arrays, finite)]
 
 
 def restore(net: nn.Module, x: torch.Tensor, w: float) -> torch.Tensor:

@@ -168,6 +168,13 @@ def camera_to_rotation(param: np.ndarray) -> tuple[np.ndarray, float]:
     return np.stack([r1, r2, np.cross(r1, r2)]), float((n1 + n2) / 2)
 
 
+def pose_angles(params: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of 62 parameters, in the landmarks/pose sign convention."""
+    yaw, pitch, roll = rotation_to_angles(camera_to_rotation(params)[0])
+    # 3DDFA's pitch is positive looking down and its roll positive counter-clockwise on screen
+    return yaw, -pitch, -roll
+
+
 def rotation_to_angles(rot: np.ndarray) -> tuple[float, float, float]:
     """3DDFA-V2's (yaw, pitch, roll) in degrees, in its own sign convention.
 
