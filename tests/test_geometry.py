@@ -134,3 +134,13 @@ def test_mask_classes_on_the_canonical_face():
     left_eye_x = np.nonzero(mask == ids["left_eye"])[1].mean()
     right_eye_x = np.nonzero(mask == ids["right_eye"])[1].mean()
     assert left_eye_x > right_eye_x  # the subject's left eye is on the image's right
+
+
+def test_angle_helpers_wrap_and_refuse_missing_angles():
+    from stages import geometry
+
+    assert geometry.wrap_degrees(190.0) == -170.0 and geometry.wrap_degrees(-180.0) == -180.0
+    assert geometry.mean_angle_difference((179.0, 0.0, 10.0), (-179.0, 3.0, 10.0)) == pytest.approx(5 / 3)
+    assert geometry.angles_in({"yaw": 1, "pitch": 2.5, "roll": -3}).tolist() == [1.0, 2.5, -3.0]
+    assert geometry.angles_in({"yaw": 1, "pitch": None, "roll": 0}) is None
+    assert geometry.angles_in({"yaw": float("inf"), "pitch": 0, "roll": 0}) is None and geometry.angles_in(None) is None

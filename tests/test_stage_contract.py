@@ -149,3 +149,18 @@ def test_limits_rules():
 
 def test_every_registered_stage_is_covered():
     assert [n for n in registry.ORDER if registry.MODULES[n].startswith("stages.")] == BUILTIN
+
+
+def test_sample_gives_detects_points_and_box_in_its_own_frame():
+    """points5 in the source photo, points5_crop in a crop; the box only in the source photo;
+    None without a detect row or with a non-finite value."""
+    det = Result(columns={"points5": list(range(10)), "points5_crop": [0.5] * 10, "box": [1, 2, 3, 4]})
+    source = Sample(key="k", identity="i", image=None, upstream={"detect": det})
+    crop = Sample(key="k", identity="i", image=None, frame="aligned", upstream={"detect": det})
+    assert source.points5().shape == (5, 2) and source.points5()[4, 1] == 9
+    assert np.all(crop.points5() == 0.5) and crop.box() is None
+    assert list(source.box()) == [1, 2, 3, 4]
+    assert Sample(key="k", identity="i", image=None).points5() is None
+    broken = Result(columns={"points5": [float("nan")] * 10, "box": [1, 2, 3]})
+    assert Sample(key="k", identity="i", image=None, upstream={"detect": broken}).points5() is None
+    assert Sample(key="k", identity="i", image=None, upstream={"detect": broken}).box() is None
