@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stages.types import finite
+
 FACE_MODEL = Path(__file__).resolve().parent / "data" / "face_model.npz"
 ANGLES = ("yaw", "pitch", "roll")
 
@@ -24,10 +26,7 @@ def wrap_degrees(deg: float) -> float:
 
 def angles_in(columns: dict | None) -> np.ndarray | None:
     """(yaw, pitch, roll) from a row's columns when all three are finite numbers, else None."""
-    if not columns:
-        return None
-    values = np.asarray([columns.get(k) for k in ANGLES], dtype=np.float64)  # None -> nan
-    return values if np.all(np.isfinite(values)) else None
+    return finite([columns.get(k) for k in ANGLES], 3) if columns else None
 
 
 def mean_angle_difference(a, b) -> float:  # noqa: ANN001 - two (yaw, pitch, roll) sequences

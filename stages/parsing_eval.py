@@ -115,10 +115,10 @@ def score_per_class(pred: np.ndarray | None, gt_png: bytes | None, frame: str,
         return None, None
     try:
         gt = gt_in_frame(decode_labels(gt_png), frame, (pred.shape[1], pred.shape[0]), affine)
-        ious = None if gt is None else iou_per_class(pred, gt)
+        if gt is None:
+            return None, None
+        ious = iou_per_class(pred, gt)
     except ValueError:
-        return None, None
-    if ious is None:
         return None, None
     present = ious[~np.isnan(ious)]
     return (float(present.mean()) if present.size else None), ious.astype(np.float32).tolist()

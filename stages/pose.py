@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+
 import schemas.pose
 from stages import drawing, geometry
 from stages.base import ERROR, Provenance, Result, Sample

@@ -86,9 +86,7 @@ class HopenetR50(ResNet50Trunk):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(yaw, pitch, roll) bin logits, each (N, 66)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.pool(x), 1)
+        x = torch.flatten(self.pool(self.features(x)[-1]), 1)
         return self.fc_yaw(x), self.fc_pitch(x), self.fc_roll(x)
 
 
