@@ -96,6 +96,10 @@ def run(
 
             if choose_executor(cfg) in ("local", "processes") and not verbose:  # models' C++ logs: this fd 2
                 stack.enter_context(native_stderr_filtered())
+            if choose_executor(cfg) == "processes" and not (Path(cfg.out) / "run.json").exists():
+                from pipeline.core.forkserver import warm_up
+
+                warm_up()  # a fresh output has work to do: the workers' imports start now, beside ours
             from pipeline.core.runner import run as run_pipeline  # heavy (models): only once the checks passed
 
             summary = run_pipeline(cfg, quiet=quiet)

@@ -122,8 +122,11 @@ def write_text(path: Path, text: str) -> None:
     fsync_rename(tmp, path)
 
 
-def read_manifest(path: Path) -> pa.Table:
-    return pq.read_table(path)
+def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file. Not ``pq.read_table``: it goes through ``pyarrow.dataset``, whose first
+    import costs ~0.5 s in every worker process (measured: 0.49 s vs 3 ms for a 2-row file)."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
 
 
 def write_done(out: Path, marker: Path, lineage: str, files: list[Path], **extra: Any) -> None:

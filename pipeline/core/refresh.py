@@ -17,10 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.core import plan as plan_mod
-from pipeline.core.manifest import ShardOutputs, write_json, write_table
+from pipeline.core.manifest import ShardOutputs, read_manifest, write_json, write_table
 from pipeline.core.read import SOURCE, SOURCE_IMAGE
 from pipeline.core.store import unpack
 
@@ -66,7 +65,7 @@ def _recorded_sha(out: Path, shard: str) -> dict[str, str]:
     path = ShardOutputs(out, SOURCE, shard).manifest
     if not path.exists():
         return {}
-    table = pq.read_table(path, columns=["key", "sha256"])
+    table = read_manifest(path, columns=["key", "sha256"])
     return {k: s for k, s in zip(table.column("key").to_pylist(), table.column("sha256").to_pylist()) if s}
 
 
@@ -137,7 +136,7 @@ def _drop_keys(out: Path, shard: str, keys: set[str]) -> None:
     for stage in _stage_dirs(out):
         outs = ShardOutputs(out, stage, shard)
         if outs.manifest.exists():
-            table = pq.read_table(outs.manifest)
+            table = read_manifest(outs.manifest)
             mask = pc.invert(pc.is_in(table.column("key"), value_set=pa.array(sorted(keys), pa.string())))
             write_table(table.filter(mask), outs.manifest)
         unpack(out, stage, shard, drop=keys, last=_last_suffix(out, stage))

@@ -76,7 +76,7 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     from pipeline.core import guard
 
     if choose_executor(cfg) == "processes":
-        from pipeline.core.runner.pool import warm_up
+        from pipeline.core.forkserver import warm_up
 
         warm_up()  # the workers' imports run beside the model imports just below
     from pipeline.core.schedule import prepare

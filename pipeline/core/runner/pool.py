@@ -1,7 +1,7 @@
 """The process executor: steps pipelined by shard over worker processes on this machine.
 
-Each worker process (forked from a fork server that has imported torch once) holds every step's
-worker object, built lazily, so stages are set up once per process. The driver hands out
+Each worker process (forked from a fork server that has imported torch once: ``forkserver.py``)
+holds every step's worker object, built lazily, so stages are set up once per process. The driver hands out
 (step, shard) tasks, later steps first like the Ray scheduler: shard s enters step i+1 as soon
 as step i finished it. The cores are split among the workers per shard, as the plan fixes it
 (``pipeline/core/threads.py``): one intra-op thread each when there are as many shards as cores.
@@ -11,7 +11,6 @@ the driver stops them.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -22,26 +21,7 @@ from multiprocessing.connection import wait
 from typing import Any, Callable
 
 from pipeline.core import threads
-
-PRELOAD = ["pipeline.core.runner.server_preload"]
-"""Imported once by the fork server: torch and the model packages (``server_preload.MODULES``), so
-a worker starts in milliseconds instead of importing them itself (~4 s)."""
-
-
-def _context() -> Any:
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
-
-
-def warm_up() -> None:
-    """Start the fork server now: its imports run beside the driver's own (a fork server rather
-    than a plain fork because torch's OpenMP pool hangs in a child forked after it was used)."""
-    from multiprocessing import forkserver
-
-    _context()
-    forkserver.ensure_running()
-
+from pipeline.core.forkserver import context as _context
 
 def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str]) -> None:
     """A worker process: run (step, shard, threads) tasks until told to stop (None) or the pipe closes."""
@@ -56,9 +36,9 @@ def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str]
         try:
             task = conn.recv()
         except EOFError:
-            return
+            task = None
         if task is None:
-            return
+            _exit_now()
         i, shard, n = task
         if n != n_threads:
             threads.configure(n)
@@ -73,6 +53,19 @@ def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str]
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver
             reply = ("raise", _portable(exc))
         conn.send(reply)
+
+
+def _exit_now() -> None:
+    """End the worker without tearing down torch and mediapipe (~0.3 s): every reply was sent,
+    every output renamed into place."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def _portable(exc: BaseException) -> BaseException:

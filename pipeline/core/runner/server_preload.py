@@ -1,7 +1,7 @@
-"""Imported only by the process executor's fork server (``pool.PRELOAD``); never anywhere else.
+"""Imported only by the process executor's fork server (``forkserver.PRELOAD``); never anywhere else.
 
-It imports torch, mediapipe and the model code once, so every worker forked from the server
-starts with them. Not torchvision or facexlib: the lite preset's nets need neither (RetinaFace
+It imports torch, mediapipe, the model code and the stage modules once, so every worker forked
+from the server starts with them. Not torchvision or facexlib: the lite preset's nets need neither (RetinaFace
 and the ResNet trunk are our own), and ``torchvision.models`` alone costs ~2 s (it pulls in
 ``torch._dynamo``); the stages built on facexlib (parsing, arcface) import it at their set-up. A
 module that fails to import (missing, or broken) is skipped here, so the server always starts;
@@ -17,10 +17,12 @@ import atexit
 import importlib
 import os
 
+import stages
+
 MODULES = ("torch", "mediapipe.python.solutions.face_mesh", "stages.models", "pipeline.core.group",
            "pipeline.core.pack")
 
-for _name in MODULES:
+for _name in (*MODULES, *stages.MODULES.values()):
     try:
         importlib.import_module(_name)
     except Exception:  # noqa: BLE001 - see the module docstring

@@ -1,0 +1,29 @@
+"""The process executor's fork server, started as soon as a run knows it will need one.
+
+Light on purpose (multiprocessing only, not the runner package): the CLI starts the server
+before importing the runner, so the server's ``import torch`` (~4 s on 2 cores, the longest
+step before the first sample) runs beside everything the driver does before work. A fork server
+rather than a plain fork because torch's OpenMP pool hangs in a child forked after it was used.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Any
+
+PRELOAD = ["pipeline.core.runner.server_preload"]
+"""Imported once by the fork server: torch, the model packages and the stage modules
+(``server_preload``), so a worker starts in milliseconds instead of importing them itself."""
+
+
+def context() -> Any:
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def warm_up() -> None:
+    """Start the fork server now (a no-op when it runs already)."""
+    from multiprocessing import forkserver
+
+    context()
+    forkserver.ensure_running()
