@@ -88,13 +88,21 @@ class _Worker:
         self.proc.start()
         child.close()
         self.task: tuple[int, str] | None = None
+        self.told = False
 
-    def stop(self, hard: bool = False) -> None:
-        if not hard and self.proc.is_alive():
+    def tell_stop(self) -> bool:
+        """Ask the worker to end; False when the pipe is gone."""
+        if not self.told:
             try:
                 self.conn.send(None)
             except OSError:
-                hard = True
+                return False
+            self.told = True
+        return True
+
+    def stop(self, hard: bool = False) -> None:
+        if not hard and self.proc.is_alive():
+            hard = not self.tell_stop()
             self.proc.join(timeout=10)
         if self.proc.is_alive():
             self.proc.kill()
@@ -145,6 +153,8 @@ class ProcessPipeline:
             for w in pool:
                 w.stop(hard=True)
             raise
+        for w in pool:  # all told first: their exits overlap
+            w.tell_stop()
         for w in pool:
             w.stop()
 
