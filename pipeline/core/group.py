@@ -204,7 +204,7 @@ class GroupWorker:
             src.outs.payload.unlink(missing_ok=True)  # nothing carried: no empty tar to vouch for
         write_table(table, src.outs.manifest)
         statuses = [r["status"] for r in src.rows]
-        write_marker(src.outs, self.ctx.source_lineage, dict(Counter(statuses)))
+        write_marker(src.outs, self.ctx.source_lineage, dict(Counter(statuses)), src.tar)
         report = write_stats(src.outs, statuses, [r["error"] for r in src.rows], src.seconds, started=src.started,
                              cpu_seconds=src.cpu_seconds)
         if src.old is not None:
@@ -396,7 +396,7 @@ class GroupWorker:
         p.tar.close()
         write_table(table, p.outs.manifest)
         statuses = [r["status"] for r in p.rows]
-        write_marker(p.outs, p.run.lineage, dict(Counter(statuses)))
+        write_marker(p.outs, p.run.lineage, dict(Counter(statuses)), p.tar)
         p.journal.close()
         extra = p.stage.stats([r for r in p.rows if r["status"] == OK])
         report = write_stats(p.outs, statuses, [r["error"] for r in p.rows], p.seconds, extra, p.started, p.cpu_seconds)

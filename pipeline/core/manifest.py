@@ -129,9 +129,13 @@ def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:
         return f.read(columns=columns)
 
 
-def write_done(out: Path, marker: Path, lineage: str, files: list[Path], **extra: Any) -> None:
-    """The done marker, written last: lineage plus size and sha256 of every file it vouches for."""
-    record = {str(f.relative_to(out)): {"size": f.stat().st_size, "sha256": sha256_file(f)} for f in files}
+def write_done(out: Path, marker: Path, lineage: str, files: list[Path], written: Iterable["TarWriter"] = (),
+               **extra: Any) -> None:
+    """The done marker, written last: lineage plus size and sha256 of every file it vouches for
+    (the tars in ``written`` were hashed as they were written, not read back)."""
+    known = {w.path: w.sha256 for w in written if w.sha256}
+    record = {str(f.relative_to(out)): {"size": f.stat().st_size, "sha256": known.get(f) or sha256_file(f)}
+              for f in files}
     write_json({"lineage": lineage, "files": record, **extra}, marker)
 
 
@@ -176,9 +180,9 @@ def _sha256_cached(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-def write_marker(outs: ShardOutputs, lineage: str, counts: dict[str, int]) -> None:
+def write_marker(outs: ShardOutputs, lineage: str, counts: dict[str, int], tar: "TarWriter | None" = None) -> None:
     files = [outs.manifest] + ([outs.payload] if outs.payload.exists() else [])
-    write_done(outs.out, outs.marker, lineage, files, counts=counts)
+    write_done(outs.out, outs.marker, lineage, files, [tar] if tar else (), counts=counts)
 
 
 class TarWriter:
@@ -188,8 +192,11 @@ class TarWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_path(path)
-        self._tar = tarfile.open(self.tmp, "w", format=tarfile.PAX_FORMAT)
+        self._file = _HashingFile(open(self.tmp, "wb"))
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         self.count = 0
+        self.sha256 = ""
+        """Of the renamed file, once closed: hashed while written, so no marker reads it back."""
 
     def add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -201,11 +208,31 @@ class TarWriter:
 
     def close(self) -> None:
         self._tar.close()
+        self._file.close()
         fsync_rename(self.tmp, self.path)
+        self.sha256 = self._file.hash.hexdigest()
 
     def abort(self) -> None:
         self._tar.close()
+        self._file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+class _HashingFile:
+    """A write-only file that hashes what goes through it (all tarfile needs: write, tell)."""
+
+    def __init__(self, f: Any):
+        self.f, self.hash = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
 
 
 _TAR_INDEX: dict[tuple[str, int, int, int], dict[str, tuple[int, int]]] = {}

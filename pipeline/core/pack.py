@@ -18,7 +18,6 @@ import numpy as np
 from pipeline.core import refresh
 from pipeline.core.execute import SOURCE, RunContext, ShardError, decode_frame
 from pipeline.core.manifest import ShardOutputs, TarWriter, marker_valid, read_manifest, read_marker
-from pipeline.core.manifest import sha256_file
 from pipeline.core.manifest import stable_hash, write_done, write_json
 from pipeline.core.read import SOURCE_IMAGE
 from pipeline.core.store import StoredFiles, compact
@@ -113,21 +112,21 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
             counts["samples"] += 1
             packed.add(key)
         writer.close()
-        entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": sha256_file(path),
+        entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": writer.sha256,
                  "bytes": path.stat().st_size}
         if ctx.compact:
             for n, store in stores.items():
                 mapping = {s: s for s in _stage_files(ctx, n)}
                 if n == image_of and (n == SOURCE or ctx.frame_format == "jpg"):
                     mapping[frames[n]] = IMAGE
-                compact(ctx.out, n, shard, store, packed, mapping, path)
+                compact(ctx.out, n, shard, store, packed, mapping, writer)
     except BaseException:
         writer.abort()
         raise
     finally:
         for store in stores.values():
             store.close()
-    write_done(ctx.out, marker_path(ctx.out, shard), lineage, [path], index=entry)
+    write_done(ctx.out, marker_path(ctx.out, shard), lineage, [path], [writer], index=entry)
     refresh.clear(ctx.out, shard)
     return entry
 

@@ -60,8 +60,8 @@ class StoredFiles:
 
 
 def compact(out: Path, stage: str, shard: str, store: StoredFiles, packed_keys: set[str],
-            mapping: dict[str, str], shard_file: Path) -> None:
-    """Keep in the payload only what the new shard does not hold; point the marker at the shard."""
+            mapping: dict[str, str], packed_tar: TarWriter) -> None:
+    """Keep in the payload only what the new shard (just written) does not hold; point the marker at it."""
     outs = ShardOutputs(Path(out), stage, shard)
     marker = read_marker(outs.marker)
     if marker is None:
@@ -80,10 +80,10 @@ def compact(out: Path, stage: str, shard: str, store: StoredFiles, packed_keys: 
         raise
     if kept == 0:
         outs.payload.unlink(missing_ok=True)
-    files = [outs.manifest] + ([outs.payload] if kept else []) + [shard_file]
+    files = [outs.manifest] + ([outs.payload] if kept else []) + [packed_tar.path]
     extra = {k: v for k, v in marker.items() if k not in ("lineage", "files", "packed")}
-    packed = {"shard": str(shard_file.relative_to(out)), "members": mapping}
-    write_done(Path(out), outs.marker, marker["lineage"], files, packed=packed, **extra)
+    packed = {"shard": str(packed_tar.path.relative_to(out)), "members": mapping}
+    write_done(Path(out), outs.marker, marker["lineage"], files, [writer, packed_tar], packed=packed, **extra)
 
 
 def unpack(out: Path, stage: str, shard: str, drop: set[str] = frozenset(), last: str | None = None) -> None:
