@@ -35,12 +35,19 @@ NOTE = ("On 2 cores the default (`processes`) is the fastest of the three: one o
         "or one per shard in a run of under two rounds (3 shards of 100 on 2 cores: three workers share the cores "
         "from the start, instead of the third shard running alone on two threads at the end, which torch used at "
         "~70%); thread counts are fixed by the plan so annotations never depend on scheduling. The ratio is met at "
-        "1200 photos and not at 300: the first sample starts ~5.5 s after the command (the fork server's `import "
-        "torch` alone takes ~3.9 s on this VM, beside the driver's own imports, then each worker's model set-up), "
-        "about a third of the stages' compute divided by 2 cores at that size; from the first sample on, the 300-photo "
-        "run takes ~1.2x the ideal. This VM ran ~2.5x slower than on 2026-12-01 (it reports AVX2 only; the code "
-        "before this change took 13.8 s then: this section's git history), so compare ratios, not seconds, across days. Ray's start-up and serialisation "
-        "cost more than they gain on one machine; the in-process run's torch threads scale ~1.4x on 2 cores.")
+        "1200 photos and not at 300, where start-up decides it: the first sample starts ~5 s after the command, ~4.5 s "
+        "of it the fork server's imports (torch ~2.7 s in-process, mediapipe ~1.2 s) although the CLI starts the "
+        "server as soon as its options are parsed, before it imports the runner. With everything after start-up "
+        "perfect (compute at exactly CPU seconds / 2, no pack or exit tail) a 300-photo run would read "
+        "(5.0 + 21.3) / 21.3 = 1.24; the rest (~8 ms/sample CPU outside model calls, the third worker sharing two "
+        "cores, the last shard's pack and the exit, ~1 s) gives the 1.40 measured. Start-up was 6.4-7.1 s before "
+        "this section's last change: every worker paid pyarrow's first `pq.read_table` (it imports "
+        "`pyarrow.dataset`: 0.49 s) and first compute call (`pc.equal` loads the compute kernels: 0.33-0.46 s) for "
+        "the plan; now a single-file `ParquetFile` read and table slices, the stage modules are imported by the "
+        "fork server, workers end without interpreter teardown, and tars are hashed while written (pack hashed each "
+        "new shard nine times). This VM ran ~2.5x slower than on 2026-12-01 (it reports AVX2 only), so compare "
+        "ratios, not seconds, across days. Ray's start-up and serialisation cost more than they gain on one "
+        "machine; the in-process run's torch threads scale ~1.4x on 2 cores.")
 
 
 def build_tree(root: Path, n: int, side: int) -> int:
