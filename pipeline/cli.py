@@ -370,6 +370,9 @@ def _exit_now(code: object) -> None:
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
+    from pipeline.core import forkserver
+
+    forkserver.stop()
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -142,3 +142,27 @@ def test_the_summary_says_where_the_work_ran(casia_tree, tmp_path):
     stages = summary["stages"].values()
     assert all(0 <= st["cpu_seconds"] <= 2 * st["seconds"] + 0.1 for st in stages)
     assert sum(st["cpu_seconds"] for st in stages) > 0
+
+
+def test_cli_exit_kills_a_fork_server_still_importing(tmp_path):
+    """A run that fails after the fork server started (here: a wrong --input on a fresh output)
+    ends at once, with nothing left holding the caller's stdout and stderr."""
+    import sys
+
+    script = ("import os, sys; sys.argv = ['pipeline', 'run', '--source', 'casia-webface', '--input', sys.argv[1], "
+              "'--out', sys.argv[2], '--preset', 'lite']\n"
+              "from multiprocessing import forkserver\n"
+              "import pipeline.cli as c\n"
+              "real = c._exit_now\n"
+              "def spy(code):\n"
+              "    print('server', forkserver._forkserver._forkserver_pid, flush=True)\n"
+              "    real(code)\n"
+              "c._exit_now = spy\n"
+              "c.main()\n")
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "empty"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env=env())
+    assert proc.returncode == 2 and "expected one folder per identity" in proc.stderr
+    pid = int(proc.stdout.split("server", 1)[1].split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -8,6 +8,8 @@ rather than a plain fork because torch's OpenMP pool hangs in a child forked aft
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 from typing import Any
 
 PRELOAD = ["pipeline.core.runner.server_preload"]
@@ -27,3 +29,18 @@ def warm_up() -> None:
 
     context()
     forkserver.ensure_running()
+
+
+def stop() -> None:
+    """Kill the fork server this process started, if any: called at the CLI's exit, when the
+    workers are done, so that a server still importing torch (a run that failed early) does not
+    hold the caller's stdout and stderr open for seconds."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ChildProcessError, ProcessLookupError, PermissionError):
+            pass

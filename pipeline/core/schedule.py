@@ -33,12 +33,12 @@ def resolve_stage_names(requested: Iterable[str]) -> list[str]:
     return [n for n in stage_registry.ORDER if n in names]
 
 
-def prepare(cfg: RunConfig) -> tuple[Any, list[str], dict[str, Any]]:
-    """Everything that can fail on bad input, before any work: source, stages, weights."""
+def prepare(cfg: RunConfig, source: Any = None) -> tuple[Any, list[str], dict[str, Any]]:
+    """Everything that can fail on bad input, before any work: source (unless given), stages, weights."""
     source_cls = get_source(cfg.source)
     if cfg.executor not in EXECUTORS:
         raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got '{cfg.executor}'")
-    source = source_cls(cfg.input)
+    source = source if source is not None else source_cls(cfg.input)
     names = resolve_stage_names(cfg.stages)
     unknown = set(cfg.stage_config) - set(stage_registry.ORDER)
     if unknown:

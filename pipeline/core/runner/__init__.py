@@ -75,13 +75,14 @@ def _run(cfg: RunConfig, quiet: bool) -> dict[str, Any]:
     from pipeline.config import choose_executor
     from pipeline.core import guard
 
+    source = get_source(cfg.source)(cfg.input)  # a wrong --input fails now, before the model imports
     if choose_executor(cfg) == "processes":
         from pipeline.core.forkserver import warm_up
 
         warm_up()  # the workers' imports run beside the model imports just below
     from pipeline.core.schedule import prepare
 
-    source, names, instances = prepare(cfg)
+    source, names, instances = prepare(cfg, source)
     started = time.time()
     with OutputLock(out) as lock:
         guard.join(out, lock.token)
