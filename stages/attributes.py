@@ -22,7 +22,6 @@ loader yet: ``check()`` names the missing file and its URL, then refuses.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,13 +29,13 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
-import torch
 
 import schemas.attribute_prompts as prompts
 import schemas.attributes as aschema
 from stages import clip_zeroshot as zs
-from stages.base import ERROR, SKIPPED, Provenance, Result, Sample, Stage
+from stages.base import SKIPPED, Provenance, Result, Sample
 from stages.expression import MIN_ROI, face_roi
+from stages.model_stage import WEIGHTS, DeviceStage
 from stages.models import common, emotion, registry, tddfa
 from stages.models.registry import WeightsSpec
 
@@ -71,22 +70,6 @@ def expand_groups(groups: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         else:
             raise ValueError(f"unknown attribute group {g!r}; known: {', '.join([*GROUPS, *ALIASES])}")
     return tuple(g for g in GROUPS if g in wanted)
-
-
-class EmotionHead:
-    """FER2013 mini-Xception on a 64x64 grayscale crop -> emotion columns."""
-
-    def __init__(self, model: str, device: torch.device, dtype: str, random_init: bool):
-        self.device, self.dtype = device, common.torch_dtype(dtype)
-        self.net = emotion.load_emotion(model, device=device, dtype=dtype, random_init=random_init)
-
-    @torch.inference_mode()
-    def probs(self, gray: list[np.ndarray]) -> np.ndarray:
-        """(N, 7) float32 class probabilities of (64, 64) uint8 grayscale crops."""
-        x = common.on_device(emotion.preprocess(np.stack(gray)), self.device)
-        with common.autocast(self.device, self.dtype):
-            p = self.net(x)
-        return p.float().cpu().numpy()
 
 
 def emotion_columns(probs: np.ndarray, threshold: float,
@@ -130,7 +113,7 @@ def celeba_columns(probs: np.ndarray, threshold: float, gt: list[bool | None] | 
 
 
 @dataclass
-class Attributes(Stage):
+class Attributes(DeviceStage):
     name: ClassVar[str] = "attributes"
     version: ClassVar[str] = "3"
     reads: ClassVar[tuple[str, ...]] = ()
@@ -140,7 +123,7 @@ class Attributes(Stage):
     gpus: ClassVar[float] = 0.1
     limits: ClassVar[dict] = {
         **{f"{g}_threshold": "[0, 1)" for g in ("emotion", "emotion_confident", "age", "gender", "celeba")},
-        "emotion_crop": "[0.3, 1.5]", "no_detect_roi": "[0.1, 2]", "clip_context": "[1, 4]"}
+        "emotion_crop": "[0.3, 1.5]", "no_detect_roi": "[0.1, 2]", "clip_context": "[1, 4]", "weights": WEIGHTS}
 
     groups: list[str] = field(default_factory=lambda: ["emotion"])
     """Attribute groups: emotion, age, gender, celeba (CLIP zero-shot); clip_attributes = the
@@ -170,24 +153,19 @@ class Attributes(Stage):
     clip_context: float = 2.0
     """On a source frame with detect's box: side of the CLIP view in box sides (1-4)."""
     allow_download: bool = False
-    """Let a missing CLIP download from the Hugging Face hub; off: local files only."""
-    weights_dir: str | None = None
-    """Weights directory: ``<weights_dir>/<hf id>`` is tried for a copied CLIP snapshot."""
+    """Let a missing CLIP download from the Hugging Face hub; off: local files only (also tried:
+    ``<weights_dir>/<hf id>``)."""
     weights: str = "pretrained"
     """Emotion model: pretrained (verified file) or random (tests only). A CLIP directory's
     randomness is declared by its marker file instead."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 (autocast; weights stay fp32). CLIP runs fp32 on the CPU."""
     batch_size: int = 256
-    """Faces per forward pass."""
+    """Faces per forward pass (0: as many as fit in ~70% of free GPU memory; CLIP runs fp32 on
+    the CPU whatever ``dtype``)."""
 
     def active(self) -> tuple[str, ...]:
         return expand_groups(self.groups)
 
     def check_config(self) -> None:
-        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
         if not self.groups:
             raise ValueError("attributes needs at least one group")
         groups = self.active()
@@ -209,7 +187,7 @@ class Attributes(Stage):
             registry.resolve(self.emotion_model, check=False)  # MissingWeights names the URL
             raise NotImplementedError(f"{self.emotion_model!r} has no loader yet; use "
                                       f"{emotion.FER_MINI_XCEPTION!r}")
-        common.check_weights(self.emotion_model, self.weights)
+        common.check_weights(self.emotion_model, self.weights, self.weights_dir)
 
     def _clip_dir(self):
         if getattr(self, "_clip_path", None) is None:
@@ -217,15 +195,13 @@ class Attributes(Stage):
         return self._clip_path
 
     def setup(self) -> None:
+        super().setup()
         groups = self.active()
-        self._device = common.torch_device(self.device)
-        self._emotion = None
-        if "emotion" in groups:
-            self._emotion = EmotionHead(self.emotion_model, self._device, self.dtype, self.weights == "random")
+        self._emotion = emotion.load_emotion(self.emotion_model, self.weights_dir, self._device, self.dtype,
+                                             random_init=self.weights == "random") if "emotion" in groups else None
         self._clip = None
         if any(g in groups for g in CLIP_GROUPS):
-            dtype = common.torch_dtype(self.dtype) if self._device.type == "cuda" else torch.float32
-            self._clip = zs.ZeroShotClip(self._clip_dir(), self._device, dtype)
+            self._clip = zs.ZeroShotClip(self._clip_dir(), self._device, self.load_dtype)
             if "age" in groups:
                 self._clip.add_set("age", [prompts.AGE_PROMPTS[c] for c in aschema.AGE_BINS])
             if "gender" in groups:
@@ -233,7 +209,6 @@ class Attributes(Stage):
             if "celeba" in groups:
                 for name in aschema.CELEBA_ATTRIBUTES:
                     self._clip.add_set(name, list(prompts.CELEBA_PROMPTS[name]))
-        self._ready = True
 
     def stats(self, rows: list[dict]) -> dict:
         """With CelebA ground truth (celeba source): the per-attribute accuracy of the model."""
@@ -258,27 +233,24 @@ class Attributes(Stage):
         groups = self.active()
         parts = []
         if "emotion" in groups:
-            parts.append(common.provenance(self.emotion_model, self.weights == "random"))
+            parts.append(common.provenance(self.emotion_model, self.weights == "random", self.weights_dir))
         if any(g in groups for g in CLIP_GROUPS):
             parts.append(zs.clip_provenance(self.clip_model, self._clip_dir()))
-        if len(parts) == 1:
-            return parts[0]
-        lines = "".join(f"{p.model}:{p.weights_sha256}\n" for p in parts)
-        return Provenance(model="+".join(p.model for p in parts), weights=",".join(p.weights for p in parts),
-                          weights_sha256=hashlib.sha256(lines.encode()).hexdigest(),
-                          weights_random=any(p.weights_random for p in parts))
+        return Provenance.combine(parts)
 
-    def emotion_crop_of(self, sample: Sample) -> tuple[np.ndarray | None, str]:
-        """(64x64 uint8 grayscale face crop, failure reason)."""
-        img = sample.image
-        if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            return None, "bad_image"
+    def emotion_crop_of(self, sample: Sample) -> np.ndarray | None:
+        """64x64 uint8 grayscale face crop (None: no usable face region)."""
         (cx, cy, side), _ = face_roi(sample, self.no_detect_roi)
         side *= self.emotion_crop
         if not all(math.isfinite(v) for v in (cx, cy, side)) or side < MIN_ROI:
-            return None, "face_too_small"
-        gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
-        return tddfa.crop_roi(gray, (cx, cy, side), EMOTION_SIZE, cv2.BORDER_REPLICATE), ""
+            return None
+        gray = cv2.cvtColor(np.ascontiguousarray(sample.image), cv2.COLOR_RGB2GRAY)
+        return tddfa.crop_roi(gray, (cx, cy, side), EMOTION_SIZE, cv2.BORDER_REPLICATE)
+
+    def emotion_probs(self, gray: list[np.ndarray]) -> np.ndarray:
+        """(N, 7) float32 class probabilities of (64, 64) uint8 grayscale crops."""
+        with self.inference():
+            return self._emotion(self.to_device(emotion.preprocess(np.stack(gray)))).float().cpu().numpy()
 
     def clip_view(self, sample: Sample) -> np.ndarray:
         """The RGB image CLIP sees: the frame, or a context square around detect's box."""
@@ -311,24 +283,19 @@ class Attributes(Stage):
 
     def compute(self, batch: list[Sample]) -> list[Result]:
         results: list[Result | None] = [None] * len(batch)
-        crops, idx = {}, []
-        for i, sample in enumerate(batch):
-            crops[i], reason = self.emotion_crop_of(sample)
-            if crops[i] is None and (reason == "bad_image" or self._emotion is not None):
-                results[i] = Result.fail(reason, ERROR if reason == "bad_image" else SKIPPED)
-            else:
-                idx.append(i)
+        crops = [self.emotion_crop_of(s) for s in batch]
+        idx = [i for i, crop in enumerate(crops) if crop is not None or self._emotion is None]
+        for i in set(range(len(batch))) - set(idx):
+            results[i] = Result.fail("face_too_small", SKIPPED)
         columns: dict[int, dict] = {i: {} for i in idx}
-        for part in common.chunks(idx, self.batch_size):
-            if self._emotion is not None:
-                probs = self._emotion.probs([crops[i] for i in part])
-                for i, p in zip(part, probs):
-                    columns[i].update(emotion_columns(p, self.emotion_threshold) if np.all(np.isfinite(p))
-                                      else {"__bad": True})
-            if self._clip is not None:
-                extra = self._clip_columns([self.clip_view(batch[i]) for i in part], [batch[i].meta for i in part])
-                for i, cols in zip(part, extra):
-                    columns[i].update(cols)
+        if self._emotion is not None and idx:
+            for i, p in zip(idx, self.emotion_probs([crops[i] for i in idx])):
+                columns[i].update(emotion_columns(p, self.emotion_threshold) if np.all(np.isfinite(p))
+                                  else {"__bad": True})
+        if self._clip is not None and idx:
+            extra = self._clip_columns([self.clip_view(batch[i]) for i in idx], [batch[i].meta for i in idx])
+            for i, cols in zip(idx, extra):
+                columns[i].update(cols)
         for i, cols in columns.items():
             bad = cols.pop("__bad", False) or not all(
                 np.all(np.isfinite(cols[k])) for k in cols if k.endswith("_probs"))

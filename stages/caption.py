@@ -39,7 +39,8 @@ import schemas.attributes as aschema
 import schemas.caption as cs
 from stages import captioners as caps
 from stages import text
-from stages.base import Provenance, Result, Sample, Stage
+from stages.base import Provenance, Result, Sample
+from stages.model_stage import DeviceStage
 from stages.models import common
 
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"
@@ -133,7 +134,7 @@ def caption_columns(raw: Sequence[str], cleaned: Sequence[str], scores: Sequence
 
 
 @dataclass
-class Caption(Stage):
+class Caption(DeviceStage):
     name: ClassVar[str] = "caption"
     version: ClassVar[str] = "2"
     reads: ClassVar[tuple[str, ...]] = ()
@@ -180,15 +181,12 @@ class Caption(Stage):
     where the label is confident (``emotion_confident``; rows without that column are not); needs
     attributes in the run, scores stay those of the caption before the insertion."""
     allow_download: bool = False
-    """Let missing models download from the Hugging Face hub; off: local files only."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
+    """Let missing models download from the Hugging Face hub; off: local files only (also tried:
+    ``<weights_dir>/<hf id>``)."""
     dtype: str = "bf16"
-    """bf16, fp16 or fp32 autocast on GPU (weights stay fp32); the CPU always runs fp32."""
+    """bf16, fp16 or fp32 on GPU; the CPU always runs fp32."""
     batch_size: int = 64
-    """Images per generate call."""
-    weights_dir: str | None = None
-    """Weights directory: ``<weights_dir>/<hf id>`` is tried for copied snapshots."""
+    """Images per generate call (0: as many as fit in ~70% of free GPU memory)."""
 
     def locations(self) -> dict[str, str]:
         """Captioner name -> configured model location."""
@@ -199,7 +197,6 @@ class Caption(Stage):
         return "" if name in self.model_paths else caps.get(name).revision
 
     def check_config(self) -> None:
-        common.check_common(self.device, self.dtype, "pretrained", self.batch_size)
         if not self.captioners or len(set(self.captioners)) != len(self.captioners):
             raise ValueError(f"caption.captioners must list distinct names, got {self.captioners}")
         unknown = set(self.model_paths) - set(caps.CAPTIONERS)
@@ -226,15 +223,14 @@ class Caption(Stage):
     def setup(self) -> None:
         if not self.allow_download:
             caps.set_offline_env()
+        super().setup()
         dirs = self._dirs()
-        self._device = common.torch_device(self.device)
-        dtype = common.torch_dtype(self.dtype) if self._device.type == "cuda" else torch.float32
         self._captioners = {}
         for name in self.captioners:
             captioner = caps.get(name).cls(num_beams=self.num_beams, top_p=self.top_p)
-            captioner.load(dirs[name], self._device, dtype)
+            captioner.load(dirs[name], self._device, self.load_dtype)
             self._captioners[name] = captioner
-        self._scorer = ClipScorer(dirs[""], self._device, dtype)
+        self._scorer = ClipScorer(dirs[""], self._device, self.load_dtype)
 
     def resident_mb(self) -> float:
         return sum(caps.get(n).resident_mb for n in self.captioners) + CLIP_RESIDENT_MB

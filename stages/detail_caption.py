@@ -28,8 +28,8 @@ import torch
 import schemas.detail_caption as ds
 from stages import captioners as caps
 from stages import regions, text
-from stages.base import Provenance, Result, Sample, Stage
-from stages.models import common
+from stages.base import Provenance, Result, Sample
+from stages.model_stage import DeviceStage
 
 MODEL_DEFAULT = "Qwen/Qwen2-VL-2B-Instruct"
 SHORT_PROMPT = (
@@ -87,7 +87,7 @@ class ChatVLM:
 
 
 @dataclass
-class DetailCaption(Stage):
+class DetailCaption(DeviceStage):
     name: ClassVar[str] = "detail_caption"
     version: ClassVar[str] = "1"
     reads: ClassVar[tuple[str, ...]] = ()
@@ -118,18 +118,14 @@ class DetailCaption(Stage):
     names: list[str] = field(default_factory=list)
     """Extra person names to remove."""
     allow_download: bool = False
-    """Let a missing model download from the Hugging Face hub; off: local files only."""
-    weights_dir: str | None = None
-    """Weights directory: ``<weights_dir>/<hf id>`` is tried for a copied snapshot."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
+    """Let a missing model download from the Hugging Face hub; off: local files only (also tried:
+    ``<weights_dir>/<hf id>``)."""
     dtype: str = "bf16"
     """Weights dtype on GPU: bf16, fp16 or fp32 (the CPU always runs fp32)."""
     batch_size: int = 16
-    """Images per generate call."""
+    """Images per generate call (0: as many as fit in ~70% of free GPU memory)."""
 
     def check_config(self) -> None:
-        common.check_common(self.device, self.dtype, "pretrained", self.batch_size)
         if not self.short_prompt.strip() or not self.detail_prompt.strip():
             raise ValueError("detail_caption: short_prompt and detail_prompt must not be empty")
         self._dir()
@@ -143,9 +139,8 @@ class DetailCaption(Stage):
     def setup(self) -> None:
         if not self.allow_download:
             caps.set_offline_env()
-        self._device = common.torch_device(self.device)
-        dtype = common.torch_dtype(self.dtype) if self._device.type == "cuda" else torch.float32
-        self._vlm = ChatVLM(self._dir(), self._device, dtype)
+        super().setup()
+        self._vlm = ChatVLM(self._dir(), self._device, self.load_dtype)
 
     def resident_mb(self) -> float:
         return 9000.0  # Qwen2-VL-2B in fp32; BLIP-2-sized models take ~16 GB

@@ -1,11 +1,13 @@
 """The fields and plumbing every model stage shares, declared once.
 
-A model stage subclasses ``ModelStage`` (a ``Stage``), redeclares ``model`` with its own default
-and docstring, names the registry entry of its weights (``weights_name``) and the registry
-``families`` its model may come from, and implements ``compute()`` (plus ``load()`` where the
-registry's loader does not fit). Checks of the common fields, device/dtype resolution, weight
-verification before any work, batches as tensors (``tensor``, ``inference``) and provenance
-come from here.
+``DeviceStage`` is a stage that runs nets: its device, precision, batch size and weights
+directory, their checks, device resolution at setup and batches as tensors (``tensor``,
+``inference``). Stages with several models of their own (attributes, quality, caption,
+detail_caption) subclass it directly. ``ModelStage`` adds the one registry model most stages
+run: a model stage redeclares ``model`` with its own default and docstring, names the registry
+entry of its weights (``weights_name``) and the ``families`` its model may come from, and
+implements ``compute()`` (plus ``load()`` where the registry's loader does not fit); weight
+verification before any work, loading and provenance come from here.
 """
 from __future__ import annotations
 
@@ -17,17 +19,14 @@ import numpy as np
 
 from stages.base import Provenance, Stage
 
+DTYPES = ("fp32", "bf16", "fp16")
+WEIGHTS = ("pretrained", "random")
+
 
 @dataclass
-class ModelStage(Stage):
-    families: ClassVar[tuple[str, ...]] = ()
-    """Registry families the model must come from (empty: any)."""
-    limits: ClassVar[dict[str, str | tuple]] = {"batch_size": "[0, inf)"}
+class DeviceStage(Stage):
+    limits: ClassVar[dict[str, str | tuple]] = {"batch_size": "[0, inf)", "dtype": DTYPES}
 
-    model: str = ""
-    """Registry name of the model (each stage lists its choices)."""
-    weights: str = "pretrained"
-    """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: str = "fp32"
@@ -37,43 +36,25 @@ class ModelStage(Stage):
     weights_dir: str | None = None
     """Weights directory (the runner fills it from --weights-dir)."""
 
-    @property
-    def weights_name(self) -> str:
-        """The registry entry of the weights file (the model name unless a stage maps it)."""
-        return self.model
-
-    @property
-    def random_weights(self) -> bool:
-        return self.weights == "random"
-
-    @property
-    def verify_weights(self) -> bool:
-        """Whether check() insists on the verified weights file (False: a stage fetches its own)."""
-        return True
-
     def check(self) -> None:
-        from stages.models import common, registry
+        from stages.models import common
 
-        common.check_common(self.device, self.dtype, self.weights, max(self.batch_size, 1))
-        if self.families and registry.get(self.weights_name).family not in self.families:
-            raise ValueError(f"model {self.model!r} is not a {' or '.join(self.families)} model")
+        common.check_device(self.device)
         super().check()
-        if self.verify_weights:
-            common.check_weights(self.weights_name, self.weights, self.weights_dir)
 
     def setup(self) -> None:
         from stages.models import common
 
         self._device = common.torch_device(self.device)
         self._dtype = common.torch_dtype(self.dtype)
-        self._net = self.load()
 
-    def load(self):  # noqa: ANN201 - returns the stage's nn.Module
-        """Build the model on ``self._device`` (verified weights, or random with ``weights: random``)."""
-        from stages.models import load
+    @property
+    def load_dtype(self):  # noqa: ANN201 - a torch.dtype
+        """For models loaded whole in one precision (Hugging Face): the configured one on a GPU,
+        fp32 on the CPU (where bf16/fp16 kernels are slow or missing)."""
+        import torch
 
-        return load(self.weights_name, self.weights_dir, device=self._device, dtype=self.dtype,
-                    random_init=self.random_weights)
+        return self._dtype if self._device.type == "cuda" else torch.float32
 
     def tensor(self, images: np.ndarray | list[np.ndarray], divide: float = 255.0,  # noqa: ANN201
                subtract: float = 0.0):
@@ -99,6 +80,52 @@ class ModelStage(Stage):
         stack.enter_context(torch.inference_mode())
         stack.enter_context(common.autocast(self._device, self._dtype))
         return stack
+
+
+@dataclass
+class ModelStage(DeviceStage):
+    families: ClassVar[tuple[str, ...]] = ()
+    """Registry families the model must come from (empty: any)."""
+    limits: ClassVar[dict[str, str | tuple]] = {"weights": WEIGHTS}
+
+    model: str = ""
+    """Registry name of the model (each stage lists its choices)."""
+    weights: str = "pretrained"
+    """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
+
+    @property
+    def weights_name(self) -> str:
+        """The registry entry of the weights file (the model name unless a stage maps it)."""
+        return self.model
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == "random"
+
+    @property
+    def verify_weights(self) -> bool:
+        """Whether check() insists on the verified weights file (False: a stage fetches its own)."""
+        return True
+
+    def check(self) -> None:
+        from stages.models import common, registry
+
+        if self.families and registry.get(self.weights_name).family not in self.families:
+            raise ValueError(f"model {self.model!r} is not a {' or '.join(self.families)} model")
+        super().check()
+        if self.verify_weights:
+            common.check_weights(self.weights_name, self.weights, self.weights_dir)
+
+    def setup(self) -> None:
+        super().setup()
+        self._net = self.load()
+
+    def load(self):  # noqa: ANN201 - returns the stage's nn.Module
+        """Build the model on ``self._device`` (verified weights, or random with ``weights: random``)."""
+        from stages.models import load
+
+        return load(self.weights_name, self.weights_dir, device=self._device, dtype=self.dtype,
+                    random_init=self.random_weights)
 
     def resident_mb(self) -> float:
         """fp32 weights in memory are about their file's size; 500 MB when the registry has none."""

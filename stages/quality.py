@@ -15,12 +15,12 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
-import torch
 
 import schemas.quality as qs
 from stages.models import align
 from stages.jpeg import jpeg_quality_from_bytes
-from stages.base import SKIPPED, Provenance, Result, Sample, Stage
+from stages.base import SKIPPED, Provenance, Result, Sample
+from stages.model_stage import WEIGHTS, DeviceStage
 from stages.types import finite
 from stages.expression import MIN_ROI, face_roi
 from stages.models import common, fiqa, registry, tddfa
@@ -85,7 +85,7 @@ def detect_columns(det: Result | None, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class Quality(Stage):
+class Quality(DeviceStage):
     name: ClassVar[str] = "quality"
     version: ClassVar[str] = "1"
     reads: ClassVar[tuple[str, ...]] = ()
@@ -96,7 +96,7 @@ class Quality(Stage):
     """Only requested when ``device`` is cuda (the FIQA model); the metrics run on the CPU."""
     limits: ClassVar[dict] = {"min_sharpness": "[0, inf)", "min_interocular_px": "[0, inf)",
                               "max_faces": "[0, inf)", "gray_chroma": "[0, 255]", "sepia_hue_spread": "[0, 1]",
-                              "no_detect_roi": "[0.1, 2]"}
+                              "no_detect_roi": "[0.1, 2]", "weights": WEIGHTS}
 
     min_sharpness: float = 0.0
     """Skip as ``blurry`` below this face-region Laplacian variance (0: off)."""
@@ -119,31 +119,27 @@ class Quality(Stage):
     weights: str = "pretrained"
     """pretrained (verified file) or random (real architecture, random init; for tests only)."""
     device: str = "cpu"
-    """auto, cpu, cuda or cuda:N (only the FIQA model uses it)."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 autocast for the FIQA model."""
+    """auto, cpu, cuda or cuda:N (only the FIQA model uses it; dtype and batch_size are its too)."""
     batch_size: int = 64
-    """Faces per batch."""
+    """Faces per batch (0: as many as fit in ~70% of free GPU memory)."""
 
     def check_config(self) -> None:
-        common.check_common(self.device, self.dtype, self.weights, self.batch_size)
         if self.fiqa_model:
             if registry.get(self.fiqa_model).family != "fiqa":
                 raise ValueError(f"model {self.fiqa_model!r} is not a face image quality model")
-            common.check_weights(self.fiqa_model, self.weights)
+            common.check_weights(self.fiqa_model, self.weights, self.weights_dir)
         elif self.min_fiqa is not None:
             raise ValueError("quality.min_fiqa needs a fiqa_model")
 
     def setup(self) -> None:
-        self._net, self._device = None, common.torch_device(self.device)
-        if self.fiqa_model:
-            self._net = fiqa.load_fiqa(self.fiqa_model, device=self._device, dtype=self.dtype,
-                                       random_init=self.weights == "random")
+        super().setup()
+        self._net = fiqa.load_fiqa(self.fiqa_model, self.weights_dir, self._device, self.dtype,
+                                   random_init=self.weights == "random") if self.fiqa_model else None
 
     def provenance(self) -> Provenance:
         if not self.fiqa_model:
             return Provenance(model="quality-metrics")
-        return common.provenance(self.fiqa_model, self.weights == "random")
+        return common.provenance(self.fiqa_model, self.weights == "random", self.weights_dir)
 
     def measure(self, sample: Sample) -> tuple[dict[str, Any], str]:
         """The cheap columns of one sample, and a failure reason ('' when measured)."""
@@ -192,20 +188,17 @@ class Quality(Stage):
         face, _ = align.align(np.ascontiguousarray(sample.image), points, align.ARCFACE_112, 112)
         return face
 
-    @torch.inference_mode()
     def _fiqa(self, faces: list[np.ndarray]) -> np.ndarray:
-        x = fiqa.preprocess(np.stack(faces)).to(self._device)
-        with common.autocast(self._device, common.torch_dtype(self.dtype)):
-            return self._net(x).float().cpu().numpy()
+        with self.inference():
+            return self._net(fiqa.preprocess(np.stack(faces)).to(self._device)).float().cpu().numpy()
 
     def compute(self, batch: list[Sample]) -> list[Result]:
         measured: list[tuple[dict[str, Any], str]] = [self.measure(s) for s in batch]
         if self._net is not None:
             todo = [(i, f) for i, (s, (c, err)) in enumerate(zip(batch, measured))
                     if not err and (f := self.arcface_crop(s)) is not None]
-            for part in common.chunks(todo, self.batch_size):
-                for (i, _), score in zip(part, self._fiqa([f for _, f in part])):
-                    measured[i][0].update(fiqa_score=float(score), fiqa_model=self.fiqa_model)
+            for (i, _), score in zip(todo, self._fiqa([f for _, f in todo]) if todo else []):
+                measured[i][0].update(fiqa_score=float(score), fiqa_model=self.fiqa_model)
         results = []
         for cols, err in measured:
             if err:

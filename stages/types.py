@@ -35,6 +35,19 @@ class Provenance:
     weights_sha256: str = ""
     weights_random: bool = False
 
+    @staticmethod
+    def combine(parts: list["Provenance"]) -> "Provenance":
+        """One provenance for a stage running several models: names joined, the sha256 of their
+        ``model:sha256`` lines, random when any part is."""
+        if len(parts) == 1:
+            return parts[0]
+        import hashlib
+
+        lines = "".join(f"{p.model}:{p.weights_sha256}\n" for p in parts)
+        return Provenance(model="+".join(p.model for p in parts), weights=",".join(p.weights for p in parts),
+                          weights_sha256=hashlib.sha256(lines.encode()).hexdigest(),
+                          weights_random=any(p.weights_random for p in parts))
+
 
 @dataclass
 class Sample:

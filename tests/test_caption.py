@@ -203,7 +203,7 @@ def test_bad_config_raises(models):
                                                           "blip_large": str(models["blip_large"])})
     for bad in (dict(captioners=[]), dict(captioners=["nope"]), dict(captioners=["blip_base", "blip_base"]),
                 dict(n_beam=4, num_beams=3), dict(n_beam=0, n_sample=0), dict(top_p=0.0), dict(k=0),
-                dict(min_score=2.0), dict(device="gpu"), dict(dtype="int8"), dict(batch_size=0),
+                dict(min_score=2.0), dict(device="gpu"), dict(dtype="int8"), dict(batch_size=-1),
                 dict(model_paths={"blip_typo": "x"})):
         with pytest.raises(ValueError):
             Caption(**{**ok, **bad}).check()

@@ -169,3 +169,13 @@ def test_random_fiqa_model_scores_aligned_faces(photos, monkeypatch):
     assert stage.provenance().weights_random
     net = fiqa.QualityIResNet(fiqa.LAYERS["iresnet_tiny"]).eval()
     assert net(fiqa.preprocess(np.zeros((2, 112, 112, 3), np.uint8))).shape == (2,)
+
+
+def test_fiqa_weights_come_from_the_weights_dir(tmp_path):
+    """--weights-dir reaches the FIQA model (it used to be looked up in the default folder only)."""
+    from stages.models.registry import MissingWeights
+    from stages.quality import Quality
+
+    with pytest.raises(MissingWeights) as info:
+        Quality(fiqa_model="cr_fiqa_s", weights_dir=str(tmp_path)).check()
+    assert info.value.path.parent == tmp_path

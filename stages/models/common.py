@@ -17,7 +17,6 @@ from stages.base import Provenance
 from stages.models import registry
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-WEIGHTS_MODES = ("pretrained", "random")
 RANDOM_SEED = 0
 """Random-weights models are seeded so their (meaningless) outputs are at least reproducible."""
 
@@ -68,16 +67,6 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return DTYPES[dtype]
     except KeyError:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}") from None
-
-
-def check_common(device: str, dtype: str, weights: str, batch_size: int) -> None:
-    """Config checks every model stage shares."""
-    check_device(device)
-    torch_dtype(dtype)
-    if weights not in WEIGHTS_MODES:
-        raise ValueError(f"weights must be one of {WEIGHTS_MODES}, got {weights!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def check_weights(name: str, weights: str, root: str | os.PathLike | None = None) -> None:
