@@ -37,26 +37,12 @@ from stages.base import SKIPPED, Provenance, Result, Sample
 from stages.expression import MIN_ROI, face_roi
 from stages.model_stage import WEIGHTS, DeviceStage
 from stages.models import common, emotion, registry, tddfa
-from stages.models.registry import WeightsSpec
 
 CLIP_GROUPS = ("age", "gender", "celeba")
 GROUPS = ("emotion", *CLIP_GROUPS)
 ALIASES = {"clip_attributes": CLIP_GROUPS}
 EMOTION_SIZE = 64
 CLIP = "clip"
-FAIRFACE = "fairface_res34"
-
-registry.register(WeightsSpec(
-    name=FAIRFACE,
-    family="fairface",
-    filename="res34_fair_align_multi_7_20190809.pt",
-    sha256="",  # not published upstream; pin after a trusted download
-    urls=("https://github.com/dchen236/FairFace (README: pretrained models, Google Drive)",),
-    license="CC BY 4.0 (dchen236/FairFace; check upstream)",
-    input="224x224 RGB dlib-aligned face, ImageNet mean/std",
-    extra={"outputs": "18 logits: 7 race, 2 gender, 9 age bins (0-2 ... 70+)",
-           "status": "registry slot only: no loader yet"},
-))
 
 
 def expand_groups(groups: list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -28,6 +28,32 @@ def make_casia_tree(root: Path, n_people: int = 3, n_photos: int = 3) -> Path:
     return root
 
 
+def lite_run_once(tmp_path_factory, name: str, tree: dict[str, list[tuple[str, int]]], *sets: str) -> Path:
+    """The OUT folder of a lite run (478-point mesh, shards of 4, in-process) over ``tree``
+    (identity folder -> (LFW person, photo number) per file), built once per test session."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    base = tmp_path_factory.getbasetemp() / name
+    out = base / "out"
+    if (out / "shards" / "index.json").is_file():
+        return out
+    if not LFW.is_dir():
+        pytest.skip(f"real faces missing: {LFW}")
+    shutil.rmtree(base, ignore_errors=True)
+    for ident, photos in tree.items():
+        folder = base / "tree" / ident
+        folder.mkdir(parents=True)
+        for j, (person, i) in enumerate(photos):
+            shutil.copyfile(LFW / person / f"{person}_{i:04d}.jpg", folder / f"{j + 1:03d}.jpg")
+    args = ["run", "--source", "casia-webface", "--input", str(base / "tree"), "--out", str(out), "--preset", "lite",
+            "--executor", "local", "--shard-size", "4", "--set", "landmarks.refine=true", "-q"]
+    result = CliRunner().invoke(app, args + [a for s in sets for a in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.fixture(scope="session")
 def casia_tree(tmp_path_factory) -> Path:
     """3 identities x 3 real photos, plus an identity folder of odd and broken files."""

@@ -13,7 +13,8 @@ import schemas.attribute_prompts as prompts
 import schemas.attributes as aschema
 from pipeline.core.manifest import validate_columns
 from schemas.common import manifest_schema
-from stages.attributes import FAIRFACE, Attributes, celeba_ground_truth, expand_groups
+from stages.attributes import Attributes, celeba_ground_truth, expand_groups
+from stages.models.fairface import FAIRFACE
 from stages.base import ERROR, OK, Result, Sample
 from stages.models import registry
 from tests.fixtures import tiny_hf

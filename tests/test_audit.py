@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
 from pipeline.readers import audit
 from schemas import audit as schema
-from tests.conftest import LFW
+from tests.conftest import lite_run_once
 
 # identity folder -> (lfw person, photo number) in file order
 PLANTED: dict[str, list[tuple[str, int]]] = {
@@ -32,25 +31,7 @@ MISFILED, DUPLICATE, ORIGINAL = "0000001_005", "0000002_005", "0000002_001"
 
 def build_out(tmp_path_factory) -> Path:
     """A lite run (478-point mesh) over the planted tree, built once per test session."""
-    base = tmp_path_factory.getbasetemp() / "planted-run"
-    out = base / "out"
-    if (out / "shards" / "index.json").is_file():
-        return out
-    if not LFW.is_dir():
-        pytest.skip(f"real faces missing: {LFW}")
-    shutil.rmtree(base, ignore_errors=True)
-    for ident, photos in PLANTED.items():
-        folder = base / "tree" / ident
-        folder.mkdir(parents=True)
-        for j, (name, i) in enumerate(photos):
-            shutil.copyfile(LFW / name / f"{name}_{i:04d}.jpg", folder / f"{j + 1:03d}.jpg")
-    from pipeline.cli import app
-
-    result = CliRunner().invoke(app, ["run", "--source", "casia-webface", "--input", str(base / "tree"),
-                                      "--out", str(out), "--preset", "lite", "--executor", "local",
-                                      "--shard-size", "4", "--set", "landmarks.refine=true", "-q"])
-    assert result.exit_code == 0, result.output
-    return out
+    return lite_run_once(tmp_path_factory, "planted-run", PLANTED)
 
 
 def copy_out(out: Path, dst: Path) -> Path:

@@ -20,12 +20,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from pipeline.readers.export import export
 from pipeline.readers.export import dense_face
 from pipeline.readers.export import dense_face_maps as maps
-from tests.conftest import LFW
+from tests.conftest import lite_run_once
 from tests.test_audit import build_out
 
 PEOPLE = {"Colin_Powell": 3, "Tony_Blair": 3, "Hugo_Chavez": 3, "Ariel_Sharon": 1}
@@ -34,26 +33,8 @@ NOSE_TIP, RIGHT_IRIS, LEFT_IRIS, RIGHT_CHEEK, LEFT_CHEEK = 1, 468, 473, 205, 425
 
 def build_out_512(tmp_path_factory) -> Path:
     """A lite run with the 478-point mesh and 512-d IR-SE50 embeddings (random weights), once."""
-    base = tmp_path_factory.getbasetemp() / "run-512"
-    out = base / "out"
-    if (out / "shards" / "index.json").is_file():
-        return out
-    if not LFW.is_dir():
-        pytest.skip(f"real faces missing: {LFW}")
-    shutil.rmtree(base, ignore_errors=True)
-    for person, n in PEOPLE.items():
-        (base / "tree" / person).mkdir(parents=True)
-        for i in range(1, n + 1):
-            shutil.copyfile(LFW / person / f"{person}_{i:04d}.jpg", base / "tree" / person / f"{i:03d}.jpg")
-    from pipeline.cli import app
-
-    result = CliRunner().invoke(app, ["run", "--source", "casia-webface", "--input", str(base / "tree"),
-                                      "--out", str(out), "--preset", "lite", "--executor", "local",
-                                      "--shard-size", "4", "--set", "landmarks.refine=true",
-                                      "--set", "identity.model=arcface_irse50",
-                                      "--set", "identity.weights=random", "-q"])
-    assert result.exit_code == 0, result.output
-    return out
+    tree = {person: [(person, i) for i in range(1, n + 1)] for person, n in PEOPLE.items()}
+    return lite_run_once(tmp_path_factory, "run-512", tree, "identity.model=arcface_irse50", "identity.weights=random")
 
 
 @pytest.fixture(scope="module")

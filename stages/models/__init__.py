@@ -16,6 +16,7 @@ from stages.models import registry
 from stages.models.arcface import load_arcface
 from stages.models.codeformer import load_codeformer
 from stages.models.emotion import load_emotion
+from stages.models import fairface  # noqa: F401 - registers its slot (no loader yet)
 from stages.models.fiqa import load_fiqa
 from stages.models.hopenet import load_hopenet
 from stages.models.insightface import load_insightface
