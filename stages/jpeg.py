@@ -1,6 +1,7 @@
 """JPEG quality from a file's quantisation tables (numpy + Pillow only: the source step uses it)."""
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -30,4 +31,10 @@ def jpeg_quality_from_bytes(data: bytes) -> int | None:
     if 0 not in tables or len(tables[0]) != 64:
         return None
     table = np.asarray(tables[0], dtype=np.float64)  # Pillow returns natural order
-    return int(min(range(1, 101), key=lambda q: np.abs(ijg_table(q) - table).sum()))
+    return int(np.abs(_ijg_tables() - table).sum(axis=1).argmin()) + 1  # ties: the lowest quality
+
+
+@functools.cache
+def _ijg_tables() -> np.ndarray:
+    """(100, 64): the table of every quality 1-100 (the source step asks once per JPEG)."""
+    return np.stack([ijg_table(q) for q in range(1, 101)])

@@ -179,3 +179,20 @@ def test_fiqa_weights_come_from_the_weights_dir(tmp_path):
     with pytest.raises(MissingWeights) as info:
         Quality(fiqa_model="cr_fiqa_s", weights_dir=str(tmp_path)).check()
     assert info.value.path.parent == tmp_path
+
+
+def test_jpeg_quality_search_matches_the_one_by_one_search():
+    """The vectorised search over the 100 IJG tables picks what a loop over them picks (ties too)."""
+    from stages import jpeg
+
+    def one_by_one(table):
+        return min(range(1, 101), key=lambda q: np.abs(jpeg.ijg_table(q) - table).sum())
+
+    rng = np.random.default_rng(0)
+    tables = [jpeg.ijg_table(q) for q in range(1, 101)] + [rng.integers(1, 256, 64).astype(float) for _ in range(300)]
+    for table in tables:
+        assert int(np.abs(jpeg._ijg_tables() - table).sum(axis=1).argmin()) + 1 == one_by_one(table)
+    for q in (35, 75, 95):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG", quality=q)
+        assert jpeg.jpeg_quality_from_bytes(buf.getvalue()) == q
