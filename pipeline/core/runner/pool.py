@@ -1,10 +1,11 @@
 """The process executor: steps pipelined by shard over worker processes on this machine.
 
 Each worker process (forked from a fork server that has imported torch once: ``forkserver.py``)
-holds every step's worker object, built lazily, so stages are set up once per process. The driver hands out
-(step, shard) tasks, later steps first like the Ray scheduler: shard s enters step i+1 as soon
-as step i finished it. The cores are split among the workers per shard, as the plan fixes it
-(``pipeline/core/threads.py``): one intra-op thread each when there are as many shards as cores.
+holds every step's worker object, built lazily, so stages are set up once per process. The
+driver hands out (step, shard) tasks, later steps first like the Ray scheduler: shard s enters
+step i+1 as soon as step i finished it. The cores are split among the workers per shard, as the
+plan fixes it (``pipeline/core/threads.py``): one intra-op thread each when there are as many
+shards as cores.
 A worker that dies is replaced and its shard retried (``Step.worker_died``); the crash journal
 narrows the culprit so a sample that kills the process costs one row. Workers ignore SIGINT:
 the driver stops them.
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 from pipeline.core import threads
 from pipeline.core.forkserver import context as _context
+
 
 def _worker_main(conn: Any, specs: list[tuple[type, tuple]], env: dict[str, str]) -> None:
     """A worker process: run (step, shard, threads) tasks until told to stop (None) or the pipe closes."""
