@@ -18,6 +18,21 @@ def lfw_people(n_people: int, n_photos: int) -> list[tuple[str, list[Path]]]:
     return [(p.name, sorted(p.glob("*.jpg"))[:n_photos]) for p in people]
 
 
+def lfw_photos(names: tuple[str, ...], per_person: int = 2) -> list[Path]:
+    """``<name>_0001.jpg`` ... of the named lfw10 people, in order (skips without the photos)."""
+    if not LFW.is_dir():
+        pytest.skip(f"real face photos not found at {LFW}")
+    return [LFW / n / f"{n}_{i:04d}.jpg" for n in names for i in range(1, per_person + 1)]
+
+
+def put(root: Path, rel: str, src: Path) -> Path:
+    """Copy ``src`` to ``root / rel``, making its folders."""
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, path)
+    return path
+
+
 def make_casia_tree(root: Path, n_people: int = 3, n_photos: int = 3) -> Path:
     """CASIA-WebFace-like folders: <7-digit identity>/<3-digit>.jpg, copied from lfw10."""
     for i, (_, photos) in enumerate(lfw_people(n_people, n_photos)):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,24 +11,13 @@ from pipeline.core.imaging import decode_rgb
 from pipeline.sources import SOURCES, Entry, get_source, open_source, sanitize_key
 from pipeline.sources.base import MAX_KEY_LEN, resolve_collisions
 from pipeline.sources.folder import walk_images
-
-LFW = Path(__file__).resolve().parents[2] / "shared" / "faces" / "lfw10"
+from tests.conftest import lfw_photos, put
 
 
 @pytest.fixture
 def photos() -> list[Path]:
     """Six real face photos of three people."""
-    if not LFW.is_dir():
-        pytest.skip(f"real face photos not found at {LFW}")
-    names = ("Colin_Powell", "Tony_Blair", "Hugo_Chavez")
-    return [LFW / n / f"{n}_000{i}.jpg" for n in names for i in (1, 2)]
-
-
-def put(root: Path, rel: str, src: Path) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, path)
-    return path
+    return lfw_photos(("Colin_Powell", "Tony_Blair", "Hugo_Chavez"))
 
 
 def by_location(source) -> dict[str, Entry]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -14,24 +13,13 @@ from pipeline.sources import SOURCES, open_source
 from pipeline.sources.celebahq import merge_parts
 from schemas import gt
 from schemas.parsing import CLASSES
-
-LFW = Path(__file__).resolve().parents[2] / "shared" / "faces" / "lfw10"
+from tests.conftest import lfw_photos, put
 
 
 @pytest.fixture
 def photos() -> list[Path]:
     """Four real face photos (250x250)."""
-    if not LFW.is_dir():
-        pytest.skip(f"real face photos not found at {LFW}")
-    names = ("Colin_Powell", "Tony_Blair")
-    return [LFW / n / f"{n}_000{i}.jpg" for n in names for i in (1, 2)]
-
-
-def put(root: Path, rel: str, src: Path) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, path)
-    return path
+    return lfw_photos(("Colin_Powell", "Tony_Blair"))
 
 
 def test_registered() -> None:
