@@ -1,7 +1,6 @@
 """Dense-Face on tiny SD components (built in code) and shards the pipeline made from real faces."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from tests.test_training_data import pipeline_output
+from tests.trainer_runs import assert_bench_smoke, assert_bf16_on_gpu
 from training.data import DataConfig, FaceShardDataModule
 from training.dense_face import TRAINABLE, DenseFace, DenseFaceConfig, identity_positions
 from training.infer_dense_face import InferenceConfig, face_generation, generate, load_model, paste_back, square_box
@@ -204,18 +204,9 @@ def test_box_and_paste_helpers():
 
 
 def test_bench_smoke(monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import train_dense_face
-
-    monkeypatch.setattr(sys, "argv", ["train_dense_face.py", "--smoke"])
-    train_dense_face.main()
-    assert "| 2 |" in capsys.readouterr().out
+    assert_bench_smoke("train_dense_face", monkeypatch, capsys)
 
 
 @pytest.mark.gpu
 def test_train_bf16_on_gpu(shards, tmp_path):
-    sets = [f"trainer.root_dir={tmp_path}", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
-            "model.frozen_dtype=bf16", "model.gradient_checkpointing=true", "data.num_workers=2"]
-    summary = train("dense-face", shards, "tiny", "tiny", sets)
-    state = torch.load(summary["checkpoint"], weights_only=False)["state_dict"]
-    assert summary["steps"] == 2 and all(torch.isfinite(v.float()).all() for v in state.values())
+    assert_bf16_on_gpu("dense-face", shards, tmp_path, "tiny")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import lfw_people, make_casia_tree
+from tests.trainer_runs import assert_bf16_on_gpu, unbroken_and_resumed
 from training.dense_face import OptimConfig
 from training.face2diffusion import TRAINABLE, F2DConfig, Face2Diffusion, OwnImageDataModule, flip_batch
 from training.infer_face2diffusion import InferenceConfig, aligned_face, generate, load_model
@@ -200,16 +201,7 @@ def test_flip_mirrors_points_and_swaps_sides(batch):
 
 @pytest.fixture(scope="module")
 def trained(shards, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("f2d")
-
-    def run(name: str, steps: int, resume: str | None = None) -> dict:
-        sets = [f"trainer.root_dir={root / name}", f"trainer.max_steps={steps}"]
-        return train("face2diffusion", shards, "tiny", "face2diffusion_tiny", sets, resume=resume)
-
-    unbroken = run("a", 3)
-    run("b", 2)
-    partial = torch.load(root / "b" / "checkpoints" / "last.ckpt", weights_only=False)
-    return {"unbroken": unbroken, "partial": partial, "resumed": run("b", 3, resume="last")}
+    return unbroken_and_resumed("face2diffusion", shards, tmp_path_factory.mktemp("f2d"), "face2diffusion_tiny")
 
 
 def test_train_resume_restores_exact_step_and_weights(trained):
@@ -268,8 +260,4 @@ def test_shipped_configs_parse():
 
 @pytest.mark.gpu
 def test_train_bf16_on_gpu(shards, tmp_path):
-    sets = [f"trainer.root_dir={tmp_path}", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
-            "model.frozen_dtype=bf16", "model.gradient_checkpointing=true", "data.num_workers=2"]
-    summary = train("face2diffusion", shards, "tiny", "face2diffusion_tiny", sets)
-    state = torch.load(summary["checkpoint"], weights_only=False)["state_dict"]
-    assert summary["steps"] == 2 and all(torch.isfinite(v.float()).all() for v in state.values())
+    assert_bf16_on_gpu("face2diffusion", shards, tmp_path, "face2diffusion_tiny")

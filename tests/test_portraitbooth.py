@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,13 +15,14 @@ from stages.models import align
 from stages.models import load
 from tests.conftest import lfw_people
 from tests.test_training_data import pipeline_output
+from tests.trainer_runs import assert_bench_smoke, assert_bf16_on_gpu, unbroken_and_resumed
 from training.data import DataConfig, FaceShardDataModule, make_caption, reference_face, word_span
 from training.dense_face import OptimConfig
 from training.infer_portraitbooth import InferenceConfig, ReferenceEncoder, generate, load_model, subject_span
 from training.portraitbooth import TRAINABLE, PortraitBooth, PortraitBoothConfig
 from training.portraitbooth_blocks import align_faces, localization_term
 from training.sd import tiny_sd_components
-from training.train import TRAINER_DEFAULTS, data_config, load_config, make, train
+from training.train import TRAINER_DEFAULTS, data_config, load_config, make
 
 CAPTION = "a photo of a smiling man"  # smiling [13, 20), man [21, 24)
 MAN, SMILING = (21, 24), (13, 20)
@@ -222,17 +222,7 @@ def test_align_faces_matches_stage_alignment():
 
 @pytest.fixture(scope="module")
 def trained(shards, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("portraitbooth")
-
-    def run(name: str, steps: int, resume: str | None = None) -> dict:
-        sets = [f"trainer.root_dir={root / name}", f"trainer.max_steps={steps}"]
-        return train("portraitbooth", shards, "tiny", "portraitbooth_tiny", sets, resume=resume)
-
-    unbroken = run("a", 3)
-    run("b", 2)
-    partial = torch.load(root / "b" / "checkpoints" / "last.ckpt", weights_only=False)
-    resumed = run("b", 3, resume="last")
-    return {"unbroken": unbroken, "partial": partial, "resumed": resumed}
+    return unbroken_and_resumed("portraitbooth", shards, tmp_path_factory.mktemp("portraitbooth"), "portraitbooth_tiny")
 
 
 def test_train_resume_restores_exact_step_and_weights(trained):
@@ -308,18 +298,9 @@ def test_shipped_configs_parse():
 
 
 def test_bench_smoke(monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench import train_portraitbooth
-
-    monkeypatch.setattr(sys, "argv", ["train_portraitbooth.py", "--smoke"])
-    train_portraitbooth.main()
-    assert "| 2 |" in capsys.readouterr().out
+    assert_bench_smoke("train_portraitbooth", monkeypatch, capsys)
 
 
 @pytest.mark.gpu
 def test_train_bf16_on_gpu(shards, tmp_path):
-    sets = [f"trainer.root_dir={tmp_path}", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
-            "model.frozen_dtype=bf16", "model.gradient_checkpointing=true", "data.num_workers=2"]
-    summary = train("portraitbooth", shards, "tiny", "portraitbooth_tiny", sets)
-    state = torch.load(summary["checkpoint"], weights_only=False)["state_dict"]
-    assert summary["steps"] == 2 and all(torch.isfinite(v.float()).all() for v in state.values())
+    assert_bf16_on_gpu("portraitbooth", shards, tmp_path, "portraitbooth_tiny")
