@@ -12,16 +12,14 @@ docs/benchmarks.md (section ``train_dense_face``) unless ``--smoke``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_section  # noqa: E402
-from bench.timing import time_steps  # noqa: E402
+from bench.timing import run_settings, time_steps  # noqa: E402
 from training.dense_face import DenseFace, DenseFaceConfig  # noqa: E402
 from training.sd import sd21_components, tiny_sd_components  # noqa: E402
 
@@ -52,25 +50,13 @@ def measure(model: DenseFace, n: int, res: int, steps: int, warmup: int,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", default="1,4,12")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--res", type=int, default=512)
-    ap.add_argument("--no-checkpointing", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="tiny models on CPU, 2 steps, batch 1 and 2")
-    args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-    ckpt = not args.no_checkpointing
-    if args.smoke:
-        device, res, batches, steps, warmup = torch.device("cpu"), 64, [1, 2], 2, 0
+    run = run_settings(__doc__, "1,4,12")
+    device, res, batches, ckpt = run.device, run.res, run.batches, run.checkpointing
+    steps, warmup = run.steps, run.warmup
+    if run.smoke:
         sd = tiny_sd_components()
         cfg = DenseFaceConfig(dense_size=16, id_dim=512, id_hidden=32, head_channels=16, gradient_checkpointing=ckpt)
     else:
-        if not torch.cuda.is_available():
-            sys.exit("needs a CUDA GPU (or --smoke)")
-        device, res, steps, warmup = torch.device("cuda"), args.res, args.steps, args.warmup
-        batches = [int(b) for b in args.batches.split(",")]
         sd = sd21_components(torch.bfloat16)
         cfg = DenseFaceConfig(id_dim=512, frozen_dtype="bf16", gradient_checkpointing=ckpt)
     model = DenseFace(sd, cfg).to(device).train()
@@ -88,7 +74,7 @@ def main() -> None:
             f"parameters (AdamW), dense maps {cfg.dense_size}^2 with {len(model.subset)} landmark heatmaps, "
             f"{steps} timed steps after {warmup} warm-up.\n\n" + "\n".join(rows))
     print(body)
-    if not args.smoke:
+    if not run.smoke:
         write_section("train_dense_face", body, "python bench/train_dense_face.py " + " ".join(sys.argv[1:]))
 
 

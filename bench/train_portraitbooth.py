@@ -15,9 +15,7 @@ docs/benchmarks.md (section ``train_portraitbooth``) unless ``--smoke``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import write_section  # noqa: E402
-from bench.timing import time_steps  # noqa: E402
+from bench.timing import run_settings, time_steps  # noqa: E402
 from stages.models import align  # noqa: E402
 from training.portraitbooth import PortraitBooth, PortraitBoothConfig  # noqa: E402
 from training.sd import SCHEDULER_CONFIG, SD21_VAE, SDComponents, tiny_sd_components, tiny_tokenizer  # noqa: E402
@@ -94,25 +92,13 @@ def measure(model: PortraitBooth, n: int, res: int, steps: int, warmup: int, dev
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", default="1,2,8")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--res", type=int, default=512)
-    ap.add_argument("--no-checkpointing", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="tiny models on CPU, 2 steps, batch 1 and 2")
-    args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-    ckpt = not args.no_checkpointing
+    run = run_settings(__doc__, "1,2,8")
+    device, res, batches, ckpt = run.device, run.res, run.batches, run.checkpointing
+    steps, warmup = run.steps, run.warmup
     cfg = PortraitBoothConfig(id_dim=512, gradient_checkpointing=ckpt)
-    if args.smoke:
-        device, res, batches, steps, warmup = torch.device("cpu"), 64, [1, 2], 2, 0
+    if run.smoke:
         sd, cfg = tiny_sd_components(), replace(cfg, mlp_hidden=32)
     else:
-        if not torch.cuda.is_available():
-            sys.exit("needs a CUDA GPU (or --smoke)")
-        device, res, steps, warmup = torch.device("cuda"), args.res, args.steps, args.warmup
-        batches = [int(b) for b in args.batches.split(",")]
         sd, cfg = sd15_components(), replace(cfg, frozen_dtype="bf16")
     model = PortraitBooth(sd, cfg).to(device).train()
     trainable = sum(p.numel() for p in model.trainable_parameters()) / 1e6
@@ -126,14 +112,14 @@ def main() -> None:
         except torch.cuda.OutOfMemoryError:
             rows.append(f"| {n} | OOM | | | |")
         print(rows[-1], flush=True)
-    arch = "tiny SD components (smoke run, CPU)" if args.smoke else "SD 1.5 architecture with random weights"
+    arch = "tiny SD components (smoke run, CPU)" if run.smoke else "SD 1.5 architecture with random weights"
     body = (f"PortraitBooth training step at {res}x{res}: {arch}, bf16 autocast, "
             f"VAE and text encoder in bf16, gradient checkpointing {'on' if ckpt else 'off'} (UNet and VAE), "
             f"{trainable:.0f} M trainable parameters (UNet + subject MLP, AdamW), {model.n_cross} recorded "
             f"cross-attention layers, identity loss through the VAE decoder and MobileFaceNet, "
             f"{steps} timed steps after {warmup} warm-up.\n\n" + "\n".join(rows))
     print(body)
-    if not args.smoke:
+    if not run.smoke:
         write_section("train_portraitbooth", body, "python bench/train_portraitbooth.py " + " ".join(sys.argv[1:]))
 
 
