@@ -138,13 +138,12 @@ def test_run_scores_celebahq_ground_truth(tmp_path) -> None:
 
     from pipeline.config import resolve
     from pipeline.core.runner import run
-    from tests.test_sources_hq import LFW, PARTS, put, write_parts
+    from tests.conftest import lfw_photos, put
+    from tests.test_sources_hq import PARTS, write_parts
 
-    if not LFW.is_dir():
-        pytest.skip(f"real face photos not found at {LFW}")
     root = tmp_path / "CelebAMask-HQ"
-    for i, name in enumerate(("Colin_Powell", "Tony_Blair")):
-        put(root, f"CelebA-HQ-img/{i}.jpg", LFW / name / f"{name}_0001.jpg")
+    for i, photo in enumerate(lfw_photos(("Colin_Powell", "Tony_Blair"), per_person=1)):
+        put(root, f"CelebA-HQ-img/{i}.jpg", photo)
     write_parts(root, 0, PARTS)  # only image 0 has ground truth
     cfg = resolve(flags={"source": "celeba-hq", "input": str(root), "out": str(tmp_path / "out"),
                          "stages": "parsing", "executor": "local"},
