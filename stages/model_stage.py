@@ -19,13 +19,12 @@ import numpy as np
 
 from stages.base import Provenance, Stage
 
-DTYPES = ("fp32", "bf16", "fp16")
 WEIGHTS = ("pretrained", "random")
 
 
 @dataclass
 class DeviceStage(Stage):
-    limits: ClassVar[dict[str, str | tuple]] = {"batch_size": "[0, inf)", "dtype": DTYPES}
+    limits: ClassVar[dict[str, str | tuple]] = {"batch_size": "[0, inf)"}
 
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
@@ -40,6 +39,7 @@ class DeviceStage(Stage):
         from stages.models import common
 
         common.check_device(self.device)
+        common.torch_dtype(self.dtype)  # ValueError naming the choices (common.DTYPES)
         super().check()
 
     def setup(self) -> None:

@@ -52,7 +52,7 @@ class Plan:
             self._runs = {}
             for i, name in enumerate(self.table.column("shard").to_pylist()):
                 runs = self._runs.setdefault(name, [])
-                if runs and sum(runs[-1]) == i:
+                if runs and runs[-1][0] + runs[-1][1] == i:  # the row right after this shard's last run
                     runs[-1] = (runs[-1][0], runs[-1][1] + 1)
                 else:
                     runs.append((i, 1))
