@@ -92,10 +92,10 @@ class LandmarksStage(Stage):
     def setup(self) -> None:
         # mediapipe's C++ side logs a few warnings per worker; keep the terminal readable.
         os.environ.setdefault("GLOG_minloglevel", "2")
-        from mediapipe.python.solutions import face_mesh
+        from stages import mediapipe_import
 
         self.close()
-        self._mesh = face_mesh.FaceMesh(
+        self._mesh = mediapipe_import.face_mesh().FaceMesh(
             static_image_mode=True,
             max_num_faces=self.max_faces,
             refine_landmarks=self.refine,

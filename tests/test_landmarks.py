@@ -253,3 +253,28 @@ def test_refined_mesh_has_478_points_with_irises_in_the_eyes():
     for centre, eye in ((468, "right_eye"), (473, "left_eye")):
         poly = lmk[pm.LOOPS[eye], :2].astype(np.float32)
         assert cv2.pointPolygonTest(poly, tuple(map(float, lmk[centre, :2])), False) > 0
+
+
+def test_face_mesh_import_defers_pyplot_and_pyplot_still_works():
+    """mediapipe's package imports matplotlib.pyplot for drawing helpers (~0.6-0.9 s of every
+    worker's start); stages.mediapipe_import defers it until something really plots."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from stages import mediapipe_import\n"
+            "mesh = mediapipe_import.face_mesh()\n"
+            "from mediapipe.python.solutions import face_mesh, drawing_utils\n"
+            "assert mesh is face_mesh and hasattr(mesh, 'FaceMesh')\n"
+            "assert type(sys.modules['matplotlib.pyplot']).__name__ == '_DeferredModule'\n"
+            "assert 'matplotlib.figure' not in sys.modules\n"
+            "import matplotlib\n"
+            "matplotlib.use('Agg')\n"
+            "import matplotlib.pyplot as plt\n"
+            "fig = drawing_utils.plt.figure(figsize=(1, 1))\n"  # mediapipe's own name for it, now real
+            "assert type(fig).__name__ == 'Figure' and plt.gcf() is fig and matplotlib.pyplot.gcf() is fig\n"
+            "assert type(sys.modules['matplotlib.pyplot']).__name__ == 'module'\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]

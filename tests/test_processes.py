@@ -166,3 +166,27 @@ def test_cli_exit_kills_a_fork_server_still_importing(tmp_path):
     pid = int(proc.stdout.split("server", 1)[1].split()[0])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _worker_imports() -> dict[str, bool]:
+    """What a worker forked by the fork server has imported, after writing a manifest table."""
+    import sys
+
+    import pyarrow as pa
+
+    from pipeline.core.manifest import validate_columns
+
+    validate_columns([{"key": "k"}], pa.schema([("key", pa.string())]))
+    return {"torch": "torch" in sys.modules, "mesh": "mediapipe.python.solutions.face_mesh" in sys.modules,
+            "cli": "pipeline.cli" in sys.modules, "pandas": "pandas" in sys.modules,
+            "pyplot": type(sys.modules.get("matplotlib.pyplot")).__name__ == "module"}
+
+
+def test_workers_start_with_the_models_imported_and_skip_pandas_and_pyplot():
+    """The fork server imports the models once (a worker starts in milliseconds); pyarrow's
+    pandas probe and mediapipe's pyplot, ~2 s of each worker's first shard, are not paid at all."""
+    from pipeline.core import forkserver
+
+    with forkserver.context().Pool(1) as pool:
+        seen = pool.apply(_worker_imports)
+    assert seen == {"torch": True, "mesh": True, "cli": True, "pandas": False, "pyplot": False}

@@ -44,3 +44,29 @@ def stop() -> None:
             os.waitpid(pid, 0)
         except (ChildProcessError, ProcessLookupError, PermissionError):
             pass
+
+
+def skip_pandas_probe() -> None:
+    """Called by the fork server: pyarrow imports pandas on its first array conversion (0.6-1.5 s
+    in each worker, at its first manifest) only to ask whether the values are pandas objects. The
+    workers never hand it one and never use pandas: let that one probe find no pandas, here."""
+    import sys
+
+    import pyarrow as pa
+
+    if "pandas" in sys.modules:
+        return
+    sys.meta_path.insert(0, _NoPandas)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(_NoPandas)
+
+
+class _NoPandas:
+    """A meta-path finder for which pandas does not exist (only inside ``skip_pandas_probe``)."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas: not imported by worker processes", name=name)

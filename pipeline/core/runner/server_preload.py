@@ -1,9 +1,12 @@
 """Imported only by the process executor's fork server (``forkserver.PRELOAD``); never anywhere else.
 
-It imports torch, mediapipe, the model code and the stage modules once, so every worker forked
-from the server starts with them. Not torchvision or facexlib: the lite preset's nets need neither (RetinaFace
-and the ResNet trunk are our own), and ``torchvision.models`` alone costs ~2 s (it pulls in
-``torch._dynamo``); the stages built on facexlib (parsing, arcface) import it at their set-up. A
+It imports torch, mediapipe (without its pyplot: ``stages/mediapipe_import.py``), the model code
+and the stage modules once, so every worker forked from the server starts with them. Also the CLI
+module: multiprocessing re-runs the driver's main module (``pipeline.cli``) in each new worker,
+~0.2 s each with typer not yet imported. And pyarrow's one pandas probe (``forkserver.skip_pandas_probe``).
+Not torchvision or facexlib: the lite preset's nets need neither (RetinaFace and the ResNet trunk
+are our own), and ``torchvision.models`` alone costs ~2 s (it pulls in ``torch._dynamo``); the
+stages built on facexlib (parsing, arcface) import it at their set-up. A
 module that fails to import (missing, or broken) is skipped here, so the server always starts;
 the worker that needs it then fails at its stage's set-up, with an error that reaches the driver.
 
@@ -18,14 +21,22 @@ import importlib
 import os
 
 import stages
+from pipeline.core.forkserver import skip_pandas_probe
 
-MODULES = ("torch", "mediapipe.python.solutions.face_mesh", "stages.models", "pipeline.core.group",
-           "pipeline.core.pack")
+MODULES = ("torch", "stages.models", "pipeline.core.group", "pipeline.core.pack", "h5py", "pipeline.cli")
+"""h5py: the emotion model's Keras weights file."""
 
 for _name in (*MODULES, *stages.MODULES.values()):
     try:
         importlib.import_module(_name)
     except Exception:  # noqa: BLE001 - see the module docstring
         pass
+try:
+    from stages import mediapipe_import
+
+    mediapipe_import.face_mesh()
+except Exception:  # noqa: BLE001 - see the module docstring
+    pass
+skip_pandas_probe()
 
 atexit.register(os._exit, 0)
