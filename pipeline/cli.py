@@ -78,7 +78,6 @@ def run(
     """Run the pipeline: source step, stages, pack."""
     from contextlib import ExitStack
 
-    from pipeline.config import resolve
     from pipeline.logs import native_stderr_filtered, quiet_third_party
     from pipeline.preflight import check_output_folder
 
@@ -87,19 +86,28 @@ def run(
                  num_cpus=num_cpus, num_gpus=num_gpus, retry_errors=retry_errors, refresh=refresh or None)
     try:
         with ExitStack() as stack:
-            stack.enter_context(quiet_third_party(verbose))
+            stack.enter_context(quiet_third_party(verbose))  # its environment reaches the fork server too
+            early = not config and _fresh_run_on_workers(executor, ray_address, num_gpus, out)
+            if early:  # the workers' imports (~4 s) start now, beside the config's; a failed run kills them
+                from pipeline.core.forkserver import warm_up
+
+                if not verbose:
+                    stack.enter_context(native_stderr_filtered())  # first: the workers inherit this fd 2
+                warm_up()
+            from pipeline.config import resolve  # imports the stage registry: after the fork server's start
+
             cfg = resolve(preset=preset, config_file=config, flags=flags, sets=set_)
             if not quiet:
                 _say_assumed(cfg, flags, preset, config)
             check_output_folder(cfg.out)
             from pipeline.config import choose_executor
 
-            if choose_executor(cfg) in ("local", "processes") and not verbose:  # models' C++ logs: this fd 2
-                stack.enter_context(native_stderr_filtered())
+            if choose_executor(cfg) in ("local", "processes") and not verbose and not early:
+                stack.enter_context(native_stderr_filtered())  # models' C++ logs: this fd 2
             if choose_executor(cfg) == "processes" and not (Path(cfg.out) / "run.json").exists():
                 from pipeline.core.forkserver import warm_up
 
-                warm_up()  # a fresh output has work to do: the workers' imports start now, beside ours
+                warm_up()  # a fresh output has work to do (a no-op when started above)
             from pipeline.core.runner import run as run_pipeline  # heavy (models): only once the checks passed
 
             summary = run_pipeline(cfg, quiet=quiet)
@@ -125,6 +133,17 @@ def run(
         typer.echo(f"error: {len(failed)} shard(s) could not finish; the others did. Rerun the same command "
                    "to redo what is missing", err=True)
         raise typer.Exit(1)
+
+
+def _fresh_run_on_workers(executor: Optional[str], ray_address: Optional[str], num_gpus: Optional[float],
+                          out: Optional[str]) -> bool:
+    """What the flags alone tell, before the config is read: a fresh output (no run.json) that
+    will run on worker processes (``choose_executor``: auto without a GPU or a cluster)."""
+    if ray_address or (executor or "auto") not in ("auto", "processes"):
+        return False
+    if (executor or "auto") == "auto" and (num_gpus > 0 if num_gpus is not None else os.path.exists("/dev/nvidiactl")):
+        return False  # a GPU: auto may pick Ray; decided once the config is read
+    return not (Path(out or RUN_DEFAULTS["out"]) / "run.json").exists()
 
 
 def _say_assumed(cfg, flags: dict, preset: Optional[str], config: Optional[str]) -> None:

@@ -144,13 +144,19 @@ def test_the_summary_says_where_the_work_ran(casia_tree, tmp_path):
     assert sum(st["cpu_seconds"] for st in stages) > 0
 
 
-def test_cli_exit_kills_a_fork_server_still_importing(tmp_path):
-    """A run that fails after the fork server started (here: a wrong --input on a fresh output)
-    ends at once, with nothing left holding the caller's stdout and stderr."""
+@pytest.mark.parametrize("bad, message", [
+    (("--input", "{empty}"), "expected one folder per identity"),  # found once the config is read
+    (("--input", "{empty}", "--preset", "nosuch"), "nosuch"),  # the config itself: the server started before it
+])
+def test_cli_exit_kills_a_fork_server_still_importing(tmp_path, bad, message):
+    """A run that fails after the fork server started (a fresh output: it starts before the
+    config is read) ends at once, with nothing left holding the caller's stdout and stderr."""
     import sys
 
-    script = ("import os, sys; sys.argv = ['pipeline', 'run', '--source', 'casia-webface', '--input', sys.argv[1], "
-              "'--out', sys.argv[2], '--preset', 'lite']\n"
+    (tmp_path / "empty").mkdir()
+    args = ["--source", "casia-webface", "--out", str(tmp_path / "out"), "--preset", "lite",
+            *(a.format(empty=tmp_path / "empty") for a in bad)]
+    script = (f"import os, sys; sys.argv = ['pipeline', 'run', *{args!r}]\n"
               "from multiprocessing import forkserver\n"
               "import pipeline.cli as c\n"
               "real = c._exit_now\n"
@@ -159,13 +165,26 @@ def test_cli_exit_kills_a_fork_server_still_importing(tmp_path):
               "    real(code)\n"
               "c._exit_now = spy\n"
               "c.main()\n")
-    (tmp_path / "empty").mkdir()
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "empty"), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120, env=env())
-    assert proc.returncode == 2 and "expected one folder per identity" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env())
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]
     pid = int(proc.stdout.split("server", 1)[1].split()[0])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_the_flags_alone_start_the_workers_early_only_where_they_will_run(tmp_path, monkeypatch):
+    from pipeline.cli import _fresh_run_on_workers as early
+
+    monkeypatch.setattr(os.path, "exists", lambda p, real=os.path.exists: False if p == "/dev/nvidiactl" else real(p))
+    out = str(tmp_path / "out")
+    assert early(None, None, None, out) and early("processes", None, None, out) and early("auto", None, 0, out)
+    assert not early("local", None, None, out) and not early("ray", None, None, out)
+    assert not early(None, "10.0.0.1:6379", None, out)  # a cluster: Ray
+    assert not early(None, None, 1, out)  # a GPU: auto decides once the config is read
+    assert early("processes", None, 1, out)  # told so
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.json").write_text("{}")
+    assert not early(None, None, None, out)  # a rerun: first the cheap "nothing to do" check
 
 
 def _worker_imports() -> dict[str, bool]:
@@ -178,7 +197,7 @@ def _worker_imports() -> dict[str, bool]:
 
     validate_columns([{"key": "k"}], pa.schema([("key", pa.string())]))
     return {"torch": "torch" in sys.modules, "mesh": "mediapipe.python.solutions.face_mesh" in sys.modules,
-            "cli": "pipeline.cli" in sys.modules, "pandas": "pandas" in sys.modules,
+            "cli": "typer" in sys.modules, "pandas": "pandas" in sys.modules,
             "pyplot": type(sys.modules.get("matplotlib.pyplot")).__name__ == "module"}
 
 

@@ -1,9 +1,10 @@
 """Imported only by the process executor's fork server (``forkserver.PRELOAD``); never anywhere else.
 
 It imports torch, mediapipe (without its pyplot: ``stages/mediapipe_import.py``), the model code
-and the stage modules once, so every worker forked from the server starts with them. Also the CLI
-module: multiprocessing re-runs the driver's main module (``pipeline.cli``) in each new worker,
-~0.2 s each with typer not yet imported. And pyarrow's one pandas probe (``forkserver.skip_pandas_probe``).
+and the stage modules once, so every worker forked from the server starts with them. Also what
+the CLI module imports: multiprocessing re-runs the driver's main module (``pipeline.cli``) in
+each new worker, ~0.2 s each with typer not yet imported. And it answers pyarrow's pandas probe
+once (``forkserver.skip_pandas_probe``).
 Not torchvision or facexlib: the lite preset's nets need neither (RetinaFace and the ResNet trunk
 are our own), and ``torchvision.models`` alone costs ~2 s (it pulls in ``torch._dynamo``); the
 stages built on facexlib (parsing, arcface) import it at their set-up. A
@@ -23,8 +24,10 @@ import os
 import stages
 from pipeline.core.forkserver import skip_pandas_probe
 
-MODULES = ("torch", "stages.models", "pipeline.core.group", "pipeline.core.pack", "h5py", "pipeline.cli")
-"""h5py: the emotion model's Keras weights file."""
+MODULES = ("torch", "stages.models", "pipeline.core.group", "pipeline.core.pack", "h5py", "typer",
+           "pipeline.weights_cli")
+"""h5py: the emotion model's Keras weights file; typer and weights_cli: what ``pipeline.cli`` imports
+(not the CLI module itself, which the worker runs as its ``__mp_main__``)."""
 
 for _name in (*MODULES, *stages.MODULES.values()):
     try:
