@@ -90,3 +90,34 @@ def test_progress_bar_on_a_terminal(shards, tmp_path, monkeypatch):
     assert "2/2" in out and "depth4" in out and "it/s" in out and "Epoch" not in out
     ckpt = torch.load(summary["checkpoint"], weights_only=False)
     assert ckpt["global_step"] == 2
+
+
+@pytest.mark.parametrize("module", ["infer_face2diffusion", "infer_portraitbooth", "infer_sefi_ide"])
+def test_inference_commands_share_their_options_and_say_what_they_cannot_read(module, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(f"training.{module}").main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--base", "--prompt", "--out", "--device", "--steps", "--seed", "--guidance-scale"):
+        assert option in text, (module, option)
+    assert ("--reference" in text) == (module != "infer_sefi_ide")
+
+
+def test_inference_images_in_and_out_fail_in_one_line(tmp_path):
+    import numpy as np
+
+    from training.infer_common import read_rgb, write_rgb
+
+    with pytest.raises(SystemExit, match=r"^error: cannot read .*nope\.jpg as an image$"):
+        read_rgb(str(tmp_path / "nope.jpg"))
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(SystemExit, match="cannot read"):
+        read_rgb(str(tmp_path / "text.jpg"))
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 0] = 255  # red in, red out (RGB on both sides)
+    write_rgb(str(tmp_path / "out.png"), image)
+    assert (read_rgb(str(tmp_path / "out.png")) == image).all()
+    with pytest.raises(SystemExit, match="cannot write"):
+        write_rgb(str(tmp_path / "no" / "such" / "out.png"), image)

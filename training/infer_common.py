@@ -1,11 +1,12 @@
-"""What the inference entry points share: the guided sampling loop, decoded images and config
-options on the command line."""
+"""What the inference entry points share: the guided sampling loop, decoded images, and the
+command line (common options, config options, the reference photo in, the image out)."""
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -44,3 +45,38 @@ def add_config_options(ap: argparse.ArgumentParser, cls: type, skip: tuple[str, 
 
 def config_from_options(cls: type, args: argparse.Namespace, skip: tuple[str, ...] = ()) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip})
+
+
+def inference_parser(doc: str | None, sd: str, *, reference: bool = False,
+                     prompt_help: str = "text with one {} where the person goes") -> argparse.ArgumentParser:
+    """The options every inference command takes: --base (the ``sd`` version's diffusers folder),
+    --prompt, --out, --device, and --reference when it starts from a photo of the person."""
+    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    ap.add_argument("--base", required=True, help=f"SD {sd} diffusers folder or hub id ('tiny' for a smoke run)")
+    if reference:
+        ap.add_argument("--reference", required=True, help="photo of the person")
+    ap.add_argument("--prompt", required=True, help=prompt_help)
+    ap.add_argument("--out", required=True, help="image file to write")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return ap
+
+
+def parse_inference(ap: argparse.ArgumentParser, argv: list[str] | None, cls: type,
+                    skip: tuple[str, ...] = ()) -> tuple[argparse.Namespace, Any]:
+    """Parse ``argv`` with one option per field of the config dataclass ``cls`` added; (args, config)."""
+    add_config_options(ap, cls, skip)
+    args = ap.parse_args(argv)
+    return args, config_from_options(cls, args, skip)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """The reference photo as HxWx3 RGB; exits with one line when it cannot be read."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise SystemExit(f"error: cannot read {path} as an image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_rgb(path: str, image: np.ndarray) -> None:
+    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise SystemExit(f"error: cannot write {path} (an image suffix such as .png or .jpg, in a folder that exists)")

@@ -12,18 +12,16 @@ marks where S* goes; the unconditional branch is the empty prompt.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
 
 from stages.models import align, load, retinaface
 from training.face2diffusion import F2DConfig, Face2Diffusion
-from training.infer_common import add_config_options, config_from_options, guided_latents, to_uint8
+from training.infer_common import guided_latents, inference_parser, parse_inference, read_rgb, to_uint8, write_rgb
 from training.sd import load_sd
 from training.text_tokens import fill, placeholder_positions
 
@@ -88,22 +86,11 @@ def generate(model: Face2Diffusion, face: torch.Tensor, prompt: str, cfg: Infere
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", required=True, help="SD 1.4 diffusers folder or hub id ('tiny' for a smoke run)")
+    ap = inference_parser(__doc__, "1.4", reference=True)
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--reference", required=True, help="photo of the person")
-    ap.add_argument("--prompt", required=True, help="text with one {} where the person goes")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_config_options(ap, InferenceConfig)
-    args = ap.parse_args(argv)
-    cfg = config_from_options(InferenceConfig, args)
+    args, cfg = parse_inference(ap, argv, InferenceConfig)
     model = load_model(args.base, args.checkpoint).to(args.device)
-    image = cv2.imread(args.reference, cv2.IMREAD_COLOR)
-    if image is None:
-        raise SystemExit(f"cannot read {args.reference}")
-    out = generate(model, aligned_face(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), cfg), args.prompt, cfg)
-    cv2.imwrite(args.out, cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    write_rgb(args.out, generate(model, aligned_face(read_rgb(args.reference), cfg), args.prompt, cfg))
 
 
 if __name__ == "__main__":

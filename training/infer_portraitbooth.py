@@ -13,13 +13,11 @@ frozen recogniser's embedding / shallow features. The prompt's first subject wor
 """
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import cv2
 import numpy as np
 import torch
 from diffusers import EulerDiscreteScheduler
@@ -27,7 +25,7 @@ from diffusers import EulerDiscreteScheduler
 from stages.models import align, load, retinaface
 from training.portraitbooth import PortraitBooth, PortraitBoothConfig
 from training.portraitbooth_blocks import FACE_SIZE, FaceEmbedder
-from training.infer_common import add_config_options, config_from_options, guided_latents, to_uint8
+from training.infer_common import guided_latents, inference_parser, parse_inference, read_rgb, to_uint8, write_rgb
 from training.sd import load_sd
 
 NO_SPAN = [-1, -1]
@@ -114,20 +112,12 @@ def generate(model: PortraitBooth, reference: np.ndarray, prompt: str, cfg: Infe
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", required=True, help="SD 1.5 diffusers folder or hub id ('tiny' for a smoke run)")
+    ap = inference_parser(__doc__, "1.5", reference=True,
+                          prompt_help="text naming the person with one of the subject words (man, woman, person)")
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--reference", required=True, help="photo of the person")
-    ap.add_argument("--prompt", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_config_options(ap, InferenceConfig, skip=("subject_words",))
-    args = ap.parse_args(argv)
-    cfg = config_from_options(InferenceConfig, args, skip=("subject_words",))
+    args, cfg = parse_inference(ap, argv, InferenceConfig, skip=("subject_words",))
     model = load_model(args.base, args.checkpoint).to(args.device)
-    image = cv2.cvtColor(cv2.imread(args.reference, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    out = generate(model, image, args.prompt, cfg)
-    cv2.imwrite(args.out, cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    write_rgb(args.out, generate(model, read_rgb(args.reference), args.prompt, cfg))
 
 
 if __name__ == "__main__":

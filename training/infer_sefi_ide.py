@@ -10,16 +10,14 @@ its values from the prompt encoded with P_i^V; the unconditional branch is the e
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from training.infer_common import add_config_options, config_from_options, guided_latents, to_uint8
+from training.infer_common import guided_latents, inference_parser, parse_inference, to_uint8, write_rgb
 from training.sd import SDComponents, load_sd
 from training.sefi_ide_blocks import KVState, install_kv
 from training.text_tokens import encode, fill, placeholder_positions
@@ -93,17 +91,10 @@ def load(base: str, tokens: str | Path, device: str = "cpu") -> Composer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", required=True, help="SD 1.4 diffusers folder or hub id ('tiny' for a smoke run)")
+    ap = inference_parser(__doc__, "1.4")
     ap.add_argument("--tokens", required=True, help="tokens.pt of a sefi-ide run")
-    ap.add_argument("--prompt", required=True, help="text with one {} where the person goes")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_config_options(ap, InferenceConfig)
-    args = ap.parse_args(argv)
-    cfg = config_from_options(InferenceConfig, args)
-    out = load(args.base, args.tokens, args.device).generate(args.prompt, cfg)
-    cv2.imwrite(args.out, cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    args, cfg = parse_inference(ap, argv, InferenceConfig)
+    write_rgb(args.out, load(args.base, args.tokens, args.device).generate(args.prompt, cfg))
 
 
 if __name__ == "__main__":
