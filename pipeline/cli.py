@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from pipeline import layout
 from pipeline.weights_cli import weights_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build annotated face datasets.")
@@ -104,7 +105,7 @@ def run(
 
             if choose_executor(cfg) in ("local", "processes") and not verbose and not early:
                 stack.enter_context(native_stderr_filtered())  # models' C++ logs: this fd 2
-            if choose_executor(cfg) == "processes" and not (Path(cfg.out) / "run.json").exists():
+            if choose_executor(cfg) == "processes" and not layout.run_json(cfg.out).exists():
                 from pipeline.core.forkserver import warm_up
 
                 warm_up()  # a fresh output has work to do (a no-op when started above)
@@ -143,7 +144,7 @@ def _fresh_run_on_workers(executor: Optional[str], ray_address: Optional[str], n
         return False
     if (executor or "auto") == "auto" and (num_gpus > 0 if num_gpus is not None else os.path.exists("/dev/nvidiactl")):
         return False  # a GPU: auto may pick Ray; decided once the config is read
-    return not (Path(out or RUN_DEFAULTS["out"]) / "run.json").exists()
+    return not layout.run_json(out or RUN_DEFAULTS["out"]).exists()
 
 
 def _say_assumed(cfg, flags: dict, preset: Optional[str], config: Optional[str]) -> None:

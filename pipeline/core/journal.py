@@ -12,11 +12,13 @@ import json
 import os
 from pathlib import Path
 
+from pipeline import layout
+
 CRASHED = "worker_crashed: the worker process died while processing this sample"
 
 
 def journal_path(out: Path, stage: str, shard: str) -> Path:
-    return Path(out) / "journal" / stage / f"{shard}.json"
+    return layout.journal(out, stage) / f"{shard}.json"
 
 
 def _read(path: Path) -> dict:

@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline import layout
+
 
 class LockedError(RuntimeError):
     """Another live run holds the output folder."""
@@ -38,7 +40,7 @@ def _alive(pid: int) -> bool:
 def read_holder(out: Path) -> dict[str, Any] | None:
     """The holder recorded in ``OUT/.lock`` ({} when unreadable), or None when there is none."""
     try:
-        return json.loads((Path(out) / ".lock").read_text()) or {}
+        return json.loads(layout.lock(out).read_text()) or {}
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -63,7 +65,7 @@ class OutputLock:
     """Context manager around ``OUT/.lock``; a stale lock from a dead process is taken over."""
 
     def __init__(self, out: Path):
-        self.path = Path(out) / ".lock"
+        self.path = layout.lock(out)
         self.me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                    "token": uuid.uuid4().hex}
 

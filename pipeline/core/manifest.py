@@ -19,6 +19,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import layout
+
 TMP_TAG = ".tmp-"
 
 
@@ -64,19 +66,19 @@ class ShardOutputs:
 
     @property
     def manifest(self) -> Path:
-        return self.out / "manifests" / self.stage / f"{self.shard}.parquet"
+        return layout.manifests(self.out, self.stage) / f"{self.shard}.parquet"
 
     @property
     def payload(self) -> Path:
-        return self.out / "payloads" / self.stage / f"{self.shard}.tar"
+        return layout.payloads(self.out, self.stage) / f"{self.shard}.tar"
 
     @property
     def marker(self) -> Path:
-        return self.out / "done" / self.stage / f"{self.shard}.json"
+        return layout.done(self.out, self.stage) / f"{self.shard}.json"
 
     @property
     def stats(self) -> Path:
-        return self.out / "stats" / self.stage / f"{self.shard}.json"
+        return layout.stats(self.out, self.stage) / f"{self.shard}.json"
 
     def is_done(self, lineage: str) -> bool:
         return marker_valid(self.out, self.marker, lineage)

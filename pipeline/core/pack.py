@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline import layout
 from pipeline.core import refresh
 from pipeline.core.execute import SOURCE, RunContext, ShardError, decode_frame
 from pipeline.core.manifest import ShardOutputs, TarWriter, marker_valid, read_manifest, read_marker
@@ -25,7 +26,6 @@ from pipeline.core.wids_index import write_wids_index
 from schemas.common import COMMON
 from schemas.shard import IMAGE, META, meta_section
 
-PACK = "pack"
 JPEG_QUALITY = 95
 PROVENANCE = ("model", "weights_sha256", "weights_random", "frame", "stage_version")
 
@@ -44,11 +44,11 @@ def pack_lineage(ctx: RunContext, names: list[str], shard: str) -> str:
 
 
 def shard_path(out: Path, shard: str) -> Path:
-    return out / "shards" / f"{shard}.tar"
+    return layout.shard_tar(out, shard)
 
 
 def marker_path(out: Path, shard: str) -> Path:
-    return out / "done" / PACK / f"{shard}.json"
+    return layout.pack_marker(out, shard)
 
 
 def is_packed(out: Path, shard: str, lineage: str) -> bool:
@@ -155,5 +155,5 @@ def _image_bytes(ctx: RunContext, key: str, frame_stage: str | None, stores: dic
 
 def write_index(out: Path, entries: dict[str, dict]) -> None:
     write_json({"shards": dict(sorted(entries.items())),
-                "samples": sum(e["samples"] for e in entries.values())}, out / "shards" / "index.json")
+                "samples": sum(e["samples"] for e in entries.values())}, layout.shard_index(out))
     write_wids_index(out, entries)  # the same shards for wids.ShardListDataset (random access)

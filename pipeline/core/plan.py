@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline import layout
 from pipeline.core.manifest import read_manifest, sha256_file, write_json, write_table
 
 DEFAULT_SHARD_SIZE = 1000
@@ -63,7 +64,7 @@ class Plan:
 
 
 def plan_paths(out: Path) -> tuple[Path, Path]:
-    return out / "plan" / "plan.parquet", out / "plan" / "plan.json"
+    return layout.plan_table(out), layout.plan_info(out)
 
 
 def listing(source: Any, source_name: str) -> list[dict[str, Any]]:

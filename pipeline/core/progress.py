@@ -17,12 +17,14 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import layout
+
 _listener: Callable[[str, str, int, int], None] | None = None
 EVERY_S_TTY, EVERY_S_PIPE = 2.0, 10.0
 
 
 def progress_dir(out: Path) -> Path:
-    return Path(out) / ".progress"
+    return layout.progress(out)
 
 
 def report(out: Path, step: str, shard: str, done: int, errors: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import layout
 from pipeline.core import plan as plan_mod
 from pipeline.core.manifest import ShardOutputs, read_manifest, write_json, write_table
 from pipeline.core.read import SOURCE, SOURCE_IMAGE
@@ -27,7 +28,7 @@ EXAMPLES = 3
 
 
 def flag_path(out: Path, shard: str) -> Path:
-    return Path(out) / "plan" / "refresh" / f"{shard}.json"
+    return layout.refresh_note(out, shard)
 
 
 def pending(out: Path, shard: str) -> bool:
@@ -127,7 +128,7 @@ def _keys_of(plan: plan_mod.Plan, shard: str) -> set[str]:
 
 
 def _stage_dirs(out: Path) -> list[str]:
-    root = Path(out) / "manifests"
+    root = layout.manifests(out)
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
@@ -141,7 +142,7 @@ def _drop_keys(out: Path, shard: str, keys: set[str]) -> None:
             write_table(table.filter(mask), outs.manifest)
         unpack(out, stage, shard, drop=keys, last=_last_suffix(out, stage))
         outs.marker.unlink(missing_ok=True)
-    (Path(out) / "done" / "pack" / f"{shard}.json").unlink(missing_ok=True)
+    layout.pack_marker(out, shard).unlink(missing_ok=True)
 
 
 def _last_suffix(out: Path, stage: str) -> str | None:
@@ -159,7 +160,7 @@ def _last_suffix(out: Path, stage: str) -> str | None:
     import json
 
     try:
-        fmt = json.loads((Path(out) / "run.json").read_text()).get("frames", "jpg")
+        fmt = json.loads(layout.run_json(out).read_text()).get("frames", "jpg")
     except (OSError, ValueError):
         fmt = "jpg"
     return f"{frame}.{fmt}"
@@ -172,5 +173,5 @@ def _remove_shard(out: Path, shard: str) -> None:
         root = out / sub
         for path in root.glob(f"*/{shard}.{suffix}") if root.is_dir() else ():
             path.unlink(missing_ok=True)
-    (out / "shards" / f"{shard}.tar").unlink(missing_ok=True)
-    shutil.rmtree(out / "journal" / shard, ignore_errors=True)
+    layout.shard_tar(out, shard).unlink(missing_ok=True)
+    shutil.rmtree(layout.journal(out) / shard, ignore_errors=True)

@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline import layout
 from pipeline.core.manifest import write_json
 
 KIND = "wids-shard-index-v1"
-FILE_NAME = "wids-index.json"
+FILE_NAME = layout.wids_index("").name
 CHUNK = 1 << 20
 
 
@@ -55,7 +56,7 @@ def build(shards_dir: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any
 
 def write_wids_index(out: Path, entries: dict[str, dict[str, Any]]) -> Path:
     """Write ``OUT/shards/wids-index.json``; returns its path."""
-    shards_dir = Path(out) / "shards"
-    path = shards_dir / FILE_NAME
+    shards_dir = layout.shards(out)
+    path = layout.wids_index(out)
     write_json(build(shards_dir, entries), path)
     return path

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import layout
 from pipeline.core.manifest import validate_columns, write_json, write_table
 from schemas import audit as schema
 from schemas import leaks as leak_schema
@@ -41,14 +42,14 @@ class Samples:
 
 def load_samples(out: Path) -> Samples:
     """Ok source rows joined with their identity-stage embeddings (Arrow to numpy, no Python lists)."""
-    if not (out / "manifests" / "source").is_dir():
+    if not layout.manifests(out, "source").is_dir():
         what = "does not exist" if not out.exists() else f"has no {Path('manifests', 'source')}/"
         raise FileNotFoundError(f"{out} is not the output folder of a run: it {what} "
                                 f"(make one with `pipeline run --out {out} ...`)")
-    source = pq.read_table(out / "manifests" / "source", columns=["key", "status", "identity", "sha256"])
+    source = pq.read_table(layout.manifests(out, "source"), columns=["key", "status", "identity", "sha256"])
     source = source.filter(pc.equal(source.column("status"), "ok")).sort_by("key")
     keys = source.column("key").to_pylist()
-    ident_dir = out / "manifests" / "identity"
+    ident_dir = layout.manifests(out, "identity")
     if not ident_dir.is_dir():
         raise FileNotFoundError(f"{ident_dir} not found: run the identity stage before the audit")
     ident = pq.read_table(ident_dir, columns=["key", "status", "embedding", "model", "weights_random"])
@@ -250,7 +251,7 @@ def run_audit(out: Path | str, threshold: float | None = None,
     per_id = {k: audit_identity(s, v, thr, near_duplicate) for k, v in arrays.items()}
     rows = sorted((r for v in per_id.values() for r in v["rows"]), key=lambda r: r["key"])
     merges = find_merges(s, per_id, arrays, thr, near_duplicate)
-    folder = out / schema.AUDIT_DIR
+    folder = layout.audit(out)
     write_table(validate_columns(rows, schema.SCHEMA), folder / schema.IDENTITY_FILE)
     write_table(validate_columns(merges, schema.MERGE_SCHEMA) if merges else
                 schema.MERGE_SCHEMA.empty_table(), folder / schema.MERGES_FILE)

@@ -24,12 +24,13 @@ import pyarrow.parquet as pq
 import pyarrow.compute as pc
 import yaml
 
+from pipeline import layout
 from pipeline.readers.inspect.load import RunData, load
 from pipeline.licences import SOURCE_TERMS, UNKNOWN_TERMS, model_license
 from schemas import audit as audit_schema
 from schemas.shard import MEMBERS
 
-CARD = "README.md"
+CARD = layout.CARD
 FEATURE_SAMPLES = 16  # samples whose json the feature types are inferred from
 
 
@@ -81,7 +82,7 @@ def json_type(out: Path, docs: list[dict]) -> pa.DataType:
 
     inferred = pa.array(docs).type
     fields = {f.name: f for f in inferred}
-    root = Path(out) / "manifests"
+    root = layout.manifests(out)
     for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         files = sorted(stage_dir.glob("*.parquet"))
         if not files:
@@ -262,9 +263,9 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
     out = Path(out)
     data = load(out)
     config = data.config
-    source = str(config.get("source") or json.loads((out / "plan" / "plan.json").read_text()).get("source", ""))
+    source = str(config.get("source") or json.loads(layout.plan_info(out).read_text()).get("source", ""))
     terms = SOURCE_TERMS.get(source, UNKNOWN_TERMS)
-    tars = sorted(p for p in (out / "shards").glob("*.tar") if not p.name.startswith("."))
+    tars = layout.shard_tars(out)
     tar = tar or (tars[0] if tars else None)
     n = num_examples if num_examples is not None else int(data.shard_index.get("samples", 0))
     stages = [s for s in data.stage_names if s != "source"]
@@ -285,7 +286,7 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
     }
     random = data.random_stages()
     identities = len(set(data.identity_of.values()))
-    plan = json.loads((out / "plan" / "plan.json").read_text()) if (out / "plan" / "plan.json").is_file() else {}
+    plan = json.loads(layout.plan_info(out).read_text()) if layout.plan_info(out).is_file() else {}
     members = "\n".join(f"- `{sfx}` ({stage}): {desc}" for sfx, (stage, desc) in MEMBERS.items()
                         if sfx in present)
     glob_wds = data_files.replace("*", f"{{{tars[0].stem}..{tars[-1].stem}}}") if tars else data_files
@@ -326,9 +327,9 @@ def render(out: Path | str, data_files: str = "shards/*.tar", tar: Path | None =
 def write_card(out: Path | str, to: Path | None = None, **kwargs: Any) -> Path:
     """Write the card to ``OUT/README.md`` (or ``to``); its path."""
     out = Path(out)
-    if not (out / "manifests").is_dir():
+    if not layout.manifests(out).is_dir():
         raise FileNotFoundError(f"{out} holds no manifests/: not a pipeline output folder")
-    path = Path(to) if to is not None else out / CARD
+    path = Path(to) if to is not None else layout.card(out)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     tmp.write_text(render(out, **kwargs), encoding="utf-8")
     os.replace(tmp, path)

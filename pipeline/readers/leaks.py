@@ -21,9 +21,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from pipeline import layout
 from pipeline.readers.audit import Samples, load_samples, model_threshold
 from pipeline.core.manifest import validate_columns, write_table
-from schemas import audit as audit_schema
 from schemas import leaks as schema
 
 BLOCK = 4096  # rows of OUT per matrix-product block
@@ -32,7 +32,7 @@ IRLS_STEPS = 20
 
 
 def leaks_path(out: Path | str) -> Path:
-    return Path(out) / audit_schema.AUDIT_DIR / schema.LEAKS_FILE
+    return layout.audit(out) / schema.LEAKS_FILE
 
 
 def centroids(s: Samples, steps: int = IRLS_STEPS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

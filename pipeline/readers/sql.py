@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
+from pipeline import layout
 from schemas import audit as audit_schema
 from schemas import leaks as leak_schema
 
@@ -46,7 +47,7 @@ def _literal(path: Path) -> str:
 
 def stages_of(out: Path) -> list[str]:
     """Stage names with at least one manifest, ``source`` first."""
-    root = out / "manifests"
+    root = layout.manifests(out)
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) if root.is_dir() else []
     return sorted(names, key=lambda n: (n != SOURCE, n))
 
@@ -59,10 +60,10 @@ def connect(out: Path | str) -> duckdb.DuckDBPyConnection:
         raise FileNotFoundError(f"{out}/manifests/source has no manifests: not a pipeline output folder")
     con = duckdb.connect(":memory:")
     for stage in stages:
-        glob = out / "manifests" / stage / "*.parquet"
+        glob = layout.manifests(out, stage) / "*.parquet"
         con.execute(f"CREATE VIEW {quote(stage)} AS SELECT * FROM read_parquet({_literal(glob)})")
     tables = {stage: columns(con, stage) for stage in stages}
-    audit_dir = out / audit_schema.AUDIT_DIR
+    audit_dir = layout.audit(out)
     if (audit_dir / audit_schema.IDENTITY_FILE).is_file():
         con.execute(f"CREATE VIEW {AUDIT} AS SELECT * FROM "
                     f"read_parquet({_literal(audit_dir / audit_schema.IDENTITY_FILE)})")

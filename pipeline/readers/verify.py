@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.core.manifest import read_marker, sha256_file
 
 
@@ -43,15 +44,15 @@ def _check_marker(out: Path, marker: Path) -> list[Problem]:
 def verify(out: Path, dry_run: bool = False) -> tuple[list[Problem], int]:
     """Problems found and the number of markers checked."""
     out = Path(out)
-    if not (out / "plan" / "plan.json").exists():
+    if not layout.plan_info(out).exists():
         raise FileNotFoundError(f"{out} is not a pipeline output folder (no plan/plan.json)")
     problems: list[Problem] = []
-    info = json.loads((out / "plan" / "plan.json").read_text())
-    plan = out / "plan" / "plan.parquet"
+    info = json.loads(layout.plan_info(out).read_text())
+    plan = layout.plan_table(out)
     if not plan.exists() or sha256_file(plan) != info.get("plan_sha256"):
         problems.append(Problem("plan/plan.parquet", "plan differs from plan.json: shard membership is lost; "
                                 "start a new output folder", ""))
-    markers = sorted((out / "done").glob("*/*.json"))
+    markers = sorted(layout.done(out).glob("*/*.json"))
     for marker in markers:
         problems.extend(_check_marker(out, marker))
     if not dry_run:

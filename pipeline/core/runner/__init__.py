@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import layout
 from pipeline.core import plan as plan_mod
 from pipeline.core import refresh
 from pipeline.config import RunConfig
@@ -118,7 +119,7 @@ def _run_steps(cfg: RunConfig, out: Path, lock: OutputLock, started: float, sour
     groups = groups_of(ctx, names, cfg.fuse)
     if _all_done(ctx, names, shards):
         progress.nothing_to_do(len(plan), len(shards), names, out)
-        return _nothing_done(json.loads((out / "run.json").read_text())["summary"])
+        return _nothing_done(json.loads(layout.run_json(out).read_text())["summary"])
     config_yaml = _write_config(out, _config_data(cfg, names, instances))
     index: dict[str, dict] = {}
     reports: list[ShardReport] = []
@@ -145,7 +146,7 @@ def _run_steps(cfg: RunConfig, out: Path, lock: OutputLock, started: float, sour
                 "provenance": {n: dataclasses.asdict(s.provenance()) for n, s in instances.items()},
                 "lineages": {SOURCE: ctx.source_lineage, **{n: ctx.stage_runs[n].lineage for n in names}},
                 "frames": ctx.frame_format, "config_yaml": config_yaml, "versions": _versions()},
-               out / "run.json")
+               layout.run_json(out))
     progress.summary(summary)
     return summary
 
@@ -188,7 +189,7 @@ def _up_to_date(cfg: RunConfig, out: Path, compared: dict[str, Any]) -> dict | N
     if cfg.retry_errors:
         return None
     try:
-        last = json.loads((out / "run.json").read_text())
+        last = json.loads(layout.run_json(out).read_text())
         lineages, names = last["lineages"], last["stages"]
     except (OSError, ValueError, KeyError):
         return None
@@ -218,7 +219,7 @@ def _up_to_date(cfg: RunConfig, out: Path, compared: dict[str, Any]) -> dict | N
 
 def _all_done(ctx: RunContext, names: list[str], shards: list[str]) -> bool:
     """Every step of every shard is done under the current lineage: a rerun has nothing to do."""
-    if ctx.retry or not (ctx.out / "run.json").exists() or not (ctx.out / "shards" / "index.json").exists():
+    if ctx.retry or not layout.run_json(ctx.out).exists() or not layout.shard_index(ctx.out).exists():
         return False
     for shard in shards:
         if refresh.pending(ctx.out, shard) or not ShardOutputs(ctx.out, SOURCE, shard).is_done(ctx.source_lineage):
@@ -263,7 +264,7 @@ def _write_config(out: Path, data: dict[str, Any]) -> dict[str, Any]:
     file differs from what the last run wrote, recorded in run.json) is named in a warning."""
     text = yaml.safe_dump(data, sort_keys=True)
     data = yaml.safe_load(text)
-    path = out / "config.yaml"
+    path = layout.config_yaml(out)
     try:
         on_disk = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
@@ -271,7 +272,7 @@ def _write_config(out: Path, data: dict[str, Any]) -> dict[str, Any]:
     if on_disk == data:
         return data
     try:
-        written = json.loads((out / "run.json").read_text())["config_yaml"]
+        written = json.loads(layout.run_json(out).read_text())["config_yaml"]
     except (OSError, ValueError, KeyError):
         written = None
     if isinstance(on_disk, dict) and written is not None and on_disk != written:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline import layout
 from schemas.shard import IMAGE, META, meta_section
 
 FORMATS: dict[str, str] = {
@@ -128,7 +129,7 @@ class Context:
 
 
 def shard_paths(out: Path) -> list[Path]:
-    return sorted(p for p in (out / "shards").glob("*.tar") if not p.name.startswith("."))
+    return layout.shard_tars(out)
 
 
 def packed_keys(out: Path) -> set[str]:
@@ -141,7 +142,7 @@ def packed_keys(out: Path) -> set[str]:
 
 def _input_root(out: Path) -> Path | None:
     try:
-        root = json.loads((out / "plan" / "plan.json").read_text()).get("input")
+        root = json.loads(layout.plan_info(out).read_text()).get("input")
     except (OSError, ValueError):
         return None
     return Path(root) if root else None

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import layout
 from pipeline.readers.export import Context, caption_of
 from pipeline.core.manifest import TarWriter
 from schemas.shard import META
@@ -78,7 +79,7 @@ def annotations(meta: dict[str, Any], caption: str, audit_row: dict[str, Any] | 
 
 def export(ctx: Context) -> dict[str, Any]:
     """Write ``train-<shard>.tar`` files (OUT's sharding); counts."""
-    plan = pq.read_table(ctx.out / "plan" / "plan.parquet", columns=["key", "shard"])
+    plan = pq.read_table(layout.plan_table(ctx.out), columns=["key", "shard"])
     shard_of = dict(zip(plan.column("key").to_pylist(), plan.column("shard").to_pylist()))
     writer: TarWriter | None = None
     shard, members_seen = None, None

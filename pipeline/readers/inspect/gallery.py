@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from pipeline import layout
 from pipeline.readers.inspect import images
 from pipeline.readers.inspect.load import SOURCE, RunData
 from schemas.shard import meta_section
@@ -160,7 +161,7 @@ def build(data: RunData, report_dir: Path, max_samples: int) -> list[Card]:
     for key in picked:
         by_shard.setdefault(data.shard_of.get(key, ""), set()).add(key)
     files: dict[str, dict[str, bytes]] = {}
-    shard_dir = data.out / "shards"
+    shard_dir = layout.shards(data.out)
     for shard, wanted in sorted(by_shard.items()):
         paths = [shard_dir / f"{shard}.tar"] if shard else sorted(shard_dir.glob("*.tar"))
         for path in paths:

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import layout
+
 SOURCE = "source"
 PROVENANCE = ("model", "weights_sha256", "weights_random")
 BASE_COLUMNS = ("key", "status", "error", "frame", *PROVENANCE)
@@ -120,31 +122,31 @@ def _stats(folder: Path) -> tuple[float, int]:
 def load(out: Path) -> RunData:
     """Load what the report needs from an output folder (never writes)."""
     out = Path(out)
-    if not (out / "manifests").is_dir():
+    if not layout.manifests(out).is_dir():
         raise FileNotFoundError(f"{out} holds no manifests/: not a pipeline output folder")
     data = RunData(out=out)
-    if (out / "run.json").is_file():
-        data.run = json.loads((out / "run.json").read_text())
-    if (out / "config.yaml").is_file():
-        data.config_text = (out / "config.yaml").read_text()
-    present = sorted(p.name for p in (out / "manifests").iterdir() if p.is_dir())
+    if layout.run_json(out).is_file():
+        data.run = json.loads(layout.run_json(out).read_text())
+    if layout.config_yaml(out).is_file():
+        data.config_text = layout.config_yaml(out).read_text()
+    present = sorted(p.name for p in layout.manifests(out).iterdir() if p.is_dir())
     ordered = [SOURCE, *data.run.get("stages", [])]
     data.stage_names = [n for n in ordered if n in present] + [n for n in present if n not in ordered]
     for name in data.stage_names:
-        table = _read_stage(out / "manifests" / name, name)
+        table = _read_stage(layout.manifests(out, name), name)
         if table is None:
             continue
-        seconds, n = _stats(out / "stats" / name)
+        seconds, n = _stats(layout.stats(out, name))
         data.stages[name] = StageData(name, table, seconds, n)
     data.stage_names = [n for n in data.stage_names if n in data.stages]
     if SOURCE in data.stages and "identity" in data.stages[SOURCE].table.column_names:
         src = data.stages[SOURCE].table
         data.identity_of = dict(zip(src["key"].to_pylist(), src["identity"].to_pylist()))
-    plan = out / "plan" / "plan.parquet"
+    plan = layout.plan_table(out)
     if plan.is_file():
         table = pq.read_table(plan, columns=["key", "shard"])
         data.shard_of = dict(zip(table["key"].to_pylist(), table["shard"].to_pylist()))
-    index = out / "shards" / "index.json"
+    index = layout.shard_index(out)
     if index.is_file():
         data.shard_index = json.loads(index.read_text())
     return data

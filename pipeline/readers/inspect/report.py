@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 import yaml
 
+from pipeline import layout
 from pipeline.readers.inspect import gallery, page, plots
 from pipeline.readers.inspect.load import RunData, load
 from schemas import consistency as checks
@@ -125,7 +126,7 @@ def build_report(out: Path, max_samples: int = 200) -> Report:
         raise ValueError(f"max_samples must be >= 0, got {max_samples}")
     out = Path(out)
     data = load(out)
-    report_dir = out / "report"
+    report_dir = layout.report(out)
     shutil.rmtree(report_dir / "img", ignore_errors=True)  # stale thumbnails of an earlier report
     cards = gallery.build(data, report_dir, max_samples)
     packed = data.shard_index.get("samples", len([c for c in cards if c.status == "ok"]))
