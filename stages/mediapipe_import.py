@@ -1,10 +1,11 @@
-"""Import mediapipe's face mesh without the plotting library its package imports.
+"""Import mediapipe's face mesh without the plotting and audio libraries its package imports.
 
-``import mediapipe`` (which any mediapipe submodule runs first) imports its drawing helpers, and
-they import ``matplotlib.pyplot`` at module level: ~0.6-0.9 s of a ~1.4 s import, on the path to
-every worker's first sample, for a function (``plot_landmarks``) we never call. pyplot is put in
-``sys.modules`` as a stand-in that imports the real module on its first attribute access, so
-anything that does plot later still gets real matplotlib.
+``import mediapipe`` (which any mediapipe submodule runs first) imports its drawing helpers, which
+import ``matplotlib.pyplot`` at module level (~0.6-0.9 s of a ~1.4 s import, on the path to every
+worker's first sample, for a ``plot_landmarks`` we never call), and its audio tasks, which import
+``sounddevice`` (it looks for PortAudio by running ldconfig, gcc and ld: ~0.2 s, nine processes).
+Both are put in ``sys.modules`` as stand-ins that import the real module on their first attribute
+access, so anything that does plot or record later still gets the real one.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import types
 from typing import Any
 
 PYPLOT = "matplotlib.pyplot"
+DEFERRED = (PYPLOT, "sounddevice")
 
 
 class _DeferredModule(types.ModuleType):
@@ -28,13 +30,12 @@ class _DeferredModule(types.ModuleType):
 
 
 def face_mesh() -> types.ModuleType:
-    """``mediapipe.python.solutions.face_mesh``, imported with pyplot deferred (when not loaded yet)."""
-    deferred = None
-    if PYPLOT not in sys.modules:
-        deferred = sys.modules[PYPLOT] = _DeferredModule(PYPLOT)
+    """``mediapipe.python.solutions.face_mesh``, imported with ``DEFERRED`` deferred (those not loaded yet)."""
+    deferred = {name: sys.modules.setdefault(name, _DeferredModule(name)) for name in DEFERRED
+                if name not in sys.modules}
     from mediapipe.python.solutions import face_mesh as module
 
     package = sys.modules.get("matplotlib")
-    if deferred is not None and package is not None and sys.modules.get(PYPLOT) is deferred:
-        package.pyplot = deferred  # `import matplotlib.pyplot; matplotlib.pyplot.plot(...)` still works
+    if PYPLOT in deferred and package is not None and sys.modules.get(PYPLOT) is deferred[PYPLOT]:
+        package.pyplot = deferred[PYPLOT]  # `import matplotlib.pyplot; matplotlib.pyplot.plot(...)` works
     return module

@@ -257,7 +257,7 @@ def test_refined_mesh_has_478_points_with_irises_in_the_eyes():
 
 def test_face_mesh_import_defers_pyplot_and_pyplot_still_works():
     """mediapipe's package imports matplotlib.pyplot for drawing helpers (~0.6-0.9 s of every
-    worker's start); stages.mediapipe_import defers it until something really plots."""
+    worker's start) and sounddevice for audio tasks; stages.mediapipe_import defers both until used."""
     import subprocess
     import sys
 
@@ -268,6 +268,9 @@ def test_face_mesh_import_defers_pyplot_and_pyplot_still_works():
             "assert mesh is face_mesh and hasattr(mesh, 'FaceMesh')\n"
             "assert type(sys.modules['matplotlib.pyplot']).__name__ == '_DeferredModule'\n"
             "assert 'matplotlib.figure' not in sys.modules\n"
+            "assert type(sys.modules['sounddevice']).__name__ == '_DeferredModule'\n"
+            "from mediapipe.tasks.python.audio.core import audio_record\n"
+            "assert audio_record.sd is sys.modules['sounddevice']\n"  # recording would import it then
             "import matplotlib\n"
             "matplotlib.use('Agg')\n"
             "import matplotlib.pyplot as plt\n"

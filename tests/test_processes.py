@@ -17,8 +17,9 @@ from tests.test_kill import assert_same_outputs, cli, env
 
 
 def process_workers(driver: int) -> list[int]:
-    """The worker processes of a driver: children of its fork server (read from /proc: ps cuts
-    long command lines to the terminal's width)."""
+    """The worker processes of a driver: children of its fork server forked from it, so with its
+    command line (not the ldconfig or gcc that an import runs while the server preloads; read from
+    /proc: ps cuts long command lines to the terminal's width)."""
     procs = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -27,8 +28,8 @@ def process_workers(driver: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         procs[int(stat.parent.name)] = (ppid, cmd)
-    servers = {pid for pid, (ppid, cmd) in procs.items() if ppid == driver and b"forkserver" in cmd}
-    return [pid for pid, (ppid, _) in procs.items() if ppid in servers]
+    servers = {pid: cmd for pid, (ppid, cmd) in procs.items() if ppid == driver and b"forkserver" in cmd}
+    return [pid for pid, (ppid, cmd) in procs.items() if ppid in servers and cmd == servers[ppid]]
 
 
 def test_processes_match_in_process_run(casia_tree, tmp_path):
