@@ -36,26 +36,27 @@ _COMMON = {
 # byte-identical to those inside buffalo_l.zip / antelopev2.zip of the GitHub release.
 _HF = "https://huggingface.co/public-data/insightface/resolve/33c1063c49c785b7652d3fd529f86fa4f149392b/models"
 
-registry.register(WeightsSpec(
-    name="insightface_w600k_r50", family="insightface", filename="w600k_r50.onnx",
-    sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43", size=174383860,
-    urls=(f"{_HF}/buffalo_l/w600k_r50.onnx",
-          "https://huggingface.co/deepghs/insightface/resolve/main/buffalo_l/w600k_r50.onnx"),
-    license="insightface model zoo: non-commercial research use only",
-    input="112x112 ArcFace-aligned RGB, (x - 127.5) / 127.5, NCHW float32",
-    extra={**_COMMON, "pack": "buffalo_l", "trained_on": "WebFace600K",
-           "used_by": "IP-Adapter-FaceID (normed_embedding)"},
-))
-registry.register(WeightsSpec(
-    name="insightface_glintr100", family="insightface", filename="glintr100.onnx",
-    sha256="4ab1d6435d639628a6f3e5008dd4f929edf4c4124b1a7169e1048f9fef534cdf",
-    urls=(f"{_HF}/antelopev2/glintr100.onnx",
-          "https://huggingface.co/DIAMONIK7777/antelopev2/resolve/main/glintr100.onnx"),
-    license="insightface model zoo: non-commercial research use only",
-    input="112x112 ArcFace-aligned RGB, (x - 127.5) / 127.5, NCHW float32",
-    extra={**_COMMON, "pack": "antelopev2", "trained_on": "Glint360K",
-           "used_by": "InstantID (raw embedding)"},
-))
+
+def _pack_model(name: str, pack: str, filename: str, sha256: str, mirror: str, trained_on: str, used_by: str,
+                size: int = 0) -> None:
+    """One recognition model of an insightface v0.7 pack: the pinned mirror first, then ``mirror``."""
+    registry.register(WeightsSpec(
+        name=name, family="insightface", filename=filename, sha256=sha256, size=size,
+        urls=(f"{_HF}/{pack}/{filename}", mirror),
+        license="insightface model zoo: non-commercial research use only",
+        input="112x112 ArcFace-aligned RGB, (x - 127.5) / 127.5, NCHW float32",
+        extra={**_COMMON, "pack": pack, "trained_on": trained_on, "used_by": used_by},
+    ))
+
+
+_pack_model("insightface_w600k_r50", "buffalo_l", "w600k_r50.onnx",
+            "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
+            "https://huggingface.co/deepghs/insightface/resolve/main/buffalo_l/w600k_r50.onnx",
+            "WebFace600K", "IP-Adapter-FaceID (normed_embedding)", size=174383860)
+_pack_model("insightface_glintr100", "antelopev2", "glintr100.onnx",
+            "4ab1d6435d639628a6f3e5008dd4f929edf4c4124b1a7169e1048f9fef534cdf",
+            "https://huggingface.co/DIAMONIK7777/antelopev2/resolve/main/glintr100.onnx",
+            "Glint360K", "InstantID (raw embedding)")
 
 
 class OnnxEmbedder(nn.Module):
