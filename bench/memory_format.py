@@ -20,6 +20,13 @@ sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
 
 
+LITE_NETS = [("detect", {"model": "retinaface_mobile0.25"}, (32, 3, 256, 256), None),
+             ("identity", {"model": "mobilefacenet"}, (32, 3, 112, 112), None),
+             ("pose", {"model": "lightweight_headpose"}, (32, 3, 224, 224), None),
+             ("expression", {}, (32, 3, 120, 120), "params")]
+"""The lite preset's nets as their stages call them: (stage, stage config, input batch shape, method or None)."""
+
+
 def _ms(fn, x: torch.Tensor, n: int = 5) -> float:
     with torch.inference_mode():
         fn(x)
@@ -45,10 +52,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = [("depthwise 3x3 conv, 64 ch, 8x64x64", _pair(torch.nn.Conv2d(64, 64, 3, padding=1, groups=64), (8, 64, 64, 64))),
             ("dense 3x3 conv, 64 ch, 8x64x64", _pair(torch.nn.Conv2d(64, 64, 3, padding=1), (8, 64, 64, 64)))]
-    for name, cfg, shape, call in [("detect", {"model": "retinaface_mobile0.25"}, (32, 3, 256, 256), None),
-                                   ("identity", {"model": "mobilefacenet"}, (32, 3, 112, 112), None),
-                                   ("pose", {"model": "lightweight_headpose"}, (32, 3, 224, 224), None),
-                                   ("expression", {}, (32, 3, 120, 120), "params")]:
+    for name, cfg, shape, call in LITE_NETS:
         stage = build_stage(name, {**cfg, "device": "cpu"})
         stage.setup()
         rows.append((f"{name}: {stage.model}, batch {shape[0]} at {shape[2]}x{shape[3]}",

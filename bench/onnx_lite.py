@@ -23,12 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.memory_format import LITE_NETS  # noqa: E402
 from bench.report import write_section  # noqa: E402
 
-NETS = [("detect", {"model": "retinaface_mobile0.25"}, (32, 3, 256, 256), None),
-        ("identity", {"model": "mobilefacenet"}, (32, 3, 112, 112), None),
-        ("pose", {"model": "lightweight_headpose"}, (32, 3, 224, 224), None),
-        ("expression", {}, (32, 3, 120, 120), "params")]
 
 
 class _Call(torch.nn.Module):
@@ -84,7 +81,7 @@ def main() -> None:
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cfg, shape, call in NETS:
+        for name, cfg, shape, call in LITE_NETS:
             stage = build_stage(name, {**cfg, "device": "cpu"})
             stage.setup()
             net = _Call(stage._net.eval(), call)
