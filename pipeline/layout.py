@@ -51,8 +51,9 @@ def manifests(out: str | Path, stage: str | None = None) -> Path:
     return root / stage if stage else root
 
 
-def payloads(out: str | Path, stage: str) -> Path:
-    return Path(out) / "payloads" / stage
+def payloads(out: str | Path, stage: str | None = None) -> Path:
+    root = Path(out) / "payloads"
+    return root / stage if stage else root
 
 
 def done(out: str | Path, stage: str | None = None) -> Path:
@@ -60,8 +61,9 @@ def done(out: str | Path, stage: str | None = None) -> Path:
     return root / stage if stage else root
 
 
-def stats(out: str | Path, stage: str) -> Path:
-    return Path(out) / "stats" / stage
+def stats(out: str | Path, stage: str | None = None) -> Path:
+    root = Path(out) / "stats"
+    return root / stage if stage else root
 
 
 def journal(out: str | Path, stage: str | None = None) -> Path:

@@ -91,6 +91,27 @@ def test_added_and_deleted_photos(tree, tmp_path):
     assert rows(out, "colour") == before
 
 
+def test_a_shard_whose_photos_are_all_deleted_leaves_nothing_behind(tree, tmp_path):
+    """--refresh removes every output of a shard whose keys are all gone: manifests, payloads,
+    markers, stats, the shard tar, and a crash journal an interrupted run left."""
+    from pipeline import layout
+
+    out = tmp_path / "out"
+    run(cfg_for(tree, out), quiet=True)
+    plan = pq.read_table(layout.plan_table(out), columns=["key", "location", "shard"]).to_pylist()
+    shard = plan[0]["shard"]
+    for row in plan:
+        if row["shard"] == shard:
+            (tree / row["location"]).unlink()
+    stale = layout.journal(out, "colour") / f"{shard}.json"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text('{"inflight": [], "suspects": [], "crashed": []}')
+    run(cfg_for(tree, out, refresh=True), quiet=True)
+    left = [p for p in out.rglob(f"{shard}.*") if p.is_file()]
+    assert not left, left
+    assert rows(out, "colour") and not any(r["key"] == plan[0]["key"] for r in rows(out, "colour").values())
+
+
 def test_file_gone_or_escaping_after_the_start_check_is_an_error_row(tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
     first = tree / "0000001" / "001.jpg"

@@ -35,8 +35,8 @@ def test_a_run_writes_where_the_layout_says(lite_out):
             assert outs.stats.parent == layout.stats(out, stage) and outs.stats.is_file()
     # nothing else at the top: every entry is one the layout names
     named = {p.name for p in (layout.run_json(out), layout.config_yaml(out), layout.plan_table(out).parent,
-                              layout.manifests(out), layout.payloads(out, "x").parent, layout.done(out),
-                              layout.stats(out, "x").parent, layout.journal(out), layout.shards(out),
+                              layout.manifests(out), layout.payloads(out), layout.done(out),
+                              layout.stats(out), layout.journal(out), layout.shards(out),
                               layout.audit(out), layout.report(out), layout.card(out), layout.lock(out),
                               layout.progress(out))}
     assert {p.name for p in out.iterdir()} <= named

@@ -10,7 +10,6 @@ whose bytes did not change (only the mtime) are noted in the plan.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,10 +167,8 @@ def _last_suffix(out: Path, stage: str) -> str | None:
 
 def _remove_shard(out: Path, shard: str) -> None:
     """Every key of the shard was deleted: its outputs go."""
-    out = Path(out)
-    for sub, suffix in (("manifests", "parquet"), ("payloads", "tar"), ("done", "json"), ("stats", "json")):
-        root = out / sub
+    for root, suffix in ((layout.manifests(out), "parquet"), (layout.payloads(out), "tar"), (layout.done(out), "json"),
+                         (layout.stats(out), "json"), (layout.journal(out), "json")):
         for path in root.glob(f"*/{shard}.{suffix}") if root.is_dir() else ():
             path.unlink(missing_ok=True)
     layout.shard_tar(out, shard).unlink(missing_ok=True)
-    shutil.rmtree(layout.journal(out) / shard, ignore_errors=True)
