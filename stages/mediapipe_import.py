@@ -31,8 +31,8 @@ class _DeferredModule(types.ModuleType):
 
 def face_mesh() -> types.ModuleType:
     """``mediapipe.python.solutions.face_mesh``, imported with ``DEFERRED`` deferred (those not loaded yet)."""
-    deferred = {name: sys.modules.setdefault(name, _DeferredModule(name)) for name in DEFERRED
-                if name not in sys.modules}
+    deferred = {name: _DeferredModule(name) for name in DEFERRED if name not in sys.modules}
+    sys.modules.update(deferred)
     from mediapipe.python.solutions import face_mesh as module
 
     package = sys.modules.get("matplotlib")

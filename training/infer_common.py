@@ -51,7 +51,7 @@ def inference_parser(doc: str | None, sd: str, *, reference: bool = False,
                      prompt_help: str = "text with one {} where the person goes") -> argparse.ArgumentParser:
     """The options every inference command takes: --base (the ``sd`` version's diffusers folder),
     --prompt, --out, --device, and --reference when it starts from a photo of the person."""
-    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0] if doc else None)
     ap.add_argument("--base", required=True, help=f"SD {sd} diffusers folder or hub id ('tiny' for a smoke run)")
     if reference:
         ap.add_argument("--reference", required=True, help="photo of the person")

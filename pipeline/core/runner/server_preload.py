@@ -1,7 +1,7 @@
 """Imported only by the process executor's fork server (``forkserver.PRELOAD``); never anywhere else.
 
-It imports torch, mediapipe (without its pyplot: ``stages/mediapipe_import.py``), the model code
-and the stage modules once, so every worker forked from the server starts with them. Also what
+It imports torch, mediapipe (without pyplot and sounddevice: ``stages/mediapipe_import.py``), the
+model code and the stage modules once, so every worker forked from the server starts with them. Also what
 the CLI module imports: multiprocessing re-runs the driver's main module (``pipeline.cli``) in
 each new worker, ~0.2 s each with typer not yet imported. And it answers pyarrow's pandas probe
 once (``forkserver.skip_pandas_probe``).

@@ -161,9 +161,8 @@ def build(data: RunData, report_dir: Path, max_samples: int) -> list[Card]:
     for key in picked:
         by_shard.setdefault(data.shard_of.get(key, ""), set()).add(key)
     files: dict[str, dict[str, bytes]] = {}
-    shard_dir = layout.shards(data.out)
     for shard, wanted in sorted(by_shard.items()):
-        paths = [shard_dir / f"{shard}.tar"] if shard else sorted(shard_dir.glob("*.tar"))
+        paths = [layout.shard_tar(data.out, shard)] if shard else layout.shard_tars(data.out)
         for path in paths:
             if path.is_file():
                 files.update(_read_members(path, wanted))
