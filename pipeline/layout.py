@@ -25,6 +25,12 @@ PACK = "pack"
 CARD = "README.md"
 
 
+def _folder(out: str | Path, name: str, stage: str | None) -> Path:
+    """A per-stage folder (``name/``), or one stage's part of it (``name/<stage>/``)."""
+    root = Path(out) / name
+    return root / stage if stage else root
+
+
 def run_json(out: str | Path) -> Path:
     return Path(out) / "run.json"
 
@@ -47,28 +53,23 @@ def refresh_note(out: str | Path, shard: str) -> Path:
 
 def manifests(out: str | Path, stage: str | None = None) -> Path:
     """manifests/, or one stage's folder of per-shard Parquet files (a dataset to pyarrow and duckdb)."""
-    root = Path(out) / "manifests"
-    return root / stage if stage else root
+    return _folder(out, "manifests", stage)
 
 
 def payloads(out: str | Path, stage: str | None = None) -> Path:
-    root = Path(out) / "payloads"
-    return root / stage if stage else root
+    return _folder(out, "payloads", stage)
 
 
 def done(out: str | Path, stage: str | None = None) -> Path:
-    root = Path(out) / "done"
-    return root / stage if stage else root
+    return _folder(out, "done", stage)
 
 
 def stats(out: str | Path, stage: str | None = None) -> Path:
-    root = Path(out) / "stats"
-    return root / stage if stage else root
+    return _folder(out, "stats", stage)
 
 
 def journal(out: str | Path, stage: str | None = None) -> Path:
-    root = Path(out) / "journal"
-    return root / stage if stage else root
+    return _folder(out, "journal", stage)
 
 
 def shards(out: str | Path) -> Path:
