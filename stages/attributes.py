@@ -276,14 +276,11 @@ class Attributes(DeviceStage):
         columns: dict[int, dict] = {i: {} for i in idx}
         if self._emotion is not None and idx:
             for i, p in zip(idx, self.emotion_probs([crops[i] for i in idx])):
-                columns[i].update(emotion_columns(p, self.emotion_threshold) if np.all(np.isfinite(p))
-                                  else {"__bad": True})
+                columns[i].update(emotion_columns(p, self.emotion_threshold))
         if self._clip is not None and idx:
             extra = self._clip_columns([self.clip_view(batch[i]) for i in idx], [batch[i].meta for i in idx])
             for i, cols in zip(idx, extra):
                 columns[i].update(cols)
-        for i, cols in columns.items():
-            bad = cols.pop("__bad", False) or not all(
-                np.all(np.isfinite(cols[k])) for k in cols if k.endswith("_probs"))
-            results[i] = Result.fail("non_finite_output") if bad else Result(columns=cols)
+        for i, cols in columns.items():  # NaN/inf probabilities: non_finite_output (framework)
+            results[i] = Result(columns=cols)
         return results  # type: ignore[return-value]

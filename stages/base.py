@@ -4,9 +4,9 @@ A stage declares, as class attributes, its name, version, what it reads, its col
 schema from ``schemas/``), its per-sample files, its resources and the ``limits`` of its config
 fields, and implements only its model work: ``setup()`` (weights, once per worker) and
 ``compute(batch)`` -> one ``Result`` per sample, on valid images only, with arrays for files
-(``check_config()`` where ``limits`` do not say it all). ``process(batch)`` is the framework's side, the one
-entry point callers use: setup once, bad images out, files encoded. Common model fields live in
-``stages.model_stage.ModelStage``. Stages never import ray or ``pipeline``.
+(``check_config()`` where ``limits`` do not say it all). ``process(batch)`` is the framework's side,
+the one entry point callers use: setup once, bad images out, NaN/inf outputs out, files encoded.
+Common model fields live in ``stages.model_stage.ModelStage``. Stages never import ray or ``pipeline``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from stages.types import ERROR, OK, SKIPPED, STATUSES, Provenance, Result, Sample, valid_image  # noqa: F401
+from stages.types import (ERROR, NON_FINITE, OK, SKIPPED, STATUSES, Provenance, Result, Sample,  # noqa: F401
+                          non_finite, valid_image)
+
 
 @dataclass
 class Stage:
@@ -66,7 +68,8 @@ class Stage:
             self.setup()
 
     def process(self, batch: list[Sample]) -> list[Result]:
-        """Framework side: setup once, ``bad_image`` rows without a model call, files encoded."""
+        """Framework side: setup once, ``bad_image`` rows without a model call, ``non_finite_output``
+        rows where a column or file array holds a NaN or inf (none reaches a manifest), files encoded."""
         from stages.files import encode_file
 
         self.ensure_setup()
@@ -78,6 +81,8 @@ class Stage:
         if len(out) != len(todo):
             raise RuntimeError(f"stage '{self.name}' returned {len(out)} results for {len(todo)} samples")
         for i, res in zip(todo, out):
+            if res.status == OK and (non_finite(res.columns) or non_finite(list(res.files.values()))):
+                res = Result.fail(NON_FINITE)
             res.files = {k: encode_file(k, v) for k, v in res.files.items()}
             results[i] = res
         return results  # type: ignore[return-value]

@@ -56,10 +56,6 @@ class Detect(ModelStage):
     """Images with a longer side are detected downscaled (the crop still uses full resolution);
     a batch is padded to its largest image."""
 
-    def setup(self) -> None:
-        super().setup()
-        self._template = align.ffhq_template(self.crop_size)
-
     def compute(self, batch: list[Sample]) -> list[Result]:
         images = [np.ascontiguousarray(s.image) for s in batch]
         dets = retinaface.detect(self._net, images, self._device, self.dtype,
@@ -80,7 +76,7 @@ class Detect(ModelStage):
         face_size = float(min(box[2] - box[0], box[3] - box[1]))
         if face_size < self.min_face_size:
             return Result.fail(f"face_too_small: {face_size:.1f}px", SKIPPED)
-        crop, matrix = align.align(image, points, self._template, self.crop_size)
+        crop, matrix = align.align(image, points, align.ffhq_template(self.crop_size), self.crop_size)
         points_crop = align.transform_points(points, matrix)
         f32 = lambda a: np.asarray(a, dtype=np.float32).ravel().tolist()  # noqa: E731
         return Result(

@@ -93,11 +93,7 @@ class Expression(ModelStage):
         return results
 
     def _result(self, sample: Sample, params: np.ndarray, source: str) -> Result:
-        if not np.all(np.isfinite(params)):
-            return Result.fail("non_finite_output")
-        pose = tddfa.pose_angles(params)
-        if not all(math.isfinite(a) for a in pose):
-            return Result.fail("non_finite_output")
+        pose = tddfa.pose_angles(params)  # NaN/inf in params or angles: non_finite_output (framework)
         shape = params[tddfa.N_POSE:tddfa.N_POSE + tddfa.N_SHAPE]
         expr = params[tddfa.N_POSE + tddfa.N_SHAPE:]
         columns = {

@@ -86,7 +86,15 @@ class DeviceStage(Stage):
 class ModelStage(DeviceStage):
     families: ClassVar[tuple[str, ...]] = ()
     """Registry families the model must come from (empty: any)."""
+    models: ClassVar[dict[str, str | tuple[str, ...]]] = {}
+    """Named model choices -> the registry entry of their weights (a tuple: the entries it accepts,
+    the default first); they are ``model``'s limits. Empty: ``model`` is a registry name itself."""
     limits: ClassVar[dict[str, str | tuple]] = {"weights": WEIGHTS}
+
+    def __init_subclass__(cls, **kwargs) -> None:  # noqa: ANN003
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("models"):
+            cls.limits = {"model": tuple(cls.models), **cls.__dict__.get("limits", {})}
 
     model: str = ""
     """Registry name of the model (each stage lists its choices)."""
@@ -95,8 +103,9 @@ class ModelStage(DeviceStage):
 
     @property
     def weights_name(self) -> str:
-        """The registry entry of the weights file (the model name unless a stage maps it)."""
-        return self.model
+        """The registry entry of the weights file: the model's default in ``models``, else its name."""
+        entry = self.models.get(self.model, self.model)
+        return entry if isinstance(entry, str) else entry[0]
 
     @property
     def random_weights(self) -> bool:

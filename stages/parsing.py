@@ -14,13 +14,11 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.nn.functional as F
 
 import schemas.parsing as sp
 from schemas.gt import GT_PARSING
 from stages import drawing, parsing_eval
-from stages.base import ERROR, Result, Sample
+from stages.base import NON_FINITE, Result, Sample
 from stages.model_stage import ModelStage
 from stages.models import parsing
 
@@ -37,16 +35,12 @@ class Parsing(ModelStage):
     schema: ClassVar[pa.Schema] = sp.SCHEMA
     files: ClassVar[tuple[str, ...]] = (sp.PARSING_IMAGE, sp.FACE_MASK_IMAGE)
     gpus: ClassVar[float] = 0.25
-    limits: ClassVar[dict] = {"model": tuple(MODELS)}
+    models: ClassVar[dict] = MODELS
 
     model: str = "bisenet"
     """bisenet (facexlib BiSeNet, ImageNet normalisation) or parsenet (facexlib ParseNet)."""
     batch_size: int = 16
     """Images per forward pass (512x512 inputs)."""
-
-    @property
-    def weights_name(self) -> str:
-        return MODELS.get(self.model, self.model)
 
     def stats(self, rows: list[dict]) -> dict:
         """Ground-truth scores over the shard (celeba-hq): mean IoU per class."""
@@ -60,17 +54,7 @@ class Parsing(ModelStage):
         size = parsing.INPUT_SIZE
         with self.inference():
             scores = self._net(self.tensor([drawing.resize_to(im, size, size) for im in images]))
-        out: list[np.ndarray | None] = []
-        with torch.inference_mode():
-            for s, im in zip(scores.float(), images):
-                if not torch.isfinite(s).all():
-                    out.append(None)
-                    continue
-                h, w = im.shape[:2]
-                if (h, w) != (size, size):
-                    s = F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-                out.append(s.argmax(dim=0).to(torch.uint8).cpu().numpy())
-        return out
+        return parsing.label_maps(scores, [im.shape[:2] for im in images])
 
 
 def _gt_miou(sample: Sample, labels: np.ndarray | None) -> tuple[float | None, list[float] | None]:
@@ -82,7 +66,7 @@ def _gt_miou(sample: Sample, labels: np.ndarray | None) -> tuple[float | None, l
 
 def _result(labels: np.ndarray | None, gt: tuple[float | None, list[float] | None] = (None, None)) -> Result:
     if labels is None:
-        return Result.fail("non_finite_output", ERROR)
+        return Result.fail(NON_FINITE)
     fraction = np.bincount(labels.ravel(), minlength=len(sp.CLASSES)) / labels.size
     mask = _FACE_LUT[labels]
     return Result(

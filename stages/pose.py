@@ -19,7 +19,7 @@ import pyarrow as pa
 
 import schemas.pose
 from stages import drawing, geometry
-from stages.base import ERROR, Provenance, Result, Sample
+from stages.base import NON_FINITE, Provenance, Result, Sample
 from stages.model_stage import ModelStage
 from stages.models import hopenet, registry
 
@@ -39,7 +39,8 @@ class Pose(ModelStage):
     schema: ClassVar[pa.Schema] = schemas.pose.SCHEMA
     files: ClassVar[tuple[str, ...]] = (schemas.pose.POSE_IMAGE,)
     gpus: ClassVar[float] = 0.25
-    limits: ClassVar[dict] = {"model": tuple(MODELS), "crop": "[0.1, 1]", "axis_scale": "(0, 1]"}
+    models: ClassVar[dict] = MODELS
+    limits: ClassVar[dict] = {"crop": "[0.1, 1]", "axis_scale": "(0, 1]"}
 
     model: str = "hopenet_r50"
     """hopenet_r50 (Hopenet ResNet50) or lightweight_headpose (bundled real weights, 0.9 MB)."""
@@ -56,7 +57,7 @@ class Pose(ModelStage):
 
     @property
     def weights_name(self) -> str:
-        return self.checkpoint or MODELS[self.model][0]
+        return self.checkpoint or super().weights_name
 
     @property
     def verify_weights(self) -> bool:
@@ -91,7 +92,7 @@ class Pose(ModelStage):
 
     def _result(self, sample: Sample, ypr: np.ndarray) -> Result:
         if not np.isfinite(ypr).all():
-            return Result.fail("non_finite_output", ERROR)
+            return Result.fail(NON_FINITE)
         yaw, pitch, roll = (float(v) for v in ypr)
         columns: dict[str, Any] = {"yaw": yaw, "pitch": pitch, "roll": roll}
         landmarks = sample.upstream.get("landmarks")  # its PnP angles, when that stage's row is here

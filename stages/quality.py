@@ -19,7 +19,7 @@ import numpy as np
 import schemas.quality as qs
 from stages.models import align
 from stages.jpeg import jpeg_quality_from_bytes
-from stages.base import SKIPPED, Provenance, Result, Sample
+from stages.base import NON_FINITE, SKIPPED, Provenance, Result, Sample
 from stages.model_stage import WEIGHTS, DeviceStage
 from stages.types import finite
 from stages.expression import MIN_ROI, face_roi
@@ -204,7 +204,7 @@ class Quality(DeviceStage):
             if err:
                 results.append(Result.fail(err, SKIPPED))
             elif not all(v is None or not isinstance(v, float) or math.isfinite(v) for v in cols.values()):
-                results.append(Result.fail("non_finite_output"))
+                results.append(Result.fail(NON_FINITE))
             else:
                 reason = self.skip_reason(cols)
                 results.append(Result.fail(reason, SKIPPED) if reason else Result(columns=cols))

@@ -18,7 +18,7 @@ import torch
 
 import schemas.restore
 from stages import drawing
-from stages.base import ERROR, Provenance, Result, Sample
+from stages.base import NON_FINITE, Provenance, Result, Sample
 from stages.model_stage import ModelStage
 from stages.models import codeformer
 
@@ -82,7 +82,7 @@ class Restore(ModelStage):
 
     def _result(self, sample: Sample, restored: np.ndarray | None) -> Result:
         if restored is None:
-            return Result.fail("non_finite_output", ERROR)
+            return Result.fail(NON_FINITE)
         return Result(
             columns={"fidelity_w": float(self.fidelity_w),
                      "input_frame": sample.frame},

@@ -1,6 +1,7 @@
 """The data a stage sees and returns: statuses, ``Sample``, ``Result``, ``Provenance``."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -8,6 +9,8 @@ import numpy as np
 
 OK, SKIPPED, ERROR = "ok", "skipped", "error"
 STATUSES = (OK, SKIPPED, ERROR)
+NON_FINITE = "non_finite_output"
+"""The reason of a row whose model output (a column or a file array) held a NaN or inf."""
 
 
 def valid_image(image: object) -> bool:
@@ -24,6 +27,19 @@ def finite(values: Any, n: int, shape: tuple[int, ...] | None = None) -> np.ndar
     if a.size != n or not np.all(np.isfinite(a)):
         return None
     return a.reshape(shape) if shape else a
+
+
+def non_finite(value: Any) -> bool:
+    """Whether a column value or file array holds a NaN or inf (floats, float arrays, nested lists)."""
+    if isinstance(value, (float, np.floating)):
+        return not math.isfinite(value)
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "fc" and not np.isfinite(value).all()
+    if isinstance(value, (list, tuple)):
+        return any(non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(non_finite(v) for v in value.values())
+    return False
 
 
 @dataclass

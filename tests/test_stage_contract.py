@@ -164,3 +164,56 @@ def test_sample_gives_detects_points_and_box_in_its_own_frame():
     broken = Result(columns={"points5": [float("nan")] * 10, "box": [1, 2, 3]})
     assert Sample(key="k", identity="i", image=None, upstream={"detect": broken}).points5() is None
     assert Sample(key="k", identity="i", image=None, upstream={"detect": broken}).box() is None
+
+
+def test_nan_or_inf_in_a_models_output_becomes_a_non_finite_row():
+    """The framework's guard (Stage.process): a NaN or inf anywhere in a row's columns or file
+    arrays ends as a ``non_finite_output`` error row, so none reaches a manifest or a shard;
+    finite rows, integer arrays and rows the stage already failed pass unchanged."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from stages.base import NON_FINITE, SKIPPED, Stage
+
+    nan, inf = float("nan"), float("inf")
+    outputs = {
+        "finite": Result(columns={"v": 1.0, "l": [[0.5]]}, files={"x.npy": np.zeros(2, np.float32)}),
+        "column": Result(columns={"v": nan}, files={"x.npy": np.zeros(2, np.float32)}),
+        "nested": Result(columns={"l": [[0.5, -inf]]}, files={"x.npy": np.zeros(2, np.float32)}),
+        "numpy": Result(columns={"v": np.float32(nan)}, files={"x.npy": np.zeros(2, np.float32)}),
+        "file": Result(columns={"v": 1.0}, files={"x.npy": np.array([0.0, inf], np.float32)}),
+        "labels": Result(columns={"v": 1.0}, files={"x.npy": np.array([255], np.uint8)}),
+        "skipped": Result.fail("no_face", SKIPPED),
+    }
+
+    @dataclass
+    class Toy(Stage):
+        name: ClassVar[str] = "toy"
+        files: ClassVar[tuple[str, ...]] = ("x.npy",)
+
+        def compute(self, batch: list[Sample]) -> list[Result]:
+            return [outputs[s.key] for s in batch]
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    got = {s: r for s, r in zip(outputs, Toy().process([Sample(k, "i", image) for k in outputs]))}
+    assert {k: (r.status, r.error) for k, r in got.items()} == {
+        "finite": (OK, ""), "column": (ERROR, NON_FINITE), "nested": (ERROR, NON_FINITE),
+        "numpy": (ERROR, NON_FINITE), "file": (ERROR, NON_FINITE), "labels": (OK, ""),
+        "skipped": (SKIPPED, "no_face")}
+    assert not got["column"].columns and not got["column"].files
+
+
+@pytest.mark.parametrize("name", ["expression", "attributes"])
+def test_a_real_stage_whose_net_returns_nan_writes_a_non_finite_row(name, recipes, faces, monkeypatch):
+    """Fault injection, not a mock: the stage's real net runs, then its output is replaced by NaN
+    (what an fp16 overflow gives); the stage has no check of its own, the framework's guard makes
+    the row."""
+    from stages.base import NON_FINITE
+
+    method = {"expression": "regress", "attributes": "emotion_probs"}[name]
+    real = getattr(registry.stage_class(name), method)
+    monkeypatch.setattr(registry.stage_class(name), method,
+                        lambda self, x: np.full_like(real(self, x), np.nan))
+    _, samples, results = run_chain(name, recipes, faces)
+    real_faces = [r for s, r in zip(samples, results) if s.key != "bad"]
+    assert real_faces and all((r.status, r.error) == (ERROR, NON_FINITE) for r in real_faces)

@@ -58,7 +58,7 @@ def test_composites_choose_the_intended_face(detector, kind):
 def test_texture_composite_beats_largest_and_records_the_runner_up(detector):
     comp = next(c for c in wild.build(LFW, n=2) if c.name == "texture_1")
     largest = Detect(model="retinaface_mobile0.25", device="cpu", select="largest")
-    largest._net, largest._device, largest._template = detector._net, detector._device, detector._template
+    largest._net, largest._device = detector._net, detector._device
     naive = largest.process([Sample("t", "t", comp.image)])[0]
     assert not wild.hit(naive.columns["box"], comp.target)  # the texture is larger
     cols = detector.process([Sample("t", "t", comp.image)])[0].columns

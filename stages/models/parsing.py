@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import numpy as np
+import torch.nn.functional as F
 from torch import nn
 
 from schemas.parsing import CLASSES, PARSENET_CLASSES
@@ -70,6 +72,21 @@ class FaceParser(nn.Module):
         # both nets return a tuple whose first element is the full-resolution class map
         logits = self.net((x - self.mean) / self.std)[0]
         return logits.index_select(1, self.order)
+
+
+def label_maps(scores: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray | None]:
+    """uint8 label maps of (N, 19, H, W) class scores, each resized to its (h, w) before the argmax
+    (so labels match the frame pixel for pixel); None where the scores are not finite."""
+    out: list[np.ndarray | None] = []
+    with torch.inference_mode():
+        for s, (h, w) in zip(scores.float(), sizes):
+            if not torch.isfinite(s).all():
+                out.append(None)
+                continue
+            if s.shape[1:] != (h, w):
+                s = F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            out.append(s.argmax(dim=0).to(torch.uint8).cpu().numpy())
+    return out
 
 
 def build(arch: str) -> nn.Module:
