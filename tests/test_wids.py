@@ -54,15 +54,34 @@ def test_wids_reads_samples_by_index_from_a_moved_folder(out, tmp_path):
     assert len(keys) == 3
 
 
-def test_unchanged_shards_reuse_their_md5(out, monkeypatch):
+def _no_reading(path):
+    raise AssertionError(f"reread {path}")
+
+
+def test_pack_hashes_each_shards_md5_so_the_index_rereads_none(out, tmp_path, monkeypatch):
     entries = json.loads((out / "shards" / "index.json").read_text())["shards"]
+    for shard, entry in entries.items():
+        if entry["samples"]:
+            assert entry["md5"] == hashlib.md5((out / "shards" / f"{shard}.tar").read_bytes()).hexdigest()
+    fresh = tmp_path / "shards"
+    shutil.copytree(out / "shards", fresh)
+    (fresh / FILE_NAME).unlink()  # no earlier index to take md5s from: a first run's end
+    monkeypatch.setattr("pipeline.core.wids_index.md5_file", _no_reading)
+    assert build(fresh, entries) == json.loads((out / "shards" / FILE_NAME).read_text())
 
-    def no_reading(path):
-        raise AssertionError(f"reread {path}")
 
-    monkeypatch.setattr("pipeline.core.wids_index.md5_file", no_reading)
-    again = build(out / "shards", entries)
-    assert again == json.loads((out / "shards" / FILE_NAME).read_text())
+def test_entries_without_md5_reuse_the_last_index_or_read_the_shard(out, tmp_path, monkeypatch):
+    """Shards packed before index entries carried their md5 (an older output folder)."""
+    entries = json.loads((out / "shards" / "index.json").read_text())["shards"]
+    old = {s: {k: v for k, v in e.items() if k != "md5"} for s, e in entries.items()}
+    expected = json.loads((out / "shards" / FILE_NAME).read_text())
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.core.wids_index.md5_file", _no_reading)
+        assert build(out / "shards", old) == expected  # unchanged sha256: the last index's md5
+    fresh = tmp_path / "shards"
+    shutil.copytree(out / "shards", fresh)
+    (fresh / FILE_NAME).unlink()
+    assert build(fresh, old) == expected  # nothing to reuse: read from the shard itself
 
 
 def test_raw_members_are_the_shard_bytes(out, tmp_path):

@@ -190,15 +190,17 @@ def write_marker(outs: ShardOutputs, lineage: str, counts: dict[str, int], tar: 
 class TarWriter:
     """Deterministic tar writer: fixed mtime/owner/mode, members in call order, temp then rename."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, md5: bool = False):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_path(path)
-        self._file = _HashingFile(open(self.tmp, "wb"))
+        self._file = _HashingFile(open(self.tmp, "wb"), md5)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         self.count = 0
         self.sha256 = ""
         """Of the renamed file, once closed: hashed while written, so no marker reads it back."""
+        self.md5 = ""
+        """Likewise, when asked for (a shard: the md5 wids checks), so no index reads it back."""
 
     def add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -213,6 +215,7 @@ class TarWriter:
         self._file.close()
         fsync_rename(self.tmp, self.path)
         self.sha256 = self._file.hash.hexdigest()
+        self.md5 = self._file.md5.hexdigest() if self._file.md5 else ""
 
     def abort(self) -> None:
         self._tar.close()
@@ -223,11 +226,14 @@ class TarWriter:
 class _HashingFile:
     """A write-only file that hashes what goes through it (all tarfile needs: write, tell)."""
 
-    def __init__(self, f: Any):
+    def __init__(self, f: Any, md5: bool = False):
         self.f, self.hash = f, hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
 
     def write(self, data: bytes) -> int:
         self.hash.update(data)
+        if self.md5:
+            self.md5.update(data)
         return self.f.write(data)
 
     def tell(self) -> int:

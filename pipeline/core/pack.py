@@ -88,7 +88,7 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
               ctx.stage_runs[n].frame_name else (SOURCE_IMAGE if n == SOURCE else None) for n in [SOURCE, *names]}
     stores = {n: StoredFiles(ctx.out, n, shard, last=frames[n]) for n in [SOURCE, *names]}
     image_of = frame_stage or SOURCE
-    writer, counts, packed = TarWriter(path), Counter(), set()
+    writer, counts, packed = TarWriter(path, md5=True), Counter(), set()
     try:
         for src in source_rows:
             key = src["key"]
@@ -113,7 +113,7 @@ def pack_shard(ctx: RunContext, names: list[str], shard: str) -> dict:
             packed.add(key)
         writer.close()
         entry = {"samples": counts["samples"], "excluded": counts["excluded"], "sha256": writer.sha256,
-                 "bytes": path.stat().st_size}
+                 "md5": writer.md5, "bytes": path.stat().st_size}
         if ctx.compact:
             for n, store in stores.items():
                 mapping = {s: s for s in _stage_files(ctx, n)}
