@@ -34,6 +34,8 @@ class Stage:
     """The stage's own manifest columns (common columns are added by the runner)."""
     files: ClassVar[tuple[str, ...]] = ()
     """Suffixes of the per-sample files it writes, e.g. ``("lmk.npy", "depth.png")``."""
+    nan_columns: ClassVar[tuple[str, ...]] = ()
+    """Columns in which NaN is a value (parsing's IoU of a class in neither map), not a failure."""
     gpus: ClassVar[float] = 0.0
     """Fraction of a GPU one worker needs; 0 for CPU stages."""
     produces_frame: ClassVar[str | None] = None
@@ -81,7 +83,8 @@ class Stage:
         if len(out) != len(todo):
             raise RuntimeError(f"stage '{self.name}' returned {len(out)} results for {len(todo)} samples")
         for i, res in zip(todo, out):
-            if res.status == OK and (non_finite(res.columns) or non_finite(list(res.files.values()))):
+            checked = {k: v for k, v in res.columns.items() if k not in self.nan_columns}
+            if res.status == OK and (non_finite(checked) or non_finite(list(res.files.values()))):
                 res = Result.fail(NON_FINITE)
             res.files = {k: encode_file(k, v) for k, v in res.files.items()}
             results[i] = res

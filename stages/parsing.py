@@ -34,6 +34,7 @@ class Parsing(ModelStage):
     optional_reads: ClassVar[tuple[str, ...]] = ("detect",)
     schema: ClassVar[pa.Schema] = sp.SCHEMA
     files: ClassVar[tuple[str, ...]] = (sp.PARSING_IMAGE, sp.FACE_MASK_IMAGE)
+    nan_columns: ClassVar[tuple[str, ...]] = ("gt_iou",)  # NaN: a class in neither map
     gpus: ClassVar[float] = 0.25
     models: ClassVar[dict] = MODELS
 

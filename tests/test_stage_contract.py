@@ -95,6 +95,7 @@ def test_stage_keeps_its_declaration(name, recipes, faces):
     cls = type(stage)
     assert len(results) == len(samples)
     declared = set(cls.schema.names)
+    assert set(cls.nan_columns) <= declared, "nan_columns must be declared columns"
     assert declared.isdisjoint({"key", "status", "error", "model", "weights_sha256"}), "common columns redeclared"
     for sample, res in zip(samples, results):
         assert res.status in ("ok", "skipped", "error") and (res.status == OK) == (not res.error), sample.key
@@ -169,7 +170,7 @@ def test_sample_gives_detects_points_and_box_in_its_own_frame():
 def test_nan_or_inf_in_a_models_output_becomes_a_non_finite_row():
     """The framework's guard (Stage.process): a NaN or inf anywhere in a row's columns or file
     arrays ends as a ``non_finite_output`` error row, so none reaches a manifest or a shard;
-    finite rows, integer arrays and rows the stage already failed pass unchanged."""
+    finite rows, integer arrays, a stage's declared ``nan_columns`` and rows it already failed pass."""
     from dataclasses import dataclass
     from typing import ClassVar
 
@@ -183,6 +184,7 @@ def test_nan_or_inf_in_a_models_output_becomes_a_non_finite_row():
         "numpy": Result(columns={"v": np.float32(nan)}, files={"x.npy": np.zeros(2, np.float32)}),
         "file": Result(columns={"v": 1.0}, files={"x.npy": np.array([0.0, inf], np.float32)}),
         "labels": Result(columns={"v": 1.0}, files={"x.npy": np.array([255], np.uint8)}),
+        "declared": Result(columns={"iou": [0.5, nan]}, files={"x.npy": np.zeros(2, np.float32)}),
         "skipped": Result.fail("no_face", SKIPPED),
     }
 
@@ -190,6 +192,7 @@ def test_nan_or_inf_in_a_models_output_becomes_a_non_finite_row():
     class Toy(Stage):
         name: ClassVar[str] = "toy"
         files: ClassVar[tuple[str, ...]] = ("x.npy",)
+        nan_columns: ClassVar[tuple[str, ...]] = ("iou",)  # NaN is a value there
 
         def compute(self, batch: list[Sample]) -> list[Result]:
             return [outputs[s.key] for s in batch]
@@ -198,7 +201,7 @@ def test_nan_or_inf_in_a_models_output_becomes_a_non_finite_row():
     got = {s: r for s, r in zip(outputs, Toy().process([Sample(k, "i", image) for k in outputs]))}
     assert {k: (r.status, r.error) for k, r in got.items()} == {
         "finite": (OK, ""), "column": (ERROR, NON_FINITE), "nested": (ERROR, NON_FINITE),
-        "numpy": (ERROR, NON_FINITE), "file": (ERROR, NON_FINITE), "labels": (OK, ""),
+        "numpy": (ERROR, NON_FINITE), "file": (ERROR, NON_FINITE), "labels": (OK, ""), "declared": (OK, ""),
         "skipped": (SKIPPED, "no_face")}
     assert not got["column"].columns and not got["column"].files
 
