@@ -91,15 +91,15 @@ class ModelStage(DeviceStage):
     the default first); they are ``model``'s limits. Empty: ``model`` is a registry name itself."""
     limits: ClassVar[dict[str, str | tuple]] = {"weights": WEIGHTS}
 
-    def __init_subclass__(cls, **kwargs) -> None:  # noqa: ANN003
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("models"):
-            cls.limits = {"model": tuple(cls.models), **cls.__dict__.get("limits", {})}
-
     model: str = ""
     """Registry name of the model (each stage lists its choices)."""
     weights: str = "pretrained"
     """pretrained (verified file) or random (real architecture, seeded random init; tests only)."""
+
+    def __init_subclass__(cls, **kwargs) -> None:  # noqa: ANN003
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("models"):  # the named choices are model's limits
+            cls.limits = {"model": tuple(cls.models), **cls.__dict__.get("limits", {})}
 
     @property
     def weights_name(self) -> str:

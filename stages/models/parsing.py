@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import nn
 
