@@ -27,13 +27,18 @@ LITE_NETS = [("detect", {"model": "retinaface_mobile0.25"}, (32, 3, 256, 256), N
 """The lite preset's nets as their stages call them: (stage, stage config, input batch shape, method or None)."""
 
 
+def ms(fn, n: int = 5) -> float:  # noqa: ANN001
+    """Mean milliseconds of ``fn()`` over ``n`` calls, after one warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1000
+
+
 def _ms(fn, x: torch.Tensor, n: int = 5) -> float:
     with torch.inference_mode():
-        fn(x)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn(x)
-    return (time.perf_counter() - t0) / n * 1000
+        return ms(lambda: fn(x), n)
 
 
 def _pair(net: torch.nn.Module, shape: tuple[int, ...], call: str | None = None) -> tuple[float, float]:

@@ -2,8 +2,8 @@
 
     python bench/onnx_lite.py        # needs the test extras (onnx, for torch's exporter)
 
-The 300-photo core-loop ratio is held by the workers' start-up, ~2.5 s of which is ``import
-torch`` (docs/benchmarks.md, "Core loop (CPU)"). This measures the alternative: each lite net
+A lite run's start-up is mostly ``import torch`` (docs/benchmarks.md, "Core loop (CPU)"), and
+these nets are most of its compute. This measures the alternative: each lite net
 (real bundled weights) exported to ONNX and run by onnxruntime. Per net: one thread, batch 32 at
 its input size, torch channels-last (what the stages run) vs onnxruntime, and the largest
 difference of their outputs (over the largest output value); then the import time of each runtime in a fresh
@@ -23,9 +23,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.memory_format import LITE_NETS  # noqa: E402
+from bench.memory_format import LITE_NETS, ms  # noqa: E402
 from bench.report import write_section  # noqa: E402
-
 
 
 class _Call(torch.nn.Module):
@@ -45,14 +44,6 @@ def _tensors(out) -> list[np.ndarray]:  # noqa: ANN001
     if isinstance(out, dict):
         out = list(out.values())
     return [a for o in out for a in _tensors(o)]
-
-
-def _ms(fn, n: int = 5) -> float:  # noqa: ANN001
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1000
 
 
 def _import_s(module: str, n: int = 3) -> float:
@@ -90,7 +81,7 @@ def main() -> None:
             with torch.no_grad():
                 xc = x.contiguous(memory_format=torch.channels_last)
                 ref = _tensors(net(xc))
-                t_torch = _ms(lambda: net(xc))
+                t_torch = ms(lambda: net(xc))
                 # after the torch run: exporting through the wrapper changed the torch net's outputs here
                 torch.onnx.export(net, (x[:1],), str(path), input_names=["x"], dynamic_axes={"x": {0: "n"}},
                                   opset_version=17, dynamo=False)
@@ -100,7 +91,7 @@ def main() -> None:
             if [a.shape for a in ref] != [b.shape for b in got]:
                 raise RuntimeError(f"{name}: output shapes {[a.shape for a in ref]} vs {[b.shape for b in got]}")
             diff = max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)) for a, b in zip(ref, got))
-            t_ort = _ms(lambda: sess.run(None, feed))
+            t_ort = ms(lambda: sess.run(None, feed))
             rows.append(f"| {name}: {stage.model}, batch {shape[0]} at {shape[2]}x{shape[3]} | {t_torch:.1f} | "
                         f"{t_ort:.1f} | {t_torch / t_ort:.2f}x | {diff:.1e} |")
     imports = {m: _import_s(m) for m in ("torch", "onnxruntime")}
@@ -111,7 +102,8 @@ def main() -> None:
             f"{imports['torch']:.2f} s, onnxruntime {imports['onnxruntime']:.2f} s.", "",
             "What it would mean: lite workers without torch would start ~2-4 s sooner (torch's import is the "
             "largest part of the 300-photo run's start-up floor) and spend less CPU in these nets, at agreement "
-            "to float rounding. Not adopted yet: it needs one exported graph per weights sha256 cached beside the "
+            "to float rounding: a shorter run, not a lower core-loop ratio, whose divisor (the stages' compute) "
+            "shrinks too. Not adopted yet: it needs one exported graph per weights sha256 cached beside the "
             "weights, an agreement test per net, new lineages for those stages, and stages that import torch only "
             "where they train or run on a GPU."]
     write_section("ONNX for the lite nets (CPU)", "\n".join(body), "python bench/onnx_lite.py")

@@ -83,8 +83,8 @@ class Stage:
         if len(out) != len(todo):
             raise RuntimeError(f"stage '{self.name}' returned {len(out)} results for {len(todo)} samples")
         for i, res in zip(todo, out):
-            checked = {k: v for k, v in res.columns.items() if k not in self.nan_columns}
-            if res.status == OK and (non_finite(checked) or non_finite(list(res.files.values()))):
+            if res.status == OK and (non_finite([v for k, v in res.columns.items() if k not in self.nan_columns])
+                                     or non_finite(list(res.files.values()))):
                 res = Result.fail(NON_FINITE)
             res.files = {k: encode_file(k, v) for k, v in res.files.items()}
             results[i] = res

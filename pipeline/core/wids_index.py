@@ -5,7 +5,8 @@ record per shard with samples, ``url`` relative to the index file (the folder ca
 mounted elsewhere), ``nsamples``, ``filesize`` and ``md5sum`` (wids checks it when it opens a
 shard). Pack hashes the md5 while it writes the shard (its index entry's ``md5``), so the
 driver never rereads the shards at the end of a run (CASIA-WebFace: ~90 GB); for a shard packed
-before entries carried it, the md5 of an unchanged sha256 comes from the last index, else the file. Shards in which no sample was packed are left out.
+before entries carried it, the md5 of an unchanged sha256 comes from the last index, else the
+file. Shards in which no sample was packed are left out.
 """
 from __future__ import annotations
 
